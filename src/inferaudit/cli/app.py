@@ -1,0 +1,16 @@
+"""The typer application object; each cli module registers its commands on it."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="inferaudit",
+    help="Verify the inference capacity you were promised: measured, checked, signed, logged.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)

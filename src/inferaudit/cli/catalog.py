@@ -1,0 +1,5 @@
+"""`inferaudit catalog` commands."""
+
+from __future__ import annotations
+
+from inferaudit.cli.app import app  # noqa: F401

@@ -1,0 +1,5 @@
+"""`inferaudit fingerprint` commands."""
+
+from __future__ import annotations
+
+from inferaudit.cli.app import app  # noqa: F401

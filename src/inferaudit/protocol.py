@@ -1,0 +1,185 @@
+"""The protocol of a verification run (RunSpec): everything fixed before the first request.
+
+A RunSpec is frozen and hashed canonically (RFC 8785 JSON): the hash goes into the evidence, so
+a run can be shown to have followed the protocol that was declared for it. Secrets never enter a
+RunSpec: the endpoint carries the *name* of the environment variable holding an API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from enum import StrEnum
+from typing import Literal
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inferaudit.errors import ConfigError
+
+SPEC_VERSION = "inferaudit.runspec/v1"
+
+
+class Api(StrEnum):
+    completions = "completions"
+    chat = "chat"
+
+
+class Arrivals(StrEnum):
+    poisson = "poisson"
+    constant = "constant"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Endpoint(_Frozen):
+    """How to reach the deployment under test. ``base_url`` ends at ``/v1``."""
+
+    base_url: str
+    model: str
+    api: Api = Api.completions
+    api_key_env: str | None = None  # name of the environment variable, never the key
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"endpoint must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+
+class Length(_Frozen):
+    """A token length: fixed (``lo == hi``) or drawn per request from ``dist`` over [lo, hi]."""
+
+    lo: int = Field(ge=1)
+    hi: int = Field(ge=1)
+    dist: Literal["fixed", "uniform", "normal"] = "fixed"
+
+    @model_validator(mode="after")
+    def _order(self) -> Length:
+        if self.hi < self.lo:
+            raise ValueError(f"length range {self.lo}-{self.hi} is empty")
+        if (self.lo == self.hi) != (self.dist == "fixed"):
+            raise ValueError("a fixed length has lo == hi; a range needs uniform or normal")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> Length:
+        """``128`` (fixed), ``64-256`` (uniform) or ``64-256:normal``."""
+        m = re.fullmatch(r"\s*([1-9]\d*)(?:\s*-\s*([1-9]\d*))?(?::(uniform|normal))?\s*", text)
+        if not m:
+            raise ConfigError(f"token length {text!r}: expected N, LO-HI or LO-HI:normal")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        dist = m.group(3) or ("fixed" if lo == hi else "uniform")
+        try:
+            return cls(lo=lo, hi=hi, dist=dist)
+        except ValueError as exc:
+            raise ConfigError(f"token length {text!r}: {exc}") from None
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.dist == "fixed" else f"{self.lo}-{self.hi}:{self.dist}"
+
+
+class Workload(_Frozen):
+    """What is asked: seeded synthetic prompts, or a JSONL dataset bound by its digest."""
+
+    input_tokens: Length = Length(lo=256, hi=256)
+    output_tokens: Length = Length(lo=128, hi=128)
+    dataset: str | None = None  # path as given; its content is bound by dataset_sha256
+    dataset_sha256: str | None = None
+    enforce_output_length: bool = True  # send ignore_eos + min_tokens alongside max_tokens
+    keep_output_text: bool = True  # records keep the generated text (checks need it)
+
+
+class Load(_Frozen):
+    """The load pattern of one measurement point."""
+
+    concurrency: int | None = Field(default=None, ge=1)  # closed loop
+    rate: float | None = Field(default=None, gt=0)  # open loop, requests/s
+    arrivals: Arrivals = Arrivals.poisson
+    requests: int | None = Field(default=None, ge=1)  # measured requests (warm-up not included)
+    duration_s: float | None = Field(default=None, gt=0)
+    warmup: int = Field(default=0, ge=0)  # requests before the measured ones, flagged in records
+    timeout_s: float = Field(default=600.0, gt=0)  # per request, scheduled send to last byte
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Load:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
+        if self.requests is None and self.duration_s is None:
+            raise ValueError("give requests or duration_s")
+        return self
+
+    def label(self) -> str:
+        return f"concurrency={self.concurrency}" if self.rate is None else f"rate={self.rate:g}/s"
+
+
+SLO_METRICS = ("ttft", "tpot", "itl", "e2e")
+SLO_PERCENTILES = ("p50", "p90", "p95", "p99", "p99.9")
+
+
+class SLO(_Frozen):
+    """Latency bounds in milliseconds, keyed ``<metric>_<percentile>`` (e.g. ``ttft_p99``).
+
+    A request meets the SLO when each of its own values is within every bound (a request-level
+    bound, as in vLLM's goodput); the percentile says what share must meet it for the run's claim.
+    """
+
+    bounds_ms: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("bounds_ms")
+    @classmethod
+    def _keys(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, value in v.items():
+            metric, _, pct = key.partition("_")
+            if metric not in SLO_METRICS or pct not in SLO_PERCENTILES:
+                raise ValueError(
+                    f"SLO bound {key!r}: expected <{'|'.join(SLO_METRICS)}>_"
+                    f"<{'|'.join(SLO_PERCENTILES)}>"
+                )
+            if not value > 0:
+                raise ValueError(f"SLO bound {key!r} must be positive")
+        return dict(sorted(v.items()))
+
+    @classmethod
+    def parse(cls, text: str) -> SLO:
+        """``ttft_p99=2000ms,tpot_p99=100ms`` (units ms or s; bare numbers are ms)."""
+        bounds: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            m = re.fullmatch(r"([a-z0-9_.]+)\s*=\s*(\d+(?:\.\d+)?)\s*(ms|s)?", part)
+            if not m:
+                raise ConfigError(f"SLO term {part!r}: expected e.g. ttft_p99=2000ms")
+            scale = 1000.0 if m.group(3) == "s" else 1.0
+            bounds[m.group(1)] = float(m.group(2)) * scale
+        try:
+            return cls(bounds_ms=bounds)
+        except ValueError as exc:
+            raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+
+
+class RunSpec(_Frozen):
+    """Everything fixed before a run starts. Its canonical hash is part of the evidence."""
+
+    spec_version: Literal["inferaudit.runspec/v1"] = SPEC_VERSION
+    endpoint: Endpoint
+    workload: Workload = Workload()
+    load: Load
+    slo: SLO = SLO()
+    seed: int = Field(default=0, ge=0, le=2**53 - 1)
+    workers: int = Field(default=1, ge=1)
+    max_client_lag_p99_ms: float = Field(default=5.0, gt=0)  # above this the run is invalid
+    checks: tuple[str, ...] = ()
+    label: str | None = None
+
+
+def canonical_bytes(model: BaseModel) -> bytes:
+    """RFC 8785 (JCS) bytes of a pydantic model's JSON form."""
+    return rfc8785.dumps(model.model_dump(mode="json"))
+
+
+def spec_digest(spec: RunSpec) -> str:
+    """Hex SHA-256 of the canonical RunSpec."""
+    return hashlib.sha256(canonical_bytes(spec)).hexdigest()
