@@ -1,5 +1,316 @@
-"""`inferaudit run` commands."""
+"""`inferaudit run`: load-test an OpenAI-compatible endpoint under a declared protocol."""
 
 from __future__ import annotations
 
-from inferaudit.cli.app import app  # noqa: F401
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from inferaudit.cli.app import app, console
+from inferaudit.errors import ConfigError
+from inferaudit.protocol import SLO, Api, Arrivals, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.runs import (
+    RunOptions,
+    RunOutcome,
+    api_key_from_env,
+    execute,
+    execute_sweep,
+    file_sha256,
+)
+
+
+def _positive_list(text: str, what: str, cast: type) -> list[Any]:
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {what}={text}: expected a comma-separated list") from None
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"--sweep {what}={text}: every value must be positive")
+    return values
+
+
+def build_specs(
+    *,
+    endpoint: str,
+    model: str,
+    api: Api,
+    api_key_env: str | None,
+    concurrency: int | None,
+    rate: float | None,
+    arrivals: Arrivals,
+    sweep: str | None,
+    requests: int | None,
+    duration: float | None,
+    warmup: int,
+    input_tokens: str,
+    output_tokens: str,
+    dataset: Path | None,
+    enforce_length: bool,
+    slo: str | None,
+    seed: int,
+    workers: int,
+    max_lag_ms: float,
+    timeout: float,
+    deployment: str | None = None,
+    claim: str | None = None,
+    checks: tuple[str, ...] = (),
+) -> list[RunSpec]:
+    """Turn command-line values into one RunSpec per measurement point (a sweep has several)."""
+    if rate is not None and rate <= 0:
+        raise ConfigError(f"--rate {rate:g}: the arrival rate must be positive (requests/s)")
+    if concurrency is not None and concurrency <= 0:
+        raise ConfigError(f"--concurrency {concurrency}: must be at least 1")
+    points: list[dict[str, Any]]
+    if sweep:
+        kind, _, values = sweep.partition("=")
+        if kind == "rate":
+            points = [{"rate": v} for v in _positive_list(values, kind, float)]
+        elif kind == "concurrency":
+            points = [{"concurrency": v} for v in _positive_list(values, kind, int)]
+        else:
+            raise ConfigError(f"--sweep {sweep}: expected rate=R1,R2,... or concurrency=N1,N2,...")
+    elif (rate is None) == (concurrency is None):
+        raise ConfigError(
+            "give exactly one of --concurrency N (closed loop) or --rate R (open loop)"
+        )
+    else:
+        points = [{"rate": rate} if rate is not None else {"concurrency": concurrency}]
+    if requests is None and duration is None:
+        raise ConfigError("give --requests N or --duration SECONDS")
+    dataset_sha = None
+    if dataset is not None:
+        if not dataset.is_file():
+            raise ConfigError(f"--dataset {dataset}: no such file")
+        dataset_sha = file_sha256(dataset)
+    try:
+        workload = Workload(
+            input_tokens=Length.parse(input_tokens),
+            output_tokens=Length.parse(output_tokens),
+            dataset=str(dataset) if dataset else None,
+            dataset_sha256=dataset_sha,
+            enforce_output_length=enforce_length,
+        )
+        base = {
+            "endpoint": Endpoint(base_url=endpoint, model=model, api=api, api_key_env=api_key_env),
+            "workload": workload,
+            "slo": SLO.parse(slo) if slo else SLO(),
+            "seed": seed,
+            "workers": workers,
+            "max_client_lag_p99_ms": max_lag_ms,
+            "checks": checks,
+            "deployment": deployment,
+            "claim": claim,
+        }
+        return [
+            RunSpec(
+                **base,
+                load=Load(
+                    **point,
+                    arrivals=arrivals,
+                    requests=requests,
+                    duration_s=duration,
+                    warmup=warmup,
+                    timeout_s=timeout,
+                ),
+            )
+            for point in points
+        ]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{where}: {err['msg']}" if where else err["msg"]) from None
+
+
+class LiveProgress:
+    """Rich progress: requests done/failed, request and token rates, TTFT p50 so far."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.done = self.failed = self.tokens = 0
+        self.ttfts: list[float] = []
+        self.t0 = time.monotonic()
+        self.last_refresh = 0.0
+
+    def __enter__(self) -> LiveProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def phase(self, name: str, total: int | None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, stats=self._stats())
+        self._reset()
+        self.task = self.progress.add_task(name, total=total, stats="")
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        if record.get("error_class"):
+            self.failed += 1
+        else:
+            self.tokens += record.get("usage_completion_tokens") or record.get("content_chunks", 0)
+            if record.get("first_content_ns") is not None:
+                self.ttfts.append((record["first_content_ns"] - record["scheduled_ns"]) / 1e6)
+        now = time.monotonic()
+        self.progress.advance(self.task)
+        if now - self.last_refresh > 0.25:
+            self.last_refresh = now
+            self.progress.update(self.task, stats=self._stats())
+
+    def _stats(self) -> str:
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        ttft = f"{np.median(self.ttfts):.1f} ms" if self.ttfts else "-"
+        return (
+            f"failed {self.failed}  {self.done / elapsed:.1f} req/s  "
+            f"{self.tokens / elapsed:.0f} tok/s  TTFT p50 {ttft}"
+        )
+
+
+def stop_flag() -> threading.Event:
+    """SIGTERM stops the run cleanly, like Ctrl-C: finished records are kept."""
+    flag = threading.Event()
+
+    def _handler(signum: int, frame: object) -> None:
+        flag.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return flag
+
+
+def print_outcomes(outcomes: list[RunOutcome]) -> None:
+    from inferaudit.cli.tables import summary_table, sweep_table
+
+    for outcome in outcomes:
+        console.print(summary_table(outcome.summary))
+    if len(outcomes) > 1:
+        console.print(sweep_table([o.summary for o in outcomes]))
+    for outcome in outcomes:
+        console.print(f"run directory: [bold]{outcome.run_dir}[/]")
+        for name, value in outcome.evidence.items():
+            console.print(f"  {name}: {value}")
+
+
+def exit_code(outcomes: list[RunOutcome]) -> int:
+    """0: measured and valid; 1: the run is invalid, interrupted, or an integrity check failed."""
+    for outcome in outcomes:
+        s = outcome.summary
+        if outcome.interrupted or not s.get("valid", False):
+            return 1
+        if any(c.get("verdict") == "fail" for c in s.get("checks", [])):
+            return 1
+    return 0
+
+
+@app.command()
+def run(
+    endpoint: Annotated[
+        str, typer.Option(help="Base URL up to /v1, e.g. http://127.0.0.1:8000/v1")
+    ],
+    model: Annotated[str, typer.Option(help="Model name as the endpoint serves it")],
+    api: Annotated[Api, typer.Option(help="OpenAI API flavour")] = Api.completions,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key (never stored)")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Closed loop: requests in flight")] = None,
+    rate: Annotated[float | None, typer.Option(help="Open loop: arrivals per second")] = None,
+    arrivals: Annotated[
+        Arrivals, typer.Option(help="Open-loop arrival process")
+    ] = Arrivals.poisson,
+    sweep: Annotated[
+        str | None, typer.Option(help="One run per point: rate=1,2,4 or concurrency=1,8,32")
+    ] = None,
+    requests: Annotated[int | None, typer.Option(help="Measured requests per point")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds per point")] = None,
+    warmup: Annotated[int, typer.Option(help="Requests before measuring (flagged, excluded)")] = 0,
+    input_tokens: Annotated[
+        str, typer.Option(help="Prompt tokens: N, LO-HI, LO-HI:normal")
+    ] = "256",
+    output_tokens: Annotated[
+        str, typer.Option(help="Output tokens: N, LO-HI, LO-HI:normal")
+    ] = "128",
+    dataset: Annotated[
+        Path | None, typer.Option(help="JSONL: {prompt, output_tokens?} per line")
+    ] = None,
+    enforce_length: Annotated[
+        bool, typer.Option(help="Send ignore_eos/min_tokens so outputs reach the asked length")
+    ] = True,
+    slo: Annotated[
+        str | None, typer.Option(help="Latency bounds, e.g. ttft_p99=2000ms,tpot_p99=100ms")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for prompts and arrivals")] = 0,
+    workers: Annotated[int, typer.Option(help="Client worker processes (default: CPU cores)")] = 0,
+    max_lag_ms: Annotated[
+        float, typer.Option(help="Client lag p99 above which the run is invalid")
+    ] = 5.0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds")] = 600.0,
+    checks: Annotated[
+        str | None, typer.Option(help="Comma-separated integrity checks (default: all that fit)")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer.json or GGUF for exact token accounting")
+    ] = None,
+    fingerprint: Annotated[
+        Path | None, typer.Option(help="Reference fingerprint for the model-identity check")
+    ] = None,
+    deployment: Annotated[str | None, typer.Option(help="Deployment under test (claims)")] = None,
+    claim: Annotated[str | None, typer.Option(help="Claim this run tests")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<time>)")] = None,
+    sign: Annotated[bool, typer.Option(help="Sign evidence and append to the ledger")] = True,
+    data_dir: Annotated[Path | None, typer.Option(help="Keys and ledger (INFERAUDIT_HOME)")] = None,
+    db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
+) -> None:
+    """Load-test an endpoint and write a run directory (records, summary, evidence)."""
+    check_names = tuple(c.strip() for c in checks.split(",") if c.strip()) if checks else ()
+    specs = build_specs(
+        endpoint=endpoint, model=model, api=api, api_key_env=api_key_env,
+        concurrency=concurrency, rate=rate, arrivals=arrivals, sweep=sweep, requests=requests,
+        duration=duration, warmup=warmup, input_tokens=input_tokens, output_tokens=output_tokens,
+        dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed,
+        workers=workers or (os.cpu_count() or 1), max_lag_ms=max_lag_ms, timeout=timeout,
+        deployment=deployment, claim=claim, checks=check_names,
+    )  # fmt: skip
+    for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{what} {path}: no such file")
+    options = RunOptions(
+        api_key=api_key_from_env(api_key_env),
+        checks=check_names or None,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+        sign=sign,
+        data_dir=data_dir,
+        db_url=db,
+    )
+    run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    flag = stop_flag()
+    with LiveProgress() as live:
+        if len(specs) == 1:
+            outcomes = [execute(specs[0], run_dir, options, live, flag.is_set)]
+        else:
+            outcomes = execute_sweep(specs, run_dir, options, live, flag.is_set)
+    print_outcomes(outcomes)
+    if any(o.interrupted for o in outcomes):
+        console.print("[yellow]interrupted: finished requests are kept in records.jsonl[/]")
+    raise typer.Exit(exit_code(outcomes))

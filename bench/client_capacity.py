@@ -1,0 +1,226 @@
+"""Client capacity: how fast can inferaudit's load runner drive a server that costs nothing?
+
+Starts nginx (Debian package) on 127.0.0.1 with a temporary config whose every POST to
+``/v1/completions`` and ``/v1/chat/completions`` answers a fixed SSE body of 128 content events
+(+ finish, usage and ``[DONE]``) via ``return 200 '...'``, and ``/v1/models``. Then drives it with
+``run_load`` at increasing open-loop Poisson rates and prints, per rate: achieved request and
+content-chunk rates, client lag (sent - scheduled) p50/p99, errors, and client CPU seconds per
+1,000 requests (workers' and this process's ``getrusage``; start-up separately). The answer is
+the highest rate sustained with lag p99 < 5 ms, no errors and >= 95 % of the requested rate.
+
+Run by hand:  .venv/bin/python bench/client_capacity.py [--workers N] [--seconds S]
+              [--rates 500,1000,...] [--api completions|chat]
+Figures depend on what else the machine runs at the time; say so when quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inferaudit.load.runner import run_load
+from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.records import read_records
+
+CHUNKS = 128
+MODEL = "bench-model"
+
+
+def sse_events(chat: bool) -> tuple[str, str, str]:
+    """(content event, finish event, usage event) as SSE text."""
+    base = {"id": "cmpl-bench", "created": 1, "model": MODEL}
+    if chat:
+        kind = {"object": "chat.completion.chunk"}
+        content = {"index": 0, "delta": {"content": " tok"}, "finish_reason": None}
+        last = {"index": 0, "delta": {}, "finish_reason": "length"}
+    else:
+        kind = {"object": "text_completion"}
+        content = {"index": 0, "text": " tok", "finish_reason": None}
+        last = {"index": 0, "text": "", "finish_reason": "length"}
+    usage = {"prompt_tokens": 64, "completion_tokens": CHUNKS, "total_tokens": 64 + CHUNKS}
+    events = (
+        {**base, **kind, "choices": [content]},
+        {**base, **kind, "choices": [last]},
+        {**base, **kind, "choices": [], "usage": usage},
+    )
+    ev = tuple(f"data: {json.dumps(e, separators=(',', ':'))}\n\n" for e in events)
+    return ev[0], ev[1], ev[2]
+
+
+def nginx_quote(text: str) -> str:
+    assert "$" not in text and "'" not in text, "the text must not need nginx variables"
+    return "'" + text.replace("\\", "\\\\").replace("\n", "\\n") + "'"
+
+
+def sse_location(path: str, chat: bool) -> str:
+    """A location answering the 128-chunk body. A config token is limited to 4 KiB, so the
+    body is ``return 200 '$c$c...$f$u$d'`` over variables holding one event each."""
+    content, finish, usage = sse_events(chat)
+    body = "$c" * CHUNKS + "$f$u$d"
+    return f"""
+        location = {path} {{
+            default_type text/event-stream;
+            set $c {nginx_quote(content)};
+            set $f {nginx_quote(finish)};
+            set $u {nginx_quote(usage)};
+            set $d {nginx_quote("data: [DONE]" + chr(10) * 2)};
+            return 200 '{body}';
+        }}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+    conf = f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+daemon off;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    server {{
+        listen 127.0.0.1:{port};
+        {sse_location("/v1/completions", chat=False)}
+        {sse_location("/v1/chat/completions", chat=True)}
+        location = /v1/models {{
+            default_type application/json;
+            return 200 {nginx_quote(models)};
+        }}
+    }}
+}}
+"""
+    (tmp / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        if proc.poll() is not None:
+            raise SystemExit(f"nginx exited: {(tmp / 'error.log').read_text()}")
+        time.sleep(0.05)
+    raise SystemExit("nginx did not start")
+
+
+def cpu(who: int) -> float:
+    u = resource.getrusage(who)
+    return u.ru_utime + u.ru_stime
+
+
+def one_point(base_url: str, api: str, rate: float, seconds: float, workers: int, tmp: Path):
+    spec = RunSpec(
+        endpoint=Endpoint(base_url=base_url, model=MODEL, api=api),
+        load=Load(rate=rate, requests=max(int(rate * seconds), 1), timeout_s=30),
+        workload=Workload(input_tokens=Length(lo=64, hi=64), output_tokens=Length(lo=128, hi=128)),
+        workers=workers,
+        seed=1,
+    )
+    path = tmp / f"records-{api}-{rate:g}.jsonl"
+    done = [0]
+
+    def on_record(record: dict) -> None:  # what the CLI's progress does, minimally
+        done[0] += 1
+
+    self0, child0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    result = run_load(spec, path, on_record=on_record)
+    self_s = cpu(resource.RUSAGE_SELF) - self0
+    child_s = cpu(resource.RUSAGE_CHILDREN) - child0
+    records = read_records(path)
+    path.unlink()
+    lags = np.array([r.lag_ns for r in records if r.lag_ns is not None]) / 1e6
+    errors = sum(not r.ok for r in records)
+    chunks = sum(r.content_chunks for r in records)
+    start = min(r.scheduled_ns for r in records)
+    end = max(r.done_ns or 0 for r in records)
+    window = (end - start) / 1e9
+    run_cpu = sum(w.cpu_run_s for w in result.workers) + self_s
+    return {
+        "rate": rate,
+        "requests": len(records),
+        "errors": errors,
+        "achieved_rps": len(records) / window,
+        "chunks_per_s": chunks / window,
+        "lag_p50_ms": float(np.percentile(lags, 50)),
+        "lag_p99_ms": float(np.percentile(lags, 99)),
+        "cpu_s_per_1k": 1000 * run_cpu / len(records),
+        "cpu_s_per_1k_with_startup": 1000 * (child_s + self_s) / len(records),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rates", default="250,500,750,1000,1250,1500,1750,2000,2500,3000")
+    ap.add_argument("--api", choices=("completions", "chat"), default="completions")
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory(prefix="inferaudit-bench-") as d:
+        tmp = Path(d)
+        port = free_port()
+        nginx = start_nginx(tmp, port)
+        try:
+            base = f"http://127.0.0.1:{port}/v1"
+            print(
+                f"nginx on {base}; {CHUNKS}-chunk SSE body; workers={args.workers}; "
+                f"{args.seconds:g} s per point; host cpus={os.cpu_count()}; "
+                f"loadavg={os.getloadavg()[0]:.2f}"
+            )
+            print(
+                f"{'rate':>7} {'achieved':>9} {'chunks/s':>9} {'lag p50':>8} {'lag p99':>8} "
+                f"{'errors':>6} {'cpu s/1k':>8} {'(+start)':>8}"
+            )
+            best = None
+            for rate in rates:
+                p = one_point(base, args.api, rate, args.seconds, args.workers, tmp)
+                ok = p["lag_p99_ms"] < 5 and p["errors"] == 0 and p["achieved_rps"] >= 0.95 * rate
+                print(
+                    f"{rate:7g} {p['achieved_rps']:9.0f} {p['chunks_per_s']:9.0f} "
+                    f"{p['lag_p50_ms']:8.2f} {p['lag_p99_ms']:8.2f} {p['errors']:6d} "
+                    f"{p['cpu_s_per_1k']:8.3f} {p['cpu_s_per_1k_with_startup']:8.3f}"
+                    f"{'' if ok else '  (not sustained)'}",
+                    flush=True,
+                )
+                if ok:
+                    best = p
+            if best is None:
+                print("no rate sustained with client lag p99 < 5 ms")
+            else:
+                print(
+                    f"highest sustained: {best['achieved_rps']:.0f} req/s, "
+                    f"{best['chunks_per_s']:.0f} content chunks/s, lag p99 "
+                    f"{best['lag_p99_ms']:.2f} ms, {best['cpu_s_per_1k']:.3f} CPU s per 1,000 "
+                    f"requests (in run; {best['cpu_s_per_1k_with_startup']:.3f} with start-up)"
+                )
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

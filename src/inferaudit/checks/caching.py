@@ -1,0 +1,227 @@
+"""Caching audit (MLPerf TEST04's idea, over HTTP) and the prefix-reuse probe.
+
+``caching`` — two extra phases after the main run, same lengths as the workload:
+  1. ``cache-unique``: ``n`` fresh salted prompts, never sent before (so a cache warmed by the
+     main run cannot make this reference phase look fast);
+  2. ``cache-repeat``: one other fresh prompt sent ``n`` times, identical bodies.
+Both run through the load runner, closed loop at the same concurrency ``c``. An honest server
+does the same work for both; a server that caches responses (or whole prefixes) serves the
+repeats faster. The first ``c`` requests of each phase are left out (they open connections and,
+in the repeat phase, fill any cache). Compared: median TTFT and median per-request throughput
+(output tokens / time from send to last byte) — medians and times from the actual send, so a
+stall of a shared client machine does not decide the verdict; phase throughput (tokens / phase
+window) is reported too. Fail when either improves by ``LIMIT`` (10%) or more on repeats.
+
+``prefix-cache`` (after Gu et al. 2025, "Auditing Prompt Caching in Language Model APIs"):
+``pairs`` rounds, one at a time: a priming prompt P (fresh), then — in a seeded random order —
+a *hit* prompt sharing P's first words (all but the last ``TAIL`` words) and a *miss* prompt of
+the same length sharing nothing. One-sided two-sample Kolmogorov-Smirnov test (scipy) that hit
+TTFTs are smaller; fail when p < ``ALPHA`` (0.01) and the median hit TTFT is at least ``LIMIT``
+below the median miss TTFT. The measured run is not sped up by prefix caching (its prompts
+start with unique salts); the finding matters for any workload that shares prompt prefixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from inferaudit.checks.phases import OnRecord, fresh_plan, send_phase
+from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.protocol import RunSpec
+from inferaudit.records import Record
+from inferaudit.workload import Planner, RequestPlan
+
+CACHING = "caching"
+PREFIX = "prefix-cache"
+LIMIT = 0.10
+ALPHA = 0.01
+TAIL = 8
+BLOCK_UNIQUE, BLOCK_REPEAT, BLOCK_PREFIX = 2, 3, 4
+
+
+def _ttft_ms(r: Record) -> float:
+    assert r.first_content_ns is not None
+    return (r.first_content_ns - (r.sent_ns or r.scheduled_ns)) / 1e6
+
+
+def _rate(r: Record) -> float:
+    """Output tokens per second of one request, actual send to last byte."""
+    assert r.done_ns is not None
+    tokens = r.usage_completion_tokens or r.content_chunks
+    return tokens / max((r.done_ns - (r.sent_ns or r.scheduled_ns)) / 1e9, 1e-9)
+
+
+def _phase_stats(recs: Sequence[Record], skip: int) -> dict[str, float | int | None]:
+    """Medians over the phase's requests after the first ``skip`` (by send time)."""
+    ordered = sorted(recs, key=lambda r: (r.sent_ns or r.scheduled_ns, r.id))[skip:]
+    ok = [r for r in ordered if r.ok and r.first_content_ns is not None and r.done_ns is not None]
+    if not ok:
+        return {"completed": 0}
+    window = (max(r.done_ns or 0 for r in ok) - min(r.scheduled_ns for r in ok)) / 1e9
+    tokens = sum(r.usage_completion_tokens or r.content_chunks for r in ok)
+    return {
+        "completed": len(ok),
+        "ttft_p50_ms": sig(float(np.median([_ttft_ms(r) for r in ok]))),
+        "request_tok_s_p50": sig(float(np.median([_rate(r) for r in ok]))),
+        "phase_tok_s": sig(tokens / window) if window > 0 else None,
+    }
+
+
+def run_caching(
+    spec: RunSpec,
+    *,
+    api_key: str | None,
+    records_path: Path | None,
+    requests: int = 16,
+    concurrency: int | None = None,
+    on_record: OnRecord | None = None,
+) -> Verdict:
+    planner = Planner.from_spec(spec)
+    conc = concurrency or min(spec.load.concurrency or 4, max(1, requests // 4))
+    unique = [
+        fresh_plan(planner, BLOCK_UNIQUE, k, phase="cache-unique", tag="cache:unique")
+        for k in range(requests)
+    ]
+    base = fresh_plan(planner, BLOCK_REPEAT, 0, phase="cache-repeat", tag="cache:repeat")
+    repeat = [
+        dataclasses.replace(base, id=base.id + k) for k in range(requests)
+    ]  # same prompt, same length, same body; distinct record ids
+    u, r = (
+        _phase_stats(
+            send_phase(
+                spec,
+                plans,
+                api_key=api_key,
+                concurrency=conc,
+                records_path=records_path,
+                on_record=on_record,
+                runner=True,
+            ),
+            conc,
+        )
+        for plans in (unique, repeat)
+    )
+    numbers: dict[str, object] = {
+        "requests_per_phase": requests,
+        "concurrency": conc,
+        "unique": u,
+        "repeat": r,
+        "limit": LIMIT,
+        "order": "unique (fresh prompts) then repeat, after the main run",
+        "excluded_first_per_phase": conc,
+    }
+    if not u.get("completed") or not r.get("completed"):
+        return Verdict(
+            CACHING, Outcome.inconclusive, "a cache-audit phase had no completions", numbers
+        )
+    ttft_gain = 1.0 - _num(r, "ttft_p50_ms") / _num(u, "ttft_p50_ms")
+    rate_gain = _num(r, "request_tok_s_p50") / _num(u, "request_tok_s_p50") - 1.0
+    numbers["ttft_improvement"] = sig(ttft_gain)
+    numbers["throughput_improvement"] = sig(rate_gain)
+    worst = max(ttft_gain, rate_gain)
+    what = "first token" if ttft_gain >= rate_gain else "throughput"
+    if worst >= LIMIT:
+        return Verdict(
+            CACHING,
+            Outcome.failed,
+            f"repeated prompts {pct(worst)} faster than unique ({what}; limit {pct(LIMIT)})",
+            numbers,
+        )
+    return Verdict(
+        CACHING,
+        Outcome.passed,
+        f"repeated prompts no faster than unique (TTFT {pct(ttft_gain)}, throughput "
+        f"{pct(rate_gain)}; limit {pct(LIMIT)})",
+        numbers,
+    )
+
+
+def run_prefix_probe(
+    spec: RunSpec,
+    *,
+    api_key: str | None,
+    records_path: Path | None,
+    pairs: int = 12,
+    prompt_words: int | None = None,
+    max_tokens: int = 4,
+    on_record: OnRecord | None = None,
+) -> Verdict:
+    planner = Planner.from_spec(spec)
+    words = prompt_words or max(spec.workload.input_tokens.hi, 64)
+    rng = np.random.default_rng((spec.seed, 0x9F1C))
+    plans = []
+    for j in range(pairs):
+        prime = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j, phase="prefix-prime"), words)
+        miss = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 1, phase="prefix-miss"), words)
+        other = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 2, phase="prefix-hit"), words)
+        head = prime.prompt.split()[: words - TAIL]
+        tail = other.prompt.split()[-TAIL:]
+        hit = dataclasses.replace(other, prompt=" ".join(head + tail))
+        pair = [hit, miss] if rng.integers(2) else [miss, hit]
+        for p in (prime, *pair):
+            plans.append(dataclasses.replace(p, max_tokens=max_tokens, tag=f"prefix:{j}"))
+    recs = send_phase(
+        spec, plans, api_key=api_key, concurrency=1, records_path=records_path, on_record=on_record
+    )
+    hits = [_ttft_ms(r) for r in recs if r.phase == "prefix-hit" and r.ok and r.first_content_ns]
+    misses = [_ttft_ms(r) for r in recs if r.phase == "prefix-miss" and r.ok and r.first_content_ns]
+    numbers: dict[str, object] = {
+        "pairs": pairs,
+        "prompt_words": words,
+        "shared_prefix_words": words - TAIL,
+        "hits": len(hits),
+        "misses": len(misses),
+        "alpha": ALPHA,
+        "limit": LIMIT,
+    }
+    if len(hits) < 3 or len(misses) < 3:
+        return Verdict(
+            PREFIX, Outcome.inconclusive, "too few prefix-probe requests completed", numbers
+        )
+    res = stats.ks_2samp(hits, misses, alternative="greater")
+    hit_p50 = float(np.median(hits))
+    miss_p50 = float(np.median(misses))
+    gain = 1.0 - hit_p50 / miss_p50 if miss_p50 > 0 else 0.0
+    numbers.update(
+        {
+            "hit_ttft_p50_ms": sig(hit_p50),
+            "miss_ttft_p50_ms": sig(miss_p50),
+            "ttft_improvement": sig(gain),
+            "ks_statistic": sig(float(res.statistic)),
+            "ks_p_value": sig(float(res.pvalue)),
+        }
+    )
+    if res.pvalue < ALPHA and gain >= LIMIT:
+        return Verdict(
+            PREFIX,
+            Outcome.failed,
+            f"prompts sharing a prefix with an earlier one get their first token {pct(gain)} "
+            f"sooner (KS p={float(res.pvalue):.2g}): the server caches prompt prefixes",
+            numbers,
+        )
+    return Verdict(
+        PREFIX,
+        Outcome.passed,
+        f"no prefix caching seen (shared-prefix TTFT {pct(gain)} lower, "
+        f"KS p={float(res.pvalue):.2g})",
+        numbers,
+    )
+
+
+def _num(stats_: dict[str, float | int | None], key: str) -> float:
+    value = stats_[key]
+    assert value is not None, f"{key} missing from completed phase stats"
+    return float(value) if value else 1e-9
+
+
+def _sized(plan: RequestPlan, words: int) -> RequestPlan:
+    """``plan`` with its prompt cut or padded (by repeating its body) to ``words`` words."""
+    toks = plan.prompt.split()
+    while len(toks) < words:
+        toks += toks[8:] or toks
+    return dataclasses.replace(plan, prompt=" ".join(toks[:words]), input_tokens=words)

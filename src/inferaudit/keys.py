@@ -1,0 +1,310 @@
+"""Ed25519 keys in the C2SP signed-note text forms, their files, and the trust policy file.
+
+Text forms (C2SP signed-note; Go ``golang.org/x/mod/sumdb/note``):
+  verifier key  ``<name>+<hex key ID>+<base64(0x01 || 32-byte public key)>``
+  private key   ``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || 32-byte seed)>``
+The key ID is the first 4 bytes of SHA-256(name || 0x0A || 0x01 || public key), big-endian.
+
+Files in the data directory: ``keys/<quoted name>.key`` (private, created 0600 with ``os.open``,
+never chmod-ed afterwards) and ``keys/<quoted name>.pub`` (the verifier key line).
+
+Trust policy (``--trust FILE``), a text file of lines, ``#`` starting a comment::
+
+    # inferaudit trust policy v1
+    signer <verifier key>     # accepted signer of evidence envelopes (DSSE)
+    log <verifier key>        # accepted transparency-log key (checkpoint signatures)
+
+A verifier key line must be well formed; unknown words or malformed keys are errors naming the
+line, never skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from inferaudit.errors import ConfigError
+
+ALG_ED25519 = 0x01
+ALG_COSIGNATURE_V1 = 0x04  # C2SP tlog-cosignature (witness keys)
+KEYS_DIR = "keys"
+DEFAULT_SIGNER_NAME = "inferaudit-runner"  # the key `run` and `demo` sign evidence with
+TRUST_HEADER = "# inferaudit trust policy v1"
+
+
+class KeyFormatError(ConfigError):
+    """A key text or key file is malformed."""
+
+
+def check_name(name: str) -> str:
+    """A key name: non-empty, no ``+``, no whitespace or control characters (C2SP signed-note)."""
+    if not name:
+        raise KeyFormatError("key name is empty")
+    for ch in name:
+        if ch == "+" or ch.isspace() or unicodedata.category(ch).startswith(("C", "Z")):
+            raise KeyFormatError(
+                f"key name {name!r}: '+', spaces and control characters are not allowed"
+            )
+    return name
+
+
+def key_id(name: str, alg: int, public: bytes) -> int:
+    """SHA-256(name || 0x0A || alg || public)[:4] as a big-endian integer."""
+    digest = hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + public).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFormatError(f"{what}: bad base64") from None
+
+
+def _parse_hex_id(text: str, what: str) -> int:
+    if len(text) != 8 or any(c not in "0123456789abcdef" for c in text):
+        raise KeyFormatError(f"{what}: key ID must be 8 lowercase hex digits")
+    return int(text, 16)
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """A public key that checks signatures: ``name``, ``key_hash`` (the key ID), the algorithm."""
+
+    name: str
+    key_hash: int
+    public: bytes
+    alg: int = ALG_ED25519
+
+    @property
+    def keyid(self) -> str:
+        """``name+hexid``: the DSSE ``keyid`` of signatures made with this key."""
+        return f"{self.name}+{self.key_hash:08x}"
+
+    def text(self) -> str:
+        raw = bytes([self.alg]) + self.public
+        return f"{self.keyid}+{base64.b64encode(raw).decode()}"
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """Ed25519 check of ``signature`` over ``message`` (for 0x04 keys, over the
+        cosignature/v1 message the caller built)."""
+        if len(signature) != 64:
+            return False
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+def parse_verifier(text: str) -> Verifier:
+    """Parse ``name+hexid+base64(alg||key)``; the key ID must match the key."""
+    text = text.strip()
+    parts = text.split("+", 2)  # the base64 key may itself hold '+'
+    if len(parts) != 3:
+        raise KeyFormatError(f"verifier key {text[:40]!r}: expected name+hexid+base64")
+    name, hex_id, b64 = parts
+    check_name(name)
+    want = _parse_hex_id(hex_id, f"verifier key {name}")
+    raw = _b64decode(b64, f"verifier key {name}")
+    if len(raw) != 33 or raw[0] not in (ALG_ED25519, ALG_COSIGNATURE_V1):
+        raise KeyFormatError(f"verifier key {name}: not an Ed25519 key (0x01|0x04 + 32 bytes)")
+    alg, public = raw[0], raw[1:]
+    if key_id(name, alg, public) != want:
+        raise KeyFormatError(f"verifier key {name}: key ID {hex_id} does not match the key")
+    return Verifier(name=name, key_hash=want, public=public, alg=alg)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """An Ed25519 private key with its name. ``repr`` never shows the key."""
+
+    name: str
+    seed: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if len(self.seed) != 32:
+            raise KeyFormatError(f"private key {self.name}: seed must be 32 bytes")
+
+    @property
+    def _private(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.seed)
+
+    @property
+    def public(self) -> bytes:
+        return self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def key_hash(self) -> int:
+        return key_id(self.name, ALG_ED25519, self.public)
+
+    @property
+    def keyid(self) -> str:
+        return f"{self.name}+{self.key_hash:08x}"
+
+    def verifier(self) -> Verifier:
+        return Verifier(name=self.name, key_hash=self.key_hash, public=self.public)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    def private_text(self) -> str:
+        raw = bytes([ALG_ED25519]) + self.seed
+        return f"PRIVATE+KEY+{self.keyid}+{base64.b64encode(raw).decode()}"
+
+    @classmethod
+    def generate(cls, name: str) -> Signer:
+        check_name(name)
+        seed = Ed25519PrivateKey.generate().private_bytes_raw()
+        return cls(name=name, seed=seed)
+
+
+def parse_signer(text: str) -> Signer:
+    """Parse ``PRIVATE+KEY+name+hexid+base64(0x01||seed)`` (split on '+' at most 4 times)."""
+    parts = text.strip().split("+", 4)
+    if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
+        raise KeyFormatError("private key: expected PRIVATE+KEY+name+hexid+base64")
+    _, _, name, hex_id, b64 = parts
+    check_name(name)
+    want = _parse_hex_id(hex_id, f"private key {name}")
+    raw = _b64decode(b64, f"private key {name}")
+    if len(raw) != 33 or raw[0] != ALG_ED25519:
+        raise KeyFormatError(f"private key {name}: not an Ed25519 key (0x01 + 32 bytes)")
+    signer = Signer(name=name, seed=raw[1:])
+    if signer.key_hash != want:
+        raise KeyFormatError(f"private key {name}: key ID {hex_id} does not match the key")
+    return signer
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def key_paths(home: Path, name: str) -> tuple[Path, Path]:
+    """(private key file, verifier key file) for ``name`` under ``home/keys``."""
+    stem = quote(check_name(name), safe="")
+    base = home / KEYS_DIR
+    return base / f"{stem}.key", base / f"{stem}.pub"
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_signer(home: Path, signer: Signer) -> tuple[Path, Path]:
+    """Write a new key pair; the private file is created 0600 and never overwritten."""
+    priv, pub = key_paths(home, signer.name)
+    priv.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        _write_new(priv, (signer.private_text() + "\n").encode(), 0o600)
+    except FileExistsError:
+        raise ConfigError(f"key {signer.name!r} already exists at {priv}") from None
+    pub.write_text(signer.verifier().text() + "\n")
+    return priv, pub
+
+
+def generate_key(home: Path, name: str) -> Signer:
+    """``inferaudit keys generate``: a new Ed25519 key pair saved in the data directory."""
+    signer = Signer.generate(name)
+    save_signer(home, signer)
+    return signer
+
+
+def load_signer(home: Path, name: str) -> Signer:
+    priv, _ = key_paths(home, name)
+    try:
+        text = priv.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"no key named {name!r} in {priv.parent}") from None
+    signer = parse_signer(text)
+    if signer.name != name:
+        raise KeyFormatError(f"{priv}: holds key {signer.name!r}, not {name!r}")
+    return signer
+
+
+def load_or_create_signer(data_dir: Path, name: str) -> Signer:
+    """The signer ``name`` from the data directory, generated (0600) on first use."""
+    priv, _ = key_paths(data_dir, name)
+    if priv.exists():
+        return load_signer(data_dir, name)
+    signer = Signer.generate(name)
+    try:
+        save_signer(data_dir, signer)
+    except ConfigError:
+        # Another process created it between our check and our write: use theirs.
+        return load_signer(data_dir, name)
+    return signer
+
+
+def load_verifier(home: Path, name: str) -> Verifier:
+    _, pub = key_paths(home, name)
+    try:
+        return parse_verifier(pub.read_text())
+    except FileNotFoundError:
+        return load_signer(home, name).verifier()
+
+
+def list_keys(home: Path) -> list[Verifier]:
+    base = home / KEYS_DIR
+    if not base.is_dir():
+        return []
+    return [parse_verifier(p.read_text()) for p in sorted(base.glob("*.pub"))]
+
+
+# -- trust policy --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """Which keys a verifier accepts: evidence signers and transparency logs."""
+
+    signers: tuple[Verifier, ...] = ()
+    logs: tuple[Verifier, ...] = ()
+
+    def text(self) -> str:
+        lines = [TRUST_HEADER]
+        lines += [f"signer {v.text()}" for v in self.signers]
+        lines += [f"log {v.text()}" for v in self.logs]
+        return "\n".join(lines) + "\n"
+
+
+def parse_trust(text: str, source: str = "trust policy") -> TrustPolicy:
+    signers: list[Verifier] = []
+    logs: list[Verifier] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        kind, _, rest = line.partition(" ")
+        try:
+            verifier = parse_verifier(rest)
+        except KeyFormatError as exc:
+            raise KeyFormatError(f"{source}:{number}: {exc}") from None
+        if kind == "signer":
+            signers.append(verifier)
+        elif kind == "log":
+            logs.append(verifier)
+        else:
+            raise KeyFormatError(f"{source}:{number}: expected 'signer KEY' or 'log KEY'")
+    return TrustPolicy(signers=tuple(signers), logs=tuple(logs))
+
+
+def load_trust(path: Path) -> TrustPolicy:
+    try:
+        return parse_trust(path.read_text(), str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"trust policy {path}: no such file") from None

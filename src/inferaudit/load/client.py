@@ -1,0 +1,383 @@
+"""One streaming request to an OpenAI-compatible endpoint -> one record dict.
+
+The record dict has exactly the fields of :class:`inferaudit.records.Record`, in order, with
+times in integer ns since the run's epoch (``time.perf_counter_ns`` minus the epoch). Every read
+from the socket is stamped once; each content-carrying SSE event in that read gets that time and
+its character count. A request never raises for anything the endpoint does: the failure is in
+``error_class``:
+
+  http_<status>     the endpoint answered a non-200 status (message from its body, truncated)
+  connect           no response arrived: connection refused/reset before the response began
+  timeout           ``load.timeout_s`` passed between the scheduled send and the last byte
+  sse_malformed     an event that is not the JSON of a completion chunk
+  stream_error      the stream carried an ``{"error": ...}`` event
+  stream_truncated  the connection closed mid-stream, or ended without ``[DONE]`` or a
+                    ``finish_reason``
+  empty_output      the stream finished normally but carried no content
+
+Chat streams: ``choices[0].delta.content``; a role-only or empty delta is not content.
+Completions: ``choices[0].text``. ``usage`` is taken from whichever event carries it (we ask
+for it with ``stream_options.include_usage``).
+
+Also here: :func:`fetch_models` and the preflight :func:`check_endpoint`, which turn library
+exceptions into one-line :class:`~inferaudit.errors.EndpointError` messages, and
+:func:`send_plans`, a small in-process way to send a few plans (probes, fingerprints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any
+
+import aiohttp
+import orjson
+
+from inferaudit.errors import EndpointError
+from inferaudit.load.sse import SSEParser
+from inferaudit.protocol import Api, Endpoint, Workload
+from inferaudit.workload import RequestPlan
+
+__all__ = [
+    "Target",
+    "build_body",
+    "check_endpoint",
+    "execute",
+    "fetch_models",
+    "make_session",
+    "send_plans",
+]
+
+ERROR_MESSAGE_CHARS = 200
+_ERROR_BODY_BYTES = 65536
+_DONE = b"[DONE]"
+
+
+class _Malformed(Exception):
+    """An SSE event that is not a completion chunk (internal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Everything constant across the requests of a run, computed once."""
+
+    url: str
+    headers: Mapping[str, str]
+    model: str
+    chat: bool
+    enforce_output_length: bool = True
+    keep_output_text: bool = True
+    timeout_s: float = 600.0
+
+    @classmethod
+    def of(
+        cls,
+        endpoint: Endpoint,
+        api_key: str | None,
+        workload: Workload | None = None,
+        timeout_s: float = 600.0,
+    ) -> Target:
+        chat = endpoint.api == Api.chat
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        wl = workload or Workload()
+        return cls(
+            url=f"{endpoint.base_url}/{'chat/completions' if chat else 'completions'}",
+            headers=headers,
+            model=endpoint.model,
+            chat=chat,
+            enforce_output_length=wl.enforce_output_length,
+            keep_output_text=wl.keep_output_text,
+            timeout_s=timeout_s,
+        )
+
+
+def build_body(plan: RequestPlan, target: Target) -> bytes:
+    """The JSON body of ``plan``: always streaming with usage; ``plan.extra_body`` merged last."""
+    body: dict[str, Any] = {"model": target.model}
+    if target.chat:
+        body["messages"] = [{"role": "user", "content": plan.prompt}]
+    else:
+        body["prompt"] = plan.prompt
+    if plan.max_tokens is not None:
+        body["max_tokens"] = plan.max_tokens
+        if target.enforce_output_length:
+            body["ignore_eos"] = True
+            body["min_tokens"] = plan.max_tokens
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    if plan.extra_body:
+        body.update(plan.extra_body)
+    return orjson.dumps(body)
+
+
+def make_session(limit: int = 0) -> aiohttp.ClientSession:
+    """One session per event loop; ``limit`` 0 means no connection limit (open loop)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def _error_message(body: bytes) -> str:
+    """The human part of an error body: OpenAI ``error.message``, ``message``, ``detail``."""
+    text: Any = None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict):
+            text = err.get("message")
+        elif isinstance(err, str):
+            text = err
+        text = text or obj.get("message") or obj.get("detail")
+    if not isinstance(text, str) or not text:
+        text = body.decode("utf-8", "replace")
+    text = re.sub(r"\s+", " ", text).strip()
+    return text[:ERROR_MESSAGE_CHARS]
+
+
+async def execute(
+    session: aiohttp.ClientSession,
+    target: Target,
+    plan: RequestPlan,
+    body: bytes,
+    scheduled_abs_ns: int,
+    epoch_ns: int,
+    worker: int = 0,
+) -> dict[str, Any]:
+    """Send one request now and return its record dict (never raises for endpoint failures).
+
+    ``scheduled_abs_ns`` is the ``perf_counter_ns`` time the schedule assigned to it; the
+    timeout runs from there. Cancellation (``CancelledError``) propagates.
+    """
+    sent = perf_counter_ns()
+    chunk_ns: list[int] = []
+    chunk_chars: list[int] = []
+    parts: list[str] = []
+    status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    first_chunk: int | None = None
+    first_content: int | None = None
+    done: int | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    usage_prompt: int | None = None
+    usage_completion: int | None = None
+    empty_before = 0
+    got_done = False
+    chat = target.chat
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + target.timeout_s - (sent - scheduled_abs_ns) / 1e9
+    try:
+        async with (
+            asyncio.timeout_at(deadline),
+            session.post(target.url, data=body, headers=target.headers) as resp,
+        ):
+            status = resp.status
+            if status != 200:
+                raw = await resp.content.read(_ERROR_BODY_BYTES)
+                done = perf_counter_ns()
+                error_class = f"http_{status}"
+                error_message = _error_message(raw)
+            else:
+                parser = SSEParser()
+                content = resp.content
+                while True:
+                    data = await content.readany()
+                    if not data:
+                        break
+                    now = perf_counter_ns()
+                    done = now
+                    for event in parser.feed(data):
+                        if event == _DONE:
+                            got_done = True
+                            continue
+                        if first_chunk is None:
+                            first_chunk = now
+                        try:
+                            obj = orjson.loads(event)
+                            choices = obj.get("choices")
+                            if choices:
+                                choice = choices[0]
+                                text = (
+                                    (choice.get("delta") or {}).get("content")
+                                    if chat
+                                    else choice.get("text")
+                                )
+                                fr = choice.get("finish_reason")
+                                if fr is not None:
+                                    finish_reason = fr
+                            else:
+                                text = None
+                            usage = obj.get("usage")
+                            if usage:
+                                usage_prompt = usage.get("prompt_tokens")
+                                usage_completion = usage.get("completion_tokens")
+                            if model is None:
+                                model = obj.get("model")
+                            err = obj.get("error")
+                            if err:
+                                error_class = "stream_error"
+                                error_message = _error_message(orjson.dumps({"error": err}))
+                                break
+                        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+                            raise _Malformed(event[:80].decode("utf-8", "replace")) from None
+                        if text:
+                            if not isinstance(text, str):
+                                raise _Malformed(f"content is {type(text).__name__}")
+                            parts.append(text)
+                            chunk_ns.append(now - epoch_ns)
+                            chunk_chars.append(len(text))
+                            if first_content is None:
+                                first_content = now
+                        elif first_content is None:
+                            empty_before += 1
+                    if error_class is not None:
+                        break
+                if error_class is None and not got_done and finish_reason is None:
+                    error_class = "stream_truncated"
+                    error_message = "stream ended without [DONE] or a finish_reason"
+    except TimeoutError:
+        error_class = "timeout"
+        error_message = f"no complete response within {target.timeout_s:g} s of the schedule"
+    except _Malformed as exc:
+        error_class = "sse_malformed"
+        error_message = f"bad event: {exc}"[:ERROR_MESSAGE_CHARS]
+    except aiohttp.ClientConnectorError as exc:
+        error_class = "connect"
+        error_message = str(exc)[:ERROR_MESSAGE_CHARS]
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        error_class = "connect" if status is None else "stream_truncated"
+        error_message = (str(exc) or type(exc).__name__)[:ERROR_MESSAGE_CHARS]
+    except aiohttp.ClientResponseError as exc:  # unparseable HTTP
+        error_class = "http_invalid"
+        error_message = str(exc)[:ERROR_MESSAGE_CHARS]
+    if done is None or (error_class is not None and error_class != "stream_truncated"):
+        done = perf_counter_ns()  # when the error happened
+    text_out = "".join(parts)
+    if error_class is None and not parts:
+        error_class = "empty_output"
+        error_message = "the stream finished without any content"
+    return {
+        "id": plan.id,
+        "worker": worker,
+        "phase": plan.phase,
+        "tag": plan.tag,
+        "scheduled_ns": scheduled_abs_ns - epoch_ns,
+        "sent_ns": sent - epoch_ns,
+        "first_chunk_ns": None if first_chunk is None else first_chunk - epoch_ns,
+        "first_content_ns": None if first_content is None else first_content - epoch_ns,
+        "chunk_ns": chunk_ns,
+        "chunk_chars": chunk_chars,
+        "done_ns": done - epoch_ns,
+        "status": status,
+        "error_class": error_class,
+        "error_message": error_message,
+        "finish_reason": finish_reason,
+        "model": model,
+        "usage_prompt_tokens": usage_prompt,
+        "usage_completion_tokens": usage_completion,
+        "content_chunks": len(chunk_ns),
+        "empty_chunks_before_content": empty_before,
+        "output_chars": len(text_out),
+        "prompt_sha256": hashlib.sha256(plan.prompt.encode()).hexdigest(),
+        "output_sha256": hashlib.sha256(text_out.encode()).hexdigest(),
+        "input_tokens": plan.input_tokens,
+        "max_tokens": plan.max_tokens,
+        "output_text": text_out if target.keep_output_text else None,
+    }
+
+
+async def send_plans(
+    endpoint: Endpoint,
+    plans: Sequence[RequestPlan],
+    *,
+    api_key: str | None = None,
+    workload: Workload | None = None,
+    concurrency: int = 1,
+    timeout_s: float = 120.0,
+) -> list[dict[str, Any]]:
+    """Send ``plans`` from this process (at most ``concurrency`` at once) and return their
+    records in plan order; times are ns since the call began. For probes and fingerprints;
+    measured load goes through :func:`inferaudit.load.runner.run_load`."""
+    target = Target.of(endpoint, api_key, workload, timeout_s)
+    epoch = perf_counter_ns()
+    gate = asyncio.Semaphore(concurrency)
+    async with make_session() as session:
+
+        async def one(plan: RequestPlan) -> dict[str, Any]:
+            body = build_body(plan, target)
+            async with gate:
+                return await execute(session, target, plan, body, perf_counter_ns(), epoch)
+
+        return list(await asyncio.gather(*(one(p) for p in plans)))
+
+
+async def fetch_models(endpoint: Endpoint, api_key: str | None, timeout_s: float = 10.0) -> dict:
+    """``GET {base}/models`` as JSON; every failure is one-line :class:`EndpointError`."""
+    url = f"{endpoint.base_url}/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.get(url, headers=headers) as resp,
+        ):
+            raw = await resp.read()
+            if resp.status in (401, 403):
+                raise EndpointError(
+                    f"endpoint refused credentials (HTTP {resp.status}): set --api-key-env"
+                )
+            if resp.status != 200:
+                raise EndpointError(f"GET {url} answered HTTP {resp.status}: {_error_message(raw)}")
+    except aiohttp.ClientConnectorError as exc:
+        err = exc.os_error
+        reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+        raise EndpointError(f"cannot reach {url}: {reason.lower()}") from None
+    except TimeoutError:
+        raise EndpointError(f"cannot reach {url}: no answer within {timeout_s:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise EndpointError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+    try:
+        models = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise EndpointError(f"GET {url} did not answer JSON") from None
+    if not isinstance(models, dict):
+        raise EndpointError(f"GET {url} did not answer a JSON object")
+    return models
+
+
+def model_ids(models: dict) -> list[str]:
+    """Model ids listed by a ``/v1/models`` answer (``data[].id``)."""
+    data = models.get("data")
+    if not isinstance(data, list):
+        return []
+    return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+async def acheck_endpoint(endpoint: Endpoint, api_key: str | None) -> dict:
+    """Preflight: the endpoint answers, accepts the credentials and serves the model."""
+    models = await fetch_models(endpoint, api_key)
+    ids = model_ids(models)
+    if endpoint.model not in ids:
+        listed = ", ".join(ids) if ids else "nothing"
+        raise EndpointError(
+            f"model {endpoint.model!r} is not served here; /v1/models lists: {listed}"
+        )
+    return models
+
+
+def check_endpoint(endpoint: Endpoint, api_key: str | None) -> dict:
+    """Synchronous :func:`acheck_endpoint` (returns the ``/v1/models`` answer)."""
+    return asyncio.run(acheck_endpoint(endpoint, api_key))

@@ -1,0 +1,244 @@
+"""A verification run, end to end: freeze the protocol, probe, load, measure, check, seal.
+
+    1. freeze: write the canonical RunSpec (``spec.json``) before the first request;
+    2. preflight: the endpoint answers and lists the model (``meta.json`` keeps what it said);
+    3. checks before the run (conformance probes);
+    4. the load: records appended to ``records.jsonl`` as each request finishes;
+    5. checks after the run (record checks, extra phases such as the caching audit);
+    6. summary: ``metrics.summarize`` over the records, plus the verdicts -> ``summary.json``;
+    7. evidence: statement + DSSE envelope, appended to the ledger, inclusion proof saved.
+
+A sweep is one run directory per point under a parent directory, plus ``sweep.json``.
+The library never prints: ``RunObserver`` receives progress and the CLI renders it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from inferaudit import __version__
+from inferaudit.errors import ConfigError
+from inferaudit.protocol import RunSpec, canonical_bytes
+from inferaudit.records import RECORDS_FILE, read_records
+
+SPEC_FILE = "spec.json"
+SUMMARY_FILE = "summary.json"
+META_FILE = "meta.json"
+SWEEP_FILE = "sweep.json"
+
+
+class RunObserver(Protocol):
+    """Progress sink: the CLI renders these; tests may collect them."""
+
+    def phase(self, name: str, total: int | None) -> None: ...
+
+    def record(self, record: dict[str, Any]) -> None: ...
+
+
+class _Silent:
+    def phase(self, name: str, total: int | None) -> None:
+        pass
+
+    def record(self, record: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run needs besides its protocol; none of it enters the evidence as a secret."""
+
+    api_key: str | None = None
+    checks: Sequence[str] | None = None  # None: the checks that fit the protocol
+    tokenizer: Path | None = None
+    fingerprint: Path | None = None
+    sign: bool = True
+    data_dir: Path | None = None
+    db_url: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict[str, Any]
+    interrupted: bool = False
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def api_key_from_env(var: str | None) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"--api-key-env {var}: that environment variable is not set or empty")
+    return value
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_dir(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir}: output directory exists and is not empty")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "tool": "inferaudit",
+        "tool_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "argv0": os.path.basename(sys.argv[0]) if sys.argv else None,
+    }
+
+
+def execute(
+    spec: RunSpec,
+    run_dir: Path,
+    options: RunOptions = RunOptions(),
+    observer: RunObserver | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunOutcome:
+    """Run one measurement point under ``spec`` into ``run_dir`` (see the module docstring)."""
+    from inferaudit.checks.suite import plan_checks
+    from inferaudit.load.client import check_endpoint
+    from inferaudit.load.runner import run_load
+    from inferaudit.metrics import summarize
+
+    obs = observer or _Silent()
+    prepare_dir(run_dir)
+    records_path = run_dir / RECORDS_FILE
+
+    # (1): freeze the protocol before anything is sent.
+    (run_dir / SPEC_FILE).write_bytes(canonical_bytes(spec))
+
+    # (2): preflight — one clear error when the endpoint cannot be used at all.
+    obs.phase("preflight", None)
+    models = check_endpoint(spec.endpoint, options.api_key)
+    meta: dict[str, Any] = {
+        "environment": environment(),
+        "started_wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "models": models,
+    }
+    write_json(run_dir / META_FILE, meta)
+
+    # (3): checks that probe before the load.
+    suite = plan_checks(
+        spec,
+        selected=list(options.checks) if options.checks is not None else None,
+        tokenizer=options.tokenizer,
+        fingerprint=options.fingerprint,
+        api_key=options.api_key,
+    )
+    verdicts = suite.before_run(records_path, obs)
+
+    # (4): the load itself.
+    total = None if spec.load.requests is None else spec.load.requests + spec.load.warmup
+    obs.phase(f"load {spec.load.label()}", total)
+    result = run_load(
+        spec,
+        records_path,
+        api_key=options.api_key,
+        injected=suite.injected_plans(),
+        on_record=obs.record,
+        should_stop=should_stop,
+    )
+    meta["load"] = result.to_json()
+    write_json(run_dir / META_FILE, meta)
+
+    # (5): checks over the records, and extra phases (e.g. the caching audit).
+    if not result.interrupted:
+        verdicts += suite.after_run(records_path, obs)
+
+    # (6): the summary is a pure function of records and protocol.
+    summary = summarize(read_records(records_path), spec)
+    summary["checks"] = [v.to_json() for v in verdicts]
+    write_json(run_dir / SUMMARY_FILE, summary)
+    outcome = RunOutcome(run_dir=run_dir, summary=summary, interrupted=result.interrupted)
+
+    # (7): evidence — statement, envelope, ledger entry, inclusion proof.
+    if options.sign and not result.interrupted:
+        outcome.evidence = seal(run_dir, options)
+    return outcome
+
+
+def seal(run_dir: Path, options: RunOptions) -> dict[str, Any]:
+    """Sign the run directory's statement and append it to the ledger."""
+    from inferaudit.evidence import seal_run
+    from inferaudit.home import data_dir, db_url
+    from inferaudit.keys import load_or_create_signer
+    from inferaudit.ledger.store import open_ledger
+
+    home = data_dir(options.data_dir)
+    signer = load_or_create_signer(home, "inferaudit-runner")
+    with open_ledger(db_url(options.db_url, home), home) as ledger:
+        return seal_run(run_dir, signer, ledger)
+
+
+def execute_sweep(
+    specs: Sequence[RunSpec],
+    parent: Path,
+    options: RunOptions = RunOptions(),
+    observer: RunObserver | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[RunOutcome]:
+    """One run per point (``point-000``, ...) and ``sweep.json`` listing them."""
+    prepare_dir(parent)
+    outcomes: list[RunOutcome] = []
+    for i, spec in enumerate(specs):
+        outcome = execute(spec, parent / f"point-{i:03d}", options, observer, should_stop)
+        outcomes.append(outcome)
+        write_json(
+            parent / SWEEP_FILE,
+            {"points": [_sweep_row(o, s) for o, s in zip(outcomes, specs, strict=False)]},
+        )
+        if outcome.interrupted:
+            break
+    return outcomes
+
+
+def _sweep_row(outcome: RunOutcome, spec: RunSpec) -> dict[str, Any]:
+    s = outcome.summary
+    return {
+        "dir": outcome.run_dir.name,
+        "load": spec.load.model_dump(mode="json"),
+        "request_throughput_rps": s.get("request_throughput_rps"),
+        "output_throughput_tok_s": s.get("output_throughput_tok_s"),
+        "goodput_rps": s.get("goodput_rps"),
+        "ttft_p50_ms": (s.get("ttft_ms") or {}).get("p50"),
+        "ttft_p99_ms": (s.get("ttft_ms") or {}).get("p99"),
+        "tpot_p50_ms": (s.get("tpot_ms") or {}).get("p50"),
+        "valid": s.get("valid"),
+    }
+
+
+def load_run(run_dir: Path) -> tuple[RunSpec, dict[str, Any]]:
+    """Read a run directory's protocol and summary."""
+    try:
+        spec = RunSpec.model_validate_json((run_dir / SPEC_FILE).read_bytes())
+        summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{run_dir}: not a run directory ({exc.filename} missing)") from None
+    return spec, summary

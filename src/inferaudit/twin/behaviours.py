@@ -1,0 +1,234 @@
+"""Adversarial behaviours: the ways of gaming a load test that inferaudit's checks must catch.
+
+Each behaviour is switched on with ``--behave NAME`` (repeatable, combinable) and parameterised
+inline: ``--behave NAME:key=value,key=value``. Honest is the default (no behaviour).
+
+============================  ==================================================================
+``response-cache``            a repeated request is replayed from a cache: first token after
+                              ``ttft_ms`` (1), then one token every ``tpot_ms`` (0), no engine
+                              work. ``key=prompt`` (default): same API, prompt and max_tokens
+                              (seed and other sampling parameters ignored, as a cheat would);
+                              ``key=body``: the same body apart from ``stream`` options.
+``prefix-cache``              prompts sharing a prefix of whole ``block``-word blocks (16) with an
+                              earlier prompt skip that part of the prefill: TTFT (fixed mode) or
+                              prefill work (engine mode) shrinks to the uncached share, at least
+                              ``floor`` (0.05) of it.
+``early-stop``                stops after ``fraction`` (0.6) of the tokens it should send;
+                              ``finish_reason`` is "stop", or the lie "length" with ``lie=true``.
+``usage-inflate``             ``usage.completion_tokens`` = ceil(tokens sent × (1 + ``ratio``)),
+                              ``ratio`` 0.25.
+``role-first-chunk``          on arrival, at once, an empty first chunk (chat: role-only delta;
+                              completions: empty text) to fake a low TTFT.
+``burst``                     the first token on time, then tokens are held and flushed ``every``
+                              (16) at a time in one write (``every=0``: all at the end).
+``model-swap``                a different "model" (another word distribution) answers requests
+                              after the first ``after`` (20) requests, or while more than
+                              ``above`` requests are in flight (0 = only ``after`` applies).
+``shed-under-load``           while more than ``threshold`` (8) requests are in flight, new ones
+                              get ``mode`` = "429" or "503", or "truncate": the stream ends after
+                              half its tokens with no finish and no ``[DONE]``.
+``ignore-params``             ignores ``ignore_eos``, ``min_tokens`` and ``seed`` (sampling uses
+                              the server's own generator).
+============================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from inferaudit.errors import ConfigError
+
+
+class Name(StrEnum):
+    response_cache = "response-cache"
+    prefix_cache = "prefix-cache"
+    early_stop = "early-stop"
+    usage_inflate = "usage-inflate"
+    role_first_chunk = "role-first-chunk"
+    burst = "burst"
+    model_swap = "model-swap"
+    shed_under_load = "shed-under-load"
+    ignore_params = "ignore-params"
+
+
+def _check(ok: bool, name: Name, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"--behave {name}: {message}")
+
+
+@dataclass(frozen=True)
+class ResponseCache:
+    ttft_ms: float = 1.0
+    tpot_ms: float = 0.0
+    key: str = "prompt"  # "prompt": API + prompt + max_tokens; "body": the whole request body
+
+    def __post_init__(self) -> None:
+        _check(self.ttft_ms >= 0 and self.tpot_ms >= 0, Name.response_cache, "times must be >= 0")
+        _check(self.key in ("prompt", "body"), Name.response_cache, "key must be prompt or body")
+
+
+@dataclass(frozen=True)
+class PrefixCache:
+    block: int = 16
+    floor: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.block >= 1, Name.prefix_cache, "block must be >= 1")
+        _check(0.0 <= self.floor <= 1.0, Name.prefix_cache, "floor must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    fraction: float = 0.6
+    lie: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.fraction < 1.0, Name.early_stop, "fraction must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class UsageInflate:
+    ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check(self.ratio > 0, Name.usage_inflate, "ratio must be > 0")
+
+
+@dataclass(frozen=True)
+class RoleFirstChunk:
+    pass
+
+
+@dataclass(frozen=True)
+class Burst:
+    every: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0 and self.every != 1, Name.burst, "every must be 0 or >= 2")
+
+
+@dataclass(frozen=True)
+class ModelSwap:
+    after: int = 20
+    above: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.after >= 0 and self.above >= 0, Name.model_swap, "after/above must be >= 0")
+
+
+@dataclass(frozen=True)
+class ShedUnderLoad:
+    threshold: int = 8
+    mode: str = "429"
+
+    def __post_init__(self) -> None:
+        _check(self.threshold >= 0, Name.shed_under_load, "threshold must be >= 0")
+        _check(
+            self.mode in ("429", "503", "truncate"),
+            Name.shed_under_load,
+            f"mode must be 429, 503 or truncate, got {self.mode!r}",
+        )
+
+
+@dataclass(frozen=True)
+class IgnoreParams:
+    pass
+
+
+_PARAMS: dict[Name, type] = {
+    Name.response_cache: ResponseCache,
+    Name.prefix_cache: PrefixCache,
+    Name.early_stop: EarlyStop,
+    Name.usage_inflate: UsageInflate,
+    Name.role_first_chunk: RoleFirstChunk,
+    Name.burst: Burst,
+    Name.model_swap: ModelSwap,
+    Name.shed_under_load: ShedUnderLoad,
+    Name.ignore_params: IgnoreParams,
+}
+
+
+@dataclass(frozen=True)
+class Behaviours:
+    """The behaviours switched on; ``None`` = off. All ``None`` is the honest twin."""
+
+    response_cache: ResponseCache | None = None
+    prefix_cache: PrefixCache | None = None
+    early_stop: EarlyStop | None = None
+    usage_inflate: UsageInflate | None = None
+    role_first_chunk: RoleFirstChunk | None = None
+    burst: Burst | None = None
+    model_swap: ModelSwap | None = None
+    shed_under_load: ShedUnderLoad | None = None
+    ignore_params: IgnoreParams | None = None
+
+    def names(self) -> list[str]:
+        return [
+            Name[f.name].value
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        ]
+
+    def describe(self) -> list[str]:
+        """``NAME(key=value, ...)`` per active behaviour, for the banner."""
+        out = []
+        for f in dataclasses.fields(self):
+            params = getattr(self, f.name)
+            if params is not None:
+                values = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(params).items())
+                out.append(f"{Name[f.name].value}({values})")
+        return out
+
+
+def _coerce(name: Name, key: str, kind: str, text: str) -> Any:
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"--behave {name}: {key}={text!r} is not a {kind}") from None
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--behave {name}: {key}={text!r} is not true/false")
+    assert kind == "str", f"unhandled parameter type {kind}"
+    return text
+
+
+def parse_one(spec: str) -> tuple[Name, object]:
+    """``NAME`` or ``NAME:key=value,key=value`` -> (name, parameter object)."""
+    head, _, tail = spec.strip().partition(":")
+    try:
+        name = Name(head.strip())
+    except ValueError:
+        known = ", ".join(n.value for n in Name)
+        raise ConfigError(f"--behave {head!r}: unknown behaviour (known: {known})") from None
+    cls = _PARAMS[name]
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in tail.split(","))):
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or key not in kinds:
+            allowed = ", ".join(kinds) or "none"
+            raise ConfigError(f"--behave {name}: bad parameter {item!r} (parameters: {allowed})")
+        values[key] = _coerce(name, key, kinds[key], text.strip())
+    return name, cls(**values)
+
+
+def parse_behaviours(specs: list[str]) -> Behaviours:
+    """All ``--behave`` values -> :class:`Behaviours`; a behaviour given twice is an error."""
+    chosen: dict[str, object] = {}
+    for spec in specs:
+        name, params = parse_one(spec)
+        if name.name in chosen:
+            raise ConfigError(f"--behave {name}: given more than once")
+        chosen[name.name] = params
+    return Behaviours(**chosen)

@@ -1,0 +1,90 @@
+"""Hand-made run directories for the evidence/verify tests (no load engine involved)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+
+from inferaudit.metrics import summarize
+from inferaudit.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
+from inferaudit.records import Record, write_records
+
+MS = 1_000_000
+
+
+def make_spec(requests: int) -> RunSpec:
+    return RunSpec(
+        endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="tiny-model"),
+        load=Load(rate=20.0, requests=requests),
+        slo=SLO(bounds_ms={"ttft_p99": 400.0}),
+        seed=11,
+        label="hand-made",
+    )
+
+
+def make_records(n: int, seed: int = 3, chunks: int = 16) -> list[Record]:
+    """``n`` plausible completed requests (and one failure) with exact integer-ns times."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        scheduled = i * 50 * MS
+        sent = scheduled + rng.randrange(0, 2 * MS)
+        first = sent + rng.randrange(80, 300) * MS
+        times = [first]
+        for _ in range(chunks - 1):
+            times.append(times[-1] + rng.randrange(15_000, 25_000) * 1000)
+        failed = i == n - 1 and n > 3
+        out.append(
+            Record(
+                id=i,
+                scheduled_ns=scheduled,
+                sent_ns=sent,
+                first_chunk_ns=first,
+                first_content_ns=None if failed else first,
+                chunk_ns=[] if failed else times,
+                chunk_chars=[] if failed else [4] * chunks,
+                done_ns=times[-1] + MS,
+                status=500 if failed else 200,
+                error_class="http_500" if failed else None,
+                finish_reason=None if failed else "length",
+                model="tiny-model",
+                usage_prompt_tokens=None if failed else 32,
+                usage_completion_tokens=None if failed else chunks,
+                content_chunks=0 if failed else chunks,
+                output_chars=0 if failed else 4 * chunks,
+                prompt_sha256=f"{i:064x}",
+                output_sha256="" if failed else f"{i + 1:064x}",
+                input_tokens=32,
+                max_tokens=chunks,
+                output_text=None if failed else "word" * chunks,
+            )
+        )
+    return out
+
+
+def make_run_dir(run_dir: Path, n: int = 40, chunks: int = 16) -> Path:
+    """spec.json, records.jsonl, summary.json (with one verdict) and meta.json, as `run` writes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = make_spec(n)
+    records = make_records(n, chunks=chunks)
+    (run_dir / "spec.json").write_bytes(canonical_bytes(spec))
+    write_records(run_dir / "records.jsonl", records)
+    summary = summarize(records, spec)
+    summary["checks"] = [
+        {
+            "check": "usage-vs-chunks",
+            "verdict": "pass",
+            "summary": "usage agrees with the streamed chunks",
+            "numbers": {"agree": n - 1, "total": n - 1},
+        }
+    ]
+    (run_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    meta = {
+        "environment": {"tool": "inferaudit", "python": "3.11", "host": "test"},
+        "started_wall": "2026-11-29T00:00:00Z",
+        "models": {"object": "list", "data": [{"id": "tiny-model", "object": "model"}]},
+    }
+    (run_dir / "meta.json").write_bytes(orjson.dumps(meta))
+    return run_dir

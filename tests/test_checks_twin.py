@@ -1,0 +1,175 @@
+"""`inferaudit run` (the library entry point) against the twin: each adversarial behaviour is
+caught by its check, and the honest twin passes every check (no false alarm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer as HfTokenizer
+from tokenizers import models, pre_tokenizers
+
+from inferaudit.checks.verdict import Outcome, Verdict, format_verdict
+from inferaudit.fingerprint import record_fingerprint
+from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.runs import RunOptions, execute
+from inferaudit.twin.launch import start_twin
+
+MODEL = "twin-m"
+FAST = ["--ttft-ms", "20", "--tpot-ms", "2", "--model", MODEL]
+
+
+def twin_args(*behave: str) -> list[str]:
+    args = list(FAST)
+    for b in behave:
+        args += ["--behave", b]
+    return args
+
+
+def make_spec(base_url: str, *, seed: int = 0, requests: int = 20) -> RunSpec:
+    return RunSpec(
+        endpoint=Endpoint(base_url=base_url, model=MODEL),
+        workload=Workload(input_tokens=Length(lo=32, hi=32), output_tokens=Length(lo=32, hi=32)),
+        load=Load(concurrency=4, requests=requests),
+        seed=seed,
+        workers=1,
+        max_client_lag_p99_ms=1000.0,  # a shared 2-core test machine; lag is not under test
+    )
+
+
+def run_checks(
+    tmp_path: Path,
+    behave: tuple[str, ...] = (),
+    *,
+    checks: list[str] | None = None,
+    seed: int = 0,
+    tokenizer: Path | None = None,
+    fingerprint: Path | None = None,
+) -> dict[str, Verdict]:
+    with start_twin(twin_args(*behave)) as twin:
+        spec = make_spec(twin.base_url, seed=seed)
+        options = RunOptions(
+            checks=checks, sign=False, tokenizer=tokenizer, fingerprint=fingerprint
+        )
+        outcome = execute(spec, tmp_path / "run", options)
+    verdicts = [Verdict.from_json(v) for v in outcome.summary["checks"]]
+    return {v.check: v for v in verdicts}
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The twin's token rule as a tokenizer.json: one token per whitespace-separated word."""
+    tok = HfTokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fingerprint recorded from an honest twin (the trusted reference)."""
+    path = tmp_path_factory.mktemp("fp") / "ref.json"
+    with start_twin(twin_args()) as twin:
+        fp = record_fingerprint(
+            Endpoint(base_url=twin.base_url, model=MODEL), prompts=8, max_tokens=16, repeats=2
+        )
+    assert fp.self_agreement == 1.0  # the twin's greedy decoding is deterministic
+    assert fp.threshold == 0.9
+    fp.save(path)
+    return path
+
+
+def assert_fails(verdicts: dict[str, Verdict], name: str) -> Verdict:
+    v = verdicts[name]
+    assert v.verdict is Outcome.failed, format_verdict(v)
+    line = format_verdict(v)
+    assert line.startswith(f"{name}: ") and line.endswith(" — FAIL") and "\n" not in line
+    return v
+
+
+CASES = [
+    (("response-cache",), ["caching"], "caching"),
+    (("prefix-cache",), ["prefix-cache"], "prefix-cache"),
+    (("early-stop",), ["output-length"], "output-length"),
+    (("early-stop:lie=true",), ["output-length"], "output-length"),
+    (("role-first-chunk",), ["first-token"], "first-token"),
+    (("burst",), ["fluidity"], "fluidity"),
+    (("shed-under-load:threshold=2",), ["errors"], "errors"),
+    (("ignore-params",), ["conformance"], "conformance"),
+    (("usage-inflate",), ["token-accounting"], "token-accounting"),
+]
+
+
+@pytest.mark.parametrize(("behave", "checks", "failing"), CASES, ids=[c[0][0] for c in CASES])
+def test_behaviour_is_caught(
+    tmp_path: Path, behave: tuple[str, ...], checks: list[str], failing: str
+) -> None:
+    verdicts = run_checks(tmp_path, behave, checks=checks)
+    assert set(verdicts) == set(checks)
+    assert_fails(verdicts, failing)
+
+
+def test_response_cache_numbers(tmp_path: Path) -> None:
+    v = assert_fails(run_checks(tmp_path, ("response-cache",), checks=["caching"]), "caching")
+    # Replays answer in 1 ms instead of 20 ms (plus client overhead on a busy machine).
+    assert v.numbers["ttft_improvement"] > 0.8
+    assert v.numbers["unique"]["ttft_p50_ms"] >= 20.0
+    assert v.summary.startswith("repeated prompts ")
+    assert "faster than unique" in v.summary and "limit 10%" in v.summary
+
+
+def test_early_stop_is_also_a_conformance_finding(tmp_path: Path) -> None:
+    v = assert_fails(run_checks(tmp_path, ("early-stop",), checks=["conformance"]), "conformance")
+    assert v.numbers["items"]["ignore_eos"].startswith("ignored: asked 128")
+    assert v.numbers["items"]["max_tokens"] == "honoured"
+
+
+def test_usage_inflate_exact_with_tokenizer(tmp_path: Path, word_tokenizer: Path) -> None:
+    verdicts = run_checks(
+        tmp_path, ("usage-inflate",), checks=["token-accounting"], tokenizer=word_tokenizer
+    )
+    v = assert_fails(verdicts, "token-accounting")
+    assert v.numbers["client_tokens"] == 20 * 32  # every request delivered 32 words
+    assert v.numbers["usage_tokens"] == 20 * 40  # ceil(32 x 1.25)
+    assert v.numbers["relative_difference"] == 0.25
+
+
+def test_model_swap_fails_identity(tmp_path: Path, reference: Path) -> None:
+    verdicts = run_checks(
+        tmp_path, ("model-swap:after=0",), checks=["identity"], fingerprint=reference
+    )
+    v = assert_fails(verdicts, "identity")
+    assert v.numbers["replayed"] == 2  # 10% of 20 measured requests
+    assert v.numbers["agreement"] < 0.1
+
+
+def test_honest_twin_passes_every_check(
+    tmp_path: Path, reference: Path, word_tokenizer: Path
+) -> None:
+    verdicts = run_checks(tmp_path, fingerprint=reference, tokenizer=word_tokenizer)
+    assert sorted(verdicts) == sorted(
+        [
+            "conformance",
+            "output-length",
+            "token-accounting",
+            "first-token",
+            "fluidity",
+            "identity",
+            "caching",
+            "prefix-cache",
+            "errors",
+        ]
+    )
+    bad = [format_verdict(v) for v in verdicts.values() if v.verdict is not Outcome.passed]
+    assert not bad, bad
+    assert verdicts["identity"].numbers["agreement"] == 1.0
+    assert verdicts["token-accounting"].numbers["exact_requests"] == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_honest_twin_no_false_alarm_over_seeds(tmp_path: Path, reference: Path, seed: int) -> None:
+    verdicts = run_checks(tmp_path, seed=seed, fingerprint=reference)
+    bad = [format_verdict(v) for v in verdicts.values() if v.verdict is not Outcome.passed]
+    assert not bad, bad

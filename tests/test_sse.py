@@ -1,0 +1,110 @@
+"""SSE parser: WHATWG examples, OpenAI-style streams, and chunks split at every byte offset."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from inferaudit.load.sse import SSEParser, parse_all
+
+
+def feed_in_pieces(stream: bytes, cuts: list[int]) -> list[bytes]:
+    parser = SSEParser()
+    events: list[bytes] = []
+    bounds = [0, *cuts, len(stream)]
+    for lo, hi in itertools.pairwise(bounds):
+        events += parser.feed(stream[lo:hi])
+    return events
+
+
+def test_whatwg_multiline_data_joined_with_newlines() -> None:
+    # https://html.spec.whatwg.org/multipage/server-sent-events.html (stock ticker example)
+    assert parse_all(b"data: YHOO\ndata: +2\ndata: 10\n\n") == [b"YHOO\n+2\n10"]
+
+
+def test_whatwg_comments_ids_and_one_space_stripped() -> None:
+    stream = (
+        b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
+        b"data:  third event\n\n"
+    )
+    assert parse_all(stream) == [b"first event", b"second event", b" third event"]
+
+
+def test_whatwg_empty_data_fields_and_unterminated_last_event() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data\n\ndata\ndata\n\ndata:") == [b"", b"\n"]
+    assert parser.pending  # the last event was never closed by a blank line
+
+
+def test_event_retry_and_unknown_fields_do_not_become_data() -> None:
+    stream = b"event: message\nretry: 10\nfoo: bar\ndataX: no\ndata: yes\n\n"
+    assert parse_all(stream) == [b"yes"]
+
+
+def test_lines_without_data_dispatch_nothing() -> None:
+    assert parse_all(b"event: ping\n\n: keep-alive\n\n\n\n") == []
+
+
+@pytest.mark.parametrize("nl", [b"\n", b"\r\n", b"\r"])
+def test_all_line_endings(nl: bytes) -> None:
+    stream = b"data: a" + nl + b"data: b" + nl + nl + b"data: [DONE]" + nl + nl
+    assert parse_all(stream) == [b"a\nb", b"[DONE]"]
+
+
+OPENAI_STREAM = (
+    b": keep-alive\r\n\r\n"
+    b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\r\n\r\n'
+    b'data: {"choices":[{"delta":{"content":"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80"}}]}\r\n'
+    b"\r\n"
+    b"data: line one\r\ndata: line two\r\n\r\n"
+    b": ping\r\n"
+    b'data: {"choices":[],"usage":{"completion_tokens":2}}\r\n\r\n'
+    b"data: [DONE]\r\n\r\n"
+)
+OPENAI_EVENTS = [
+    b'{"choices":[{"delta":{"role":"assistant","content":""}}]}',
+    b'{"choices":[{"delta":{"content":"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80"}}]}',
+    b"line one\nline two",
+    b'{"choices":[],"usage":{"completion_tokens":2}}',
+    b"[DONE]",
+]
+
+
+def test_openai_style_stream_in_one_piece() -> None:
+    assert parse_all(OPENAI_STREAM) == OPENAI_EVENTS
+
+
+def test_split_at_every_single_offset() -> None:
+    # includes cuts inside CRLF pairs and inside 2-, 3- and 4-byte UTF-8 characters
+    for cut in range(1, len(OPENAI_STREAM)):
+        assert feed_in_pieces(OPENAI_STREAM, [cut]) == OPENAI_EVENTS, cut
+
+
+def test_split_at_every_pair_of_offsets() -> None:
+    stream = b'data: {"t":"\xe2\x82\xac"}\r\n\r\n: c\r\ndata: x\r\n\r\n'
+    expected = [b'{"t":"\xe2\x82\xac"}', b"x"]
+    for a in range(1, len(stream)):
+        for b in range(a, len(stream)):
+            assert feed_in_pieces(stream, [a, b]) == expected, (a, b)
+
+
+def test_one_byte_at_a_time_with_bare_cr_line_ends() -> None:
+    stream = OPENAI_STREAM.replace(b"\r\n", b"\r")
+    assert feed_in_pieces(stream, list(range(1, len(stream)))) == OPENAI_EVENTS
+
+
+def test_cr_then_lf_in_next_chunk_is_one_line_break() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r") == []
+    assert parser.feed(b"\n") == []  # the LF completes the CRLF: not an empty line
+    assert parser.feed(b"\r\n") == [b"a"]
+    assert not parser.pending
+
+
+def test_empty_chunks_are_harmless() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"") == []
+    assert parser.feed(b"data: a\n") == []
+    assert parser.feed(b"") == []
+    assert parser.feed(b"\n") == [b"a"]

@@ -1,0 +1,479 @@
+"""The honest twin: protocol conformance, deterministic text, timing, engine model, launcher.
+
+The twin is tested with its own tiny aiohttp client below (NOT inferaudit's load client: a bug
+shared by both would cancel out). Timing is judged from the twin's truth file, with generous
+tolerances; nothing here asserts how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from inferaudit import catalog, roofline
+from inferaudit.errors import ConfigError
+from inferaudit.twin import text
+from inferaudit.twin.behaviours import Behaviours, parse_behaviours
+from inferaudit.twin.engine import EngineConfig, FixedEngine
+from inferaudit.twin.launch import start_twin
+from inferaudit.twin.server import OWNED_BY, SIMULATION_HEADER, TwinConfig, TwinServer
+
+MODEL = "twin-test"
+
+
+# --- a tiny client of our own -------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    events: list[tuple[int, dict[str, Any]]]  # (receipt perf_counter_ns, JSON) of SSE data
+    done: bool  # saw "data: [DONE]"
+    body: dict[str, Any] | None  # non-streaming JSON
+    sent_ns: int
+
+    def pieces(self) -> list[str]:
+        """Text of each content chunk (role-only / empty chunks dropped)."""
+        out = []
+        for _, event in self.events:
+            for choice in event.get("choices", []):
+                piece = choice.get("text") if "text" in choice else choice["delta"].get("content")
+                if piece:
+                    out.append(piece)
+        return out
+
+    def text(self) -> str:
+        if self.body is not None:
+            choice = self.body["choices"][0]
+            return choice["text"] if "text" in choice else choice["message"]["content"]
+        return "".join(self.pieces())
+
+    def finish_reason(self) -> str | None:
+        if self.body is not None:
+            return self.body["choices"][0]["finish_reason"]
+        reasons = [c["finish_reason"] for _, e in self.events for c in e.get("choices", [])]
+        return next((r for r in reasons if r is not None), None)
+
+    def usage(self) -> dict[str, int] | None:
+        if self.body is not None:
+            return self.body.get("usage")
+        usages = [e["usage"] for _, e in self.events if e.get("usage")]
+        return usages[-1] if usages else None
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    url: str,
+    path: str,
+    body: dict[str, Any] | bytes,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    sent = time.perf_counter_ns()
+    async with session.post(url + path, data=data, headers=headers or {}) as resp:
+        events: list[tuple[int, dict[str, Any]]] = []
+        done = False
+        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if not line:
+                    continue
+                assert line.startswith("data: "), line
+                payload = line[len("data: ") :]
+                if payload == "[DONE]":
+                    done = True
+                else:
+                    events.append((time.perf_counter_ns(), orjson.loads(payload)))
+            return Reply(resp.status, dict(resp.headers), events, done, None, sent)
+        return Reply(resp.status, dict(resp.headers), [], False, await resp.json(), sent)
+
+
+def completion_body(api: str, prompt: str, **params: Any) -> tuple[str, dict[str, Any]]:
+    if api == "completions":
+        return "/completions", {"model": MODEL, "prompt": prompt, **params}
+    messages = [{"role": "user", "content": prompt}]
+    return "/chat/completions", {"model": MODEL, "messages": messages, **params}
+
+
+def with_twin(
+    config: TwinConfig, fn: Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
+) -> Any:
+    async def main() -> Any:
+        async with TwinServer(config) as server, aiohttp.ClientSession() as session:
+            return await fn(session, server.base_url)
+
+    return asyncio.run(main())
+
+
+def fixed(ttft_ms: float = 5.0, tpot_ms: float = 1.0, **kw: Any) -> TwinConfig:
+    return TwinConfig(engine=FixedEngine(ttft_ms, tpot_ms), model_name=MODEL, **kw)
+
+
+def read_truth(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+PROMPT = "the quick brown fox jumps over the lazy dog"
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def test_text_known_answer_and_rules() -> None:
+    c = text.complete(
+        MODEL, "hello there you", seed=3, temperature=1.0, max_tokens=5, ignore_eos=True
+    )
+    # pinned: a change here changes every fingerprint recorded against the twin
+    assert c.words == ("zedis", "kunman", "breabrer", "fefur", "stounton")
+    assert c.finish_reason == "length"
+    assert c.text() == " zedis kunman breabrer fefur stounton"
+    assert text.count_prompt_tokens("  a b\tc\nd  ") == 4
+    assert len(set(text.VOCABULARY)) == text.VOCAB_SIZE == 4096
+
+
+def test_text_eos_min_tokens_and_greedy() -> None:
+    # natural lengths vary by seed; some stop before 64 with "stop"
+    outs = [text.complete(MODEL, PROMPT, seed=s, temperature=1.0, max_tokens=64) for s in range(40)]
+    stops = [c for c in outs if c.finish_reason == "stop"]
+    assert stops and all(len(c.words) < 64 for c in stops)
+    assert all(len(c.words) == 64 for c in outs if c.finish_reason == "length")
+    # min_tokens holds EOS back; ignore_eos always gives max_tokens
+    for s in range(40):
+        held = text.complete(MODEL, PROMPT, seed=s, temperature=1.0, max_tokens=64, min_tokens=50)
+        assert len(held.words) >= 50
+        full = text.complete(MODEL, PROMPT, seed=s, temperature=1.0, max_tokens=64, ignore_eos=True)
+        assert len(full.words) == 64 and full.finish_reason == "length"
+    # greedy ignores the seed; sampling does not; another identity is another text
+    g1 = text.complete(MODEL, PROMPT, seed=1, temperature=0.0, max_tokens=16, ignore_eos=True)
+    g2 = text.complete(MODEL, PROMPT, seed=2, temperature=0.0, max_tokens=16, ignore_eos=True)
+    s2 = text.complete(MODEL, PROMPT, seed=2, temperature=0.7, max_tokens=16, ignore_eos=True)
+    other = text.complete("other", PROMPT, seed=1, temperature=0.0, max_tokens=16, ignore_eos=True)
+    assert g1 == g2 and s2 != g2 and other.words != g1.words
+
+
+# --- protocol -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_streaming_exact_length_usage_and_done(api: str) -> None:
+    async def go(session: aiohttp.ClientSession, url: str) -> Reply:
+        path, body = completion_body(
+            api,
+            PROMPT,
+            max_tokens=12,
+            ignore_eos=True,
+            seed=7,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return await call(session, url, path, body)
+
+    r = with_twin(fixed(), go)
+    assert r.status == 200 and r.done
+    assert r.headers[SIMULATION_HEADER] == "simulation"
+    pieces = r.pieces()
+    assert len(pieces) == 12 and all(p.startswith(" ") and len(p.split()) == 1 for p in pieces)
+    assert r.finish_reason() == "length"
+    assert r.usage() == {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+    first = r.events[0][1]["choices"][0]
+    if api == "chat":  # vLLM-style role-only first delta, carrying no content
+        assert first["delta"] == {"role": "assistant", "content": ""}
+        assert r.events[0][1]["object"] == "chat.completion.chunk"
+    else:
+        assert first["text"] == pieces[0]
+    assert r.events[-1][1]["choices"] == []  # usage chunk last
+    expected = text.complete(
+        MODEL,
+        "the quick brown fox jumps over the lazy dog",
+        seed=7,
+        temperature=1.0,
+        max_tokens=12,
+        ignore_eos=True,
+    )
+    assert r.text() == expected.text()
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_non_streaming_and_determinism(api: str) -> None:
+    async def go(session: aiohttp.ClientSession, url: str) -> list[Reply]:
+        out = []
+        for seed in (1, 1, 2):
+            path, body = completion_body(api, PROMPT, max_tokens=20, ignore_eos=True, seed=seed)
+            out.append(await call(session, url, path, body))
+        return out
+
+    a, b, c = with_twin(fixed(), go)
+    assert a.status == b.status == c.status == 200
+    assert len(a.text().split()) == 20 and a.finish_reason() == "length"
+    assert a.usage() == {"prompt_tokens": 9, "completion_tokens": 20, "total_tokens": 29}
+    assert a.text() == b.text() and a.text() != c.text()
+    assert a.body is not None and a.body["object"] == (
+        "text_completion" if api == "completions" else "chat.completion"
+    )
+
+
+def test_stop_without_ignore_eos_and_min_tokens() -> None:
+    # seeds whose natural length is below 40, computed from the twin's own text model
+    short = [
+        s
+        for s in range(60)
+        if text.complete(MODEL, PROMPT, seed=s, temperature=1.0, max_tokens=40).finish_reason
+        == "stop"
+    ][:3]
+    assert len(short) == 3
+
+    async def go(session: aiohttp.ClientSession, url: str) -> list[tuple[Reply, Reply]]:
+        out = []
+        for s in short:
+            path, body = completion_body("completions", PROMPT, max_tokens=40, seed=s, stream=True)
+            free = await call(session, url, path, body)
+            path, body = completion_body(
+                "completions", PROMPT, max_tokens=40, seed=s, min_tokens=40, stream=True
+            )
+            out.append((free, await call(session, url, path, body)))
+        return out
+
+    for free, held in with_twin(fixed(), go):
+        assert free.finish_reason() == "stop" and len(free.pieces()) < 40
+        assert held.finish_reason() == "length" and len(held.pieces()) == 40
+
+
+def test_errors_404_400_401_and_models() -> None:
+    async def go(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with session.get(url + "/models") as resp:
+            out["models"] = (resp.status, await resp.json(), resp.headers[SIMULATION_HEADER])
+        out["no-key"] = await call(session, url, "/completions", {"model": MODEL, "prompt": "x"})
+        auth = {"Authorization": "Bearer sekrit"}
+        out["unknown"] = await call(
+            session, url, "/completions", {"model": "nope", "prompt": "x"}, auth
+        )
+        out["badjson"] = await call(session, url, "/completions", b"{not json", auth)
+        out["min>max"] = await call(
+            session,
+            url,
+            "/completions",
+            {"model": MODEL, "prompt": "x", "max_tokens": 2, "min_tokens": 3},
+            auth,
+        )
+        out["ok"] = await call(
+            session, url, "/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2}, auth
+        )
+        return out
+
+    out = with_twin(fixed(api_key="sekrit"), go)
+    # /v1/models also needs the key
+    status, _, header = out["models"]
+    assert status == 401 and header == "simulation"
+    assert out["no-key"].status == 401
+    unknown = out["unknown"]
+    assert unknown.status == 404
+    assert unknown.body["error"]["code"] == "model_not_found"
+    assert "nope" in unknown.body["error"]["message"]
+    assert out["badjson"].status == 400
+    assert out["badjson"].body["error"]["type"] == "invalid_request_error"
+    assert out["min>max"].status == 400 and out["min>max"].body["error"]["param"] == "min_tokens"
+    assert out["ok"].status == 200
+
+    async def models(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        async with session.get(url + "/models") as resp:
+            return await resp.json()
+
+    listing = with_twin(fixed(), models)
+    (entry,) = listing["data"]
+    assert entry["id"] == MODEL and entry["owned_by"] == OWNED_BY and entry["simulation"] is True
+
+
+def test_tokens_per_chunk() -> None:
+    cfg = TwinConfig(engine=FixedEngine(2, 1), model_name=MODEL, tokens_per_chunk=4)
+
+    async def go(session: aiohttp.ClientSession, url: str) -> Reply:
+        path, body = completion_body(
+            "completions",
+            PROMPT,
+            max_tokens=10,
+            ignore_eos=True,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return await call(session, url, path, body)
+
+    r = with_twin(cfg, go)
+    assert [len(p.split()) for p in r.pieces()] == [1, 4, 4, 1]
+    assert r.usage()["completion_tokens"] == 10
+
+
+def test_fixed_mode_timing_from_truth(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    cfg = fixed(ttft_ms=40.0, tpot_ms=10.0, truth_path=truth)
+
+    async def go(session: aiohttp.ClientSession, url: str) -> list[Reply]:
+        path, body = completion_body("chat", PROMPT, max_tokens=20, ignore_eos=True, stream=True)
+        return list(
+            await asyncio.gather(
+                *(call(session, url, path, body, {"X-Request-Id": f"r{i}"}) for i in range(4))
+            )
+        )
+
+    replies = with_twin(cfg, go)
+    lines = read_truth(truth)
+    assert len(lines) == 4 and {line["status"] for line in lines} == {200}
+    for line in lines:
+        assert line["tokens_generated"] == line["tokens_reported"] == 20
+        ttft_ms = (line["first_sent_ns"] - line["arrival_ns"]) / 1e6
+        # deadlines are absolute: never early; late only by scheduler slack (generous bound)
+        assert 40.0 <= ttft_ms < 40.0 + 30.0
+        for i, t_ns in enumerate(line["token_ns"]):  # absolute deadlines: no drift over 20
+            late_ms = (t_ns - line["arrival_ns"]) / 1e6 - (40.0 + 10.0 * i)
+            assert -0.5 < late_ms < 30.0, (i, late_ms)
+        assert line["finish_reason"] == line["true_finish"] == "length"
+    for r in replies:  # the client's own view: first content chunk no earlier than 40 ms
+        content = [
+            t for t, e in r.events if e["choices"] and e["choices"][0]["delta"].get("content")
+        ]
+        assert (content[0] - r.sent_ns) / 1e6 >= 40.0
+    # the truth names each request by the client's X-Request-Id and digests the text it sent
+    by_id = {line["client_request_id"]: line for line in lines}
+    assert sorted(by_id) == ["r0", "r1", "r2", "r3"]
+    for r in replies:
+        digest = hashlib.sha256(r.text().encode()).hexdigest()
+        assert digest in {line["output_sha256"] for line in lines}
+
+
+# --- engine mode --------------------------------------------------------------------------
+
+
+def _engine(truth: Path, **kw: Any) -> TwinConfig:
+    options = {"efficiency": 0.5} | kw
+    engine = EngineConfig.from_catalog("L20", "llama-3.1-8b", **options)
+    return TwinConfig(engine=engine, model_name=MODEL, truth_path=truth)
+
+
+async def _burst(
+    session: aiohttp.ClientSession, url: str, n: int, prompt: str, max_tokens: int
+) -> None:
+    path, body = completion_body(
+        "completions", prompt, max_tokens=max_tokens, ignore_eos=True, stream=True
+    )
+    replies = await asyncio.gather(*(call(session, url, path, body) for _ in range(n)))
+    assert all(r.status == 200 and len(r.pieces()) == max_tokens for r in replies)
+
+
+def test_engine_decode_matches_roofline_and_throughput_scales(tmp_path: Path) -> None:
+    acc, model = catalog.accelerator("L20"), catalog.model("llama-3.1-8b")
+    prompt = " ".join(["word"] * 100)
+    results = {}
+    for conc in (1, 8):
+        truth = tmp_path / f"c{conc}.jsonl"
+        with_twin(_engine(truth), lambda s, u, c=conc: _burst(s, u, c, prompt, max_tokens=24))
+        lines = read_truth(truth)
+        gaps = [
+            (line["token_ns"][-1] - line["token_ns"][1]) / 1e9 / 22 for line in lines
+        ]  # decode steps only (token 1 comes from prefill)
+        first = min(line["arrival_ns"] for line in lines)
+        last = max(line["token_ns"][-1] for line in lines)
+        gap = sorted(gaps)[len(gaps) // 2]  # median request: the first may share a prefill step
+        results[conc] = (
+            gap,
+            sum(len(line["token_ns"]) for line in lines) / ((last - first) / 1e9),
+        )
+        context = 100 + 12  # mean context over the decode phase
+        expected = (
+            roofline.decode_step_seconds(
+                acc, model, batch=conc, context_tokens=context, dtype="bf16"
+            )
+            / 0.5
+        )
+        # each decode step lasts the roofline step / efficiency (timer slack: +20%)
+        assert expected * 0.97 <= gap <= expected * 1.2, (conc, gap, expected)
+    # memory-bound decode: 8 sequences cost about one step each, so throughput ~ 8x
+    assert results[8][1] > 5.0 * results[1][1]
+
+
+def test_engine_ttft_prefill_and_queueing(tmp_path: Path) -> None:
+    acc, model = catalog.accelerator("L20"), catalog.model("llama-3.1-8b")
+    prompt = " ".join(["word"] * 2000)
+    prefill = roofline.prefill_seconds(acc, model, tokens=2000, dtype="bf16") / 0.5
+    truth = tmp_path / "t.jsonl"
+    with_twin(_engine(truth), lambda s, u: _burst(s, u, 1, prompt, max_tokens=4))
+    (line,) = read_truth(truth)
+    ttft = (line["first_token_ns"] - line["arrival_ns"]) / 1e9
+    assert prefill * 0.98 <= ttft <= prefill * 1.15 + 0.01  # compute-bound prefill
+    # batch limit 2 and 6 requests at once: the third pair waits for two full services
+    truth = tmp_path / "q.jsonl"
+    with_twin(
+        _engine(truth, max_batch=2),
+        lambda s, u: _burst(s, u, 6, " ".join(["w"] * 50), max_tokens=8),
+    )
+    lines = sorted(read_truth(truth), key=lambda ln: ln["first_token_ns"])
+    ttfts = [(ln["first_token_ns"] - ln["arrival_ns"]) / 1e9 for ln in lines]
+    service = (lines[0]["token_ns"][-1] - lines[0]["arrival_ns"]) / 1e9
+    assert ttfts[5] > 2 * service * 0.9 and ttfts[1] < service
+    assert {ln["replica"] for ln in lines} == {0}
+
+
+def test_engine_config_errors() -> None:
+    with pytest.raises(ConfigError, match="does not fit"):
+        EngineConfig.from_catalog("L20", "llama-3.1-70b")
+    with pytest.raises(ConfigError, match="bf16_tflops"):  # unknown peak is never guessed
+        EngineConfig.from_catalog("Ascend-910C", "llama-3.1-8b")
+    with pytest.raises(ConfigError, match="efficiency"):
+        EngineConfig.from_catalog("H100", "llama-3.1-8b", efficiency=0.0)
+    cfg = EngineConfig.from_catalog("H100-SXM", "llama-3.1-8b", replicas=2)
+    expected = 80e9 * 0.9 - 8.03e9 * 2
+    assert cfg.kv_capacity_bytes() == pytest.approx(expected)
+
+
+# --- behaviours parsing and the launcher ---------------------------------------------------
+
+
+def test_parse_behaviours() -> None:
+    b = parse_behaviours(["early-stop:fraction=0.5,lie=true", "usage-inflate", "burst:every=0"])
+    assert b.early_stop is not None and b.early_stop.fraction == 0.5 and b.early_stop.lie
+    assert b.usage_inflate is not None and b.usage_inflate.ratio == 0.25
+    assert b.names() == ["early-stop", "usage-inflate", "burst"]
+    assert parse_behaviours([]) == Behaviours()
+    for bad, msg in [
+        ("teleport", "unknown behaviour"),
+        ("early-stop:fraction=1.5", "fraction"),
+        ("early-stop:speed=2", "bad parameter"),
+        ("burst:every=x", "not a int"),
+        ("shed-under-load:mode=drop", "mode"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_behaviours([bad])
+    with pytest.raises(ConfigError, match="more than once"):
+        parse_behaviours(["burst", "burst:every=4"])
+
+
+def test_start_twin_serves_and_stops(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    with start_twin(
+        ["--ttft-ms", "5", "--tpot-ms", "1", "--served-model-name", MODEL, "--truth", str(truth)]
+    ) as twin:
+        assert twin.base_url == f"http://127.0.0.1:{twin.port}/v1"
+
+        async def go() -> Reply:
+            async with aiohttp.ClientSession() as session:
+                path, body = completion_body("chat", PROMPT, max_tokens=3, ignore_eos=True)
+                return await call(session, twin.base_url, path, body)
+
+        reply = asyncio.run(go())
+        assert reply.status == 200 and len(reply.text().split()) == 3
+    assert twin.process.returncode == 0  # SIGTERM is a clean shutdown
+    assert read_truth(truth)[0]["tokens_generated"] == 3
+
+
+def test_start_twin_reports_a_bad_flag() -> None:
+    with pytest.raises(ConfigError, match=r"before listening.*teleport"):
+        start_twin(["--behave", "teleport"])
