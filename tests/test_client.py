@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fakes import Behaviour, FakeServer, closed_port
-from inferaudit.errors import EndpointError
-from inferaudit.load.client import check_endpoint, send_plans
+from inferaudit.errors import ConfigError, EndpointError
+from inferaudit.load.client import api_key_for, check_endpoint, send_plans
 from inferaudit.protocol import Endpoint, Workload
 from inferaudit.records import Record
 from inferaudit.workload import RequestPlan
@@ -222,3 +222,13 @@ def test_check_endpoint_model_not_served() -> None:
     with FakeServer(Behaviour(models=("a", "b"))) as srv, pytest.raises(EndpointError) as info:
         check_endpoint(Endpoint(base_url=srv.base_url, model="x"), None)
     assert str(info.value) == "model 'x' is not served here; /v1/models lists: a, b"
+
+
+def test_api_key_for_reads_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = Endpoint(base_url="http://127.0.0.1:9/v1", model=MODEL, api_key_env="IA_TEST_KEY")
+    monkeypatch.setenv("IA_TEST_KEY", "sk-1")
+    assert api_key_for(endpoint) == "sk-1"
+    monkeypatch.delenv("IA_TEST_KEY")
+    with pytest.raises(ConfigError, match="--api-key-env IA_TEST_KEY: that environment variable"):
+        api_key_for(endpoint)
+    assert api_key_for(Endpoint(base_url="http://127.0.0.1:9/v1", model=MODEL)) is None

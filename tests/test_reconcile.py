@@ -42,10 +42,12 @@ def make_run(
     slo: str | None = None,
     failed_check: bool = False,
     all_errors: bool = False,
+    jitter: bool = False,
 ) -> Path:
     """A run directory: spec.json, records.jsonl and the real metrics.summarize summary.
 
     Steady state: ``tokens`` output tokens every ``interval_ms`` -> tokens*1000/interval tok/s.
+    ``jitter`` spreads TTFT and token gaps deterministically (0.5x to 2.5x) for chart tests.
     """
     spec = RunSpec(
         endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model=model),
@@ -71,8 +73,9 @@ def make_run(
                 )
             )
             continue
-        first = sent + int(ttft_ms * MS)
-        chunks = [first + int(k * gap_ms * MS) for k in range(tokens)]
+        spread = 0.5 + 2.0 * ((i * 37) % 100) ** 2 / 10_000 if jitter else 1.0
+        first = sent + int(ttft_ms * spread * MS)
+        chunks = [first + int(k * gap_ms * spread * MS) for k in range(tokens)]
         records.append(
             Record(
                 id=i,
@@ -252,6 +255,10 @@ def test_client_lag_is_the_tools_fault_not_the_vendors(tmp_path: Path) -> None:
     r = reconcile_claim(tps_claim(), load_evidence([run]))
     assert r.status is Status.unverified
     assert any("client-side fault" in why for why in r.reasons)
+    both = make_run(tmp_path / "r2", lag_ms=20.0, failed_check=True)
+    r = reconcile_claim(tps_claim(), load_evidence([both]))
+    assert r.status is Status.unverified
+    assert "failed checks not counted against the claim: token_accounting" in r.reasons[0]
 
 
 def test_sweep_directory_gives_one_item_per_point(tmp_path: Path) -> None:

@@ -136,3 +136,14 @@ def test_bad_inputs() -> None:
         roofline.weight_bytes(EIGHT_B, "fp6")
     with pytest.raises(ConfigError, match="batch must be >= 1"):
         roofline.decode_bound(H100, EIGHT_B, batch=0, context_tokens=0, dtype="fp16")
+
+
+def test_four_bit_formats_use_the_eight_bit_peak() -> None:
+    oss = catalog.model("gpt-oss-120b")
+    peak, why = roofline.peak_flops(H100, "mxfp4")
+    assert peak == 1979e12 and "fp8_tflops" in why
+    assert roofline.peak_flops(H100, "int4")[0] == 1979e12
+    assert roofline.peak_flops(H100, "fp32") == (None, "the catalog has no fp32 peak column")
+    # weights read per step: 5.1e9 active params x 4.25 bits
+    bound = roofline.decode_bound(H100, oss, batch=1, context_tokens=0, dtype="mxfp4")
+    assert bound.tokens_per_s == pytest.approx(3.35e12 / (5.1e9 * 0.53125), rel=1e-12)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from fakes import Behaviour, FakeServer
 from inferaudit.load.runner import LoadResult, run_load
@@ -143,6 +144,7 @@ def test_sigint_keeps_every_finished_record(tmp_path: Path) -> None:
             import sys
             from pathlib import Path
             import orjson
+import pytest
             from inferaudit.load.runner import run_load
             from inferaudit.protocol import Endpoint, Load, RunSpec
 
@@ -198,3 +200,19 @@ def test_closed_loop_duration_bounds_the_run(tmp_path: Path) -> None:
     start = min(r.scheduled_ns for r in records)
     assert all(r.scheduled_ns < start + 1_000_000_000 for r in records)
     assert result.planned is None and result.finished == len(records) > 10
+
+
+def test_api_key_from_the_named_variable_reaches_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IA_RUNNER_KEY", "sk-runner")
+    with FakeServer(Behaviour(api_key="sk-runner")) as srv:
+        s = spec(srv.base_url, Load(rate=100, requests=2), workers=1)
+        s = s.model_copy(
+            update={"endpoint": s.endpoint.model_copy(update={"api_key_env": "IA_RUNNER_KEY"})}
+        )
+        run_load(s, tmp_path / "r.jsonl")
+        assert {h["authorization"] for h in srv.seen.headers} == {"Bearer sk-runner"}
+    records = read_records(tmp_path / "r.jsonl")
+    assert [r.error_class for r in records] == [None, None]
+    assert b"sk-runner" not in (tmp_path / "r.jsonl").read_bytes()

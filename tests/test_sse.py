@@ -108,3 +108,36 @@ def test_empty_chunks_are_harmless() -> None:
     assert parser.feed(b"data: a\n") == []
     assert parser.feed(b"") == []
     assert parser.feed(b"\n") == [b"a"]
+
+
+PLAIN_STREAM = (
+    b"".join(b'data: {"choices":[{"text":" t%d \xc3\xa9"}]}\n\n' % k for k in range(5))
+    + b"data: [DONE]\n\n"
+)
+PLAIN_EVENTS = [b'{"choices":[{"text":" t%d \xc3\xa9"}]}' % k for k in range(5)] + [b"[DONE]"]
+
+
+def test_plain_data_stream_whole_and_split_everywhere() -> None:
+    # whole reads of "data: X\n\n" events take the parser's fast path; other cuts do not
+    assert parse_all(PLAIN_STREAM) == PLAIN_EVENTS
+    for a in range(1, len(PLAIN_STREAM)):
+        assert feed_in_pieces(PLAIN_STREAM, [a]) == PLAIN_EVENTS, a
+    for a in range(1, len(PLAIN_STREAM), 7):
+        for b in range(a, len(PLAIN_STREAM), 5):
+            assert feed_in_pieces(PLAIN_STREAM, [a, b]) == PLAIN_EVENTS, (a, b)
+
+
+@pytest.mark.parametrize(
+    ("stream", "events"),
+    [
+        (b"data: a\ndata: b\n\n", [b"a\nb"]),  # two data lines, one event
+        (b"data: a\n\n\ndata: b\n\n", [b"a", b"b"]),  # an extra blank line
+        (b"data: a\n\ndata:b\n\n", [b"a", b"b"]),  # no space after the colon
+        (b"data: a\n\nid: 1\n\n", [b"a"]),  # a field that is not data
+        (b"data: a\n\n: c\ndata: b\n\n", [b"a", b"b"]),  # a comment
+        (b"data: a\n\ndata: b\ndata: c\n\n", [b"a", b"b\nc"]),
+        (b"data: a\r\n\r\ndata: b\n\n", [b"a", b"b"]),
+    ],
+)
+def test_shapes_near_the_fast_path(stream: bytes, events: list[bytes]) -> None:
+    assert parse_all(stream) == events

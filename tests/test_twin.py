@@ -23,7 +23,7 @@ from inferaudit import catalog, roofline
 from inferaudit.errors import ConfigError
 from inferaudit.twin import text
 from inferaudit.twin.behaviours import Behaviours, parse_behaviours
-from inferaudit.twin.engine import EngineConfig, FixedEngine
+from inferaudit.twin.engine import BatchEngine, EngineConfig, FixedEngine
 from inferaudit.twin.launch import start_twin
 from inferaudit.twin.server import OWNED_BY, SIMULATION_HEADER, TwinConfig, TwinServer
 
@@ -286,6 +286,8 @@ def test_errors_404_400_401_and_models() -> None:
     assert out["ok"].status == 200
 
     async def models(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        async with session.get(url.removesuffix("/v1") + "/health") as resp:
+            assert resp.status == 200
         async with session.get(url + "/models") as resp:
             return await resp.json()
 
@@ -332,10 +334,10 @@ def test_fixed_mode_timing_from_truth(tmp_path: Path) -> None:
         assert line["tokens_generated"] == line["tokens_reported"] == 20
         ttft_ms = (line["first_sent_ns"] - line["arrival_ns"]) / 1e6
         # deadlines are absolute: never early; late only by scheduler slack (generous bound)
-        assert 40.0 <= ttft_ms < 40.0 + 30.0
+        assert 40.0 <= ttft_ms < 40.0 + 100.0
         for i, t_ns in enumerate(line["token_ns"]):  # absolute deadlines: no drift over 20
             late_ms = (t_ns - line["arrival_ns"]) / 1e6 - (40.0 + 10.0 * i)
-            assert -0.5 < late_ms < 30.0, (i, late_ms)
+            assert -0.5 < late_ms < 100.0, (i, late_ms)
         assert line["finish_reason"] == line["true_finish"] == "length"
     for r in replies:  # the client's own view: first content chunk no earlier than 40 ms
         content = [
@@ -477,3 +479,34 @@ def test_start_twin_serves_and_stops(tmp_path: Path) -> None:
 def test_start_twin_reports_a_bad_flag() -> None:
     with pytest.raises(ConfigError, match=r"before listening.*teleport"):
         start_twin(["--behave", "teleport"])
+
+
+def test_client_disconnect_and_port_in_use(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    engine = EngineConfig.from_catalog("H100-SXM", "llama-3.1-8b")
+    config = TwinConfig(engine=engine, model_name=MODEL, truth_path=truth)
+
+    async def main() -> None:
+        async with TwinServer(config) as server, aiohttp.ClientSession() as session:
+            path, body = completion_body(
+                "completions", PROMPT, max_tokens=2000, ignore_eos=True, stream=True
+            )
+            async with session.post(server.base_url + path, data=orjson.dumps(body)) as resp:
+                for _ in range(3):
+                    await resp.content.readline()
+                resp.close()  # hang up mid-stream
+            for _ in range(200):  # the twin notices at its next write
+                await asyncio.sleep(0.02)
+                if truth.exists() and truth.read_bytes():
+                    break
+            assert isinstance(server.twin.engine, BatchEngine)
+            (replica,) = server.twin.engine.replicas
+            await asyncio.sleep(0.05)
+            assert replica.running == [] and replica.kv_used == 0  # the sequence was freed
+            other = TwinConfig(engine=FixedEngine(1, 1), model_name=MODEL, port=server.port)
+            with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+                await TwinServer(other).start()
+
+    asyncio.run(main())
+    (line,) = read_truth(truth)
+    assert line["true_finish"] == "client-closed" and 0 < line["tokens_generated"] < 2000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inferaudit.errors import ConfigError
@@ -17,6 +18,7 @@ from inferaudit.workload import (
     load_dataset,
     salt,
     salt_key,
+    synthetic_prompt,
 )
 
 
@@ -182,3 +184,13 @@ def test_planner_pickles_for_worker_processes() -> None:
     planner = Planner(spec(seed=9))
     copy = pickle.loads(pickle.dumps(planner))
     assert copy.plan(17) == planner.plan(17)
+
+
+def test_synthetic_prompt_body_from_a_caller_generator() -> None:
+    key = salt_key(1)
+    a = synthetic_prompt(key, 5, 20, np.random.default_rng(3))
+    b = synthetic_prompt(key, 5, 20, np.random.default_rng(3))
+    c = synthetic_prompt(key, 5, 20)
+    assert a == b and a != c
+    assert a.split()[:SALT_WORDS] == c.split()[:SALT_WORDS] == salt(key, 5).split()
+    assert len(a.split()) == len(c.split()) == 20

@@ -253,7 +253,9 @@ def _model_index() -> dict[str, Accelerator | ModelSpec]:
     return _index(models())
 
 
-def _lookup(kind: str, ident: str, index: dict[str, Accelerator | ModelSpec], ids: list[str]):
+def _lookup(
+    kind: str, ident: str, index: dict[str, Accelerator | ModelSpec], ids: list[str]
+) -> Accelerator | ModelSpec:
     found = index.get(_key(ident))
     if found is not None:
         return found

@@ -262,7 +262,8 @@ class Quantity(_Frozen):
     _as_of = field_validator("as_of")(_partial_date)
 
     def label(self) -> str:
-        value = "?" if self.value is None else f"{self.value:,.6g}"
+        v = self.value
+        value = "?" if v is None else f"{v:,.0f}" if v == int(v) else f"{v:,.6g}"
         return f"{value} {self.unit} ({self.basis})"
 
 

@@ -36,3 +36,14 @@ class LedgerError(InferauditError):
 
 class ClaimsError(InferauditError):
     """A claim record is malformed or conflicts with the registry."""
+
+
+def validation_message(exc: ValueError) -> str:
+    """The first problem of a pydantic ``ValidationError`` as one line: ``where: what``."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    first = errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    what = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{where}: {what}" if where else what

@@ -18,8 +18,9 @@ Agreement of a candidate text with a reference text: the reference's tokens are 
 events (one token per event on the servers we know; ``token_ends`` keeps their end offsets);
 a reference token counts as reproduced when it lies wholly inside the common character prefix
 of the two texts. The agreement rate is the share of reference tokens reproduced, over the
-tokens the candidate had room for. Greedy outputs diverge for good after one different token,
-so this is the exact-token agreement up to the first divergence.
+reference tokens the replayed request asked for (its ``max_tokens``, at most the reference's).
+Greedy outputs diverge for good after one different token, so this is the exact-token agreement
+up to the first divergence.
 
 File format (JSON, ``inferaudit.fingerprint/v1``): model, api, seed, created, self_agreement,
 threshold, calibration (text), and ``entries`` (id, prompt, max_tokens, text, token_ends,
@@ -127,18 +128,22 @@ def token_ends(chunk_chars: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(x) for x in np.cumsum(np.asarray(chunk_chars, dtype=np.int64)))
 
 
-def agreement(ref_text: str, ends: Sequence[int], candidate: str) -> tuple[int, int]:
-    """(reference tokens reproduced, reference tokens the candidate had room for)."""
+def agreement(
+    ref_text: str, ends: Sequence[int], candidate: str, limit: int | None = None
+) -> tuple[int, int]:
+    """(reference tokens reproduced, reference tokens compared).
+
+    ``limit``: tokens the candidate request asked for (its ``max_tokens``); only the first
+    ``limit`` reference tokens are compared. A candidate that stops early loses the rest.
+    """
     common = 0
     for a, b in zip(ref_text, candidate, strict=False):
         if a != b:
             break
         common += 1
-    room = (
-        sum(1 for e in ends if e <= len(candidate)) if len(candidate) < len(ref_text) else len(ends)
-    )
-    matched = sum(1 for e in ends if e <= common)
-    return min(matched, room), room
+    room = len(ends) if limit is None else min(len(ends), limit)
+    matched = sum(1 for e in ends[:room] if e <= common)
+    return matched, room
 
 
 def hidden_prompts(n: int, words: int, key: bytes) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Literal
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inferaudit.errors import ConfigError
+from inferaudit.errors import ConfigError, validation_message
 
 SPEC_VERSION = "inferaudit.runspec/v1"
 
@@ -77,7 +77,7 @@ class Length(_Frozen):
         try:
             return cls(lo=lo, hi=hi, dist=dist)
         except ValueError as exc:
-            raise ConfigError(f"token length {text!r}: {exc}") from None
+            raise ConfigError(f"token length {text!r}: {validation_message(exc)}") from None
 
     def __str__(self) -> str:
         return str(self.lo) if self.dist == "fixed" else f"{self.lo}-{self.hi}:{self.dist}"
@@ -157,7 +157,7 @@ class SLO(_Frozen):
         try:
             return cls(bounds_ms=bounds)
         except ValueError as exc:
-            raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+            raise ConfigError(validation_message(exc)) from None
 
 
 class RunSpec(_Frozen):

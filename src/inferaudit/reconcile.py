@@ -6,10 +6,10 @@ Steps, per claim (each tagged in the code):
   (2) Match evidence: runs whose ``RunSpec.claim`` names the claim; else runs whose
       ``RunSpec.deployment`` equals ``subject.deployment``, whose endpoint model is the claim's
       model (same catalog entry, or the same name) and whose SLO is at least as strict.
-  (3) Judge each run: a failed integrity check, or a run invalid for a reason that is not the
-      client's own lag, contradicts the claim; a run invalid because the client fell behind is
-      set aside (the tool blames itself); a run whose SLO verdict for the claim's bounds is not
-      "pass" does not count at its load.
+  (3) Judge each run: a run whose client fell behind its schedule is set aside whole, failed
+      checks included (the tool blames itself first: its timings are not evidence); otherwise
+      a failed integrity check or an invalid run contradicts the claim; a run whose SLO
+      verdict for the claim's bounds is not "pass" does not count at its load.
   (4) Verified value: the best usable run's lower 95% bound of output tokens/s
       (``summary.output_throughput_ci.low``); the point value only when no interval exists, and
       the reason says so.
@@ -209,30 +209,30 @@ def judge_run(claim: Claim, ev: Evidence) -> RunJudgement:
     s = ev.summary
     reasons: list[str] = []
     failed = [c for c in s.get("checks") or [] if c.get("verdict") == "fail"]
+    if _client_lagged(ev):
+        why = "; ".join(s.get("invalid_reasons") or ["client lag above the protocol's limit"])
+        note = f"set aside, client-side fault: {why}"
+        if failed:
+            names = ", ".join(str(c.get("check")) for c in failed)
+            note += f" (failed checks not counted against the claim: {names})"
+        return RunJudgement(ev.label, False, False, None, None, (note,))
     for c in failed:
         reasons.append(f"integrity check {c.get('check')} failed: {c.get('summary')}")
     if not s.get("valid", False):
         why = "; ".join(s.get("invalid_reasons") or ["summary says invalid"])
-        if _client_lagged(ev) and not failed:
-            return RunJudgement(
-                ev.label, False, False, None, None, (f"set aside, client-side fault: {why}",)
-            )
         reasons.append(f"invalid run: {why}")
     if reasons:
         return RunJudgement(ev.label, False, True, None, None, tuple(reasons))
     slo = s.get("slo") or {}
     bounds = claim.serving.slo_bounds() if claim.serving else {}
     for key in bounds:
-        verdict = (slo.get(key) or {}).get("verdict")
+        entry = slo.get(key) or {}
+        verdict = entry.get("verdict")
         if verdict != "pass":
-            return RunJudgement(
-                ev.label,
-                False,
-                False,
-                None,
-                None,
-                (f"SLO {key} verdict {verdict or 'missing'} at {s.get('load', 'this load')}",),
-            )
+            why = f"SLO {key} verdict {verdict or 'missing'} at {s.get('load', 'this load')}"
+            if entry.get("additional_requests_needed"):
+                why += f" ({entry['additional_requests_needed']} more passing requests needed)"
+            return RunJudgement(ev.label, False, False, None, None, (why,))
     ci = s.get("output_throughput_ci") or {}
     if ci.get("low") is not None:
         low = max(0.0, float(ci["low"]))
@@ -438,15 +438,24 @@ def _shares(claim: Claim, group: str, metric: str, value: float) -> list[tuple[s
 
 
 _MEASURED = (Status.verified, Status.shortfall)
+# Units brought to one per metric so roll-ups add up (SI prefixes only).
+UNITS: dict[tuple[str, str], tuple[str, float]] = {
+    ("compute", "EFLOPS"): ("PFLOPS", 1e3),
+    ("compute", "TFLOPS"): ("PFLOPS", 1e-3),
+    ("power", "kW"): ("MW", 1e-3),
+    ("power", "W"): ("MW", 1e-6),
+    ("power", "GW"): ("MW", 1e3),
+}
 
 
 def rollups(results: Sequence[Reconciliation], group: str) -> list[Rollup]:
     """Claimed vs verified per ``group`` key, capacity metric, unit and stage.
 
     Each claim adds its first stated (non-derived) quantity of each capacity metric and basis
-    stage. A count that its hardware lines split exactly is shared out per line; any other
-    quantity of a claim naming several vendors goes to a "several: ..." key, never to each.
-    Related claims may still describe the same capacity: these are sums of claims as stated.
+    stage, in one unit per metric (EFLOPS and TFLOPS become PFLOPS; power becomes MW). A count
+    that its hardware lines split exactly is shared out per line; any other quantity of a claim
+    naming several vendors goes to a "several: ..." key, never to each. Related claims may
+    still describe the same capacity: these are sums of claims as stated.
     """
     if group not in ("project", "site", "vendor", "accelerator"):
         raise ConfigError(f"roll-up group {group!r}; expected project, site, vendor, accelerator")
@@ -458,12 +467,14 @@ def rollups(results: Sequence[Reconciliation], group: str) -> list[Rollup]:
             if q.metric not in CAPACITY_METRICS or q.basis == "derived" or q.value is None:
                 continue
             stage = STAGES[q.basis]
-            if (q.metric, q.unit, stage) in seen:
+            unit, scale = UNITS.get((q.metric, q.unit), (q.unit, 1.0))
+            if (q.metric, unit, stage) in seen:
                 continue
-            seen.add((q.metric, q.unit, stage))
-            for key, value in _shares(r.claim, group, q.metric, q.value):
+            seen.add((q.metric, unit, stage))
+            for key, share in _shares(r.claim, group, q.metric, q.value):
+                value = share * scale
                 row = table.setdefault(
-                    (key, q.metric, q.unit, stage), Rollup(group, key, q.metric, q.unit, stage)
+                    (key, q.metric, unit, stage), Rollup(group, key, q.metric, unit, stage)
                 )
                 row.claims.append(r.claim_id)
                 row.claimed += value

@@ -121,13 +121,13 @@ def line_chart(
     title: str,
     x_label: str,
     y_label: str,
-    width: int = 560,
-    height: int = 300,
+    width: int = 540,
+    height: int = 290,
     y_from_zero: bool = True,
 ) -> Markup:
     """A line chart with axes, ticks, grid and legend."""
     drawn = [s for s in series if len(s.xs) > 0]
-    left, right, top, bottom = 64, 150, 34, 46
+    left, right, top, bottom = 60, 150, 34, 46
     pw, ph = width - left - right, height - top - bottom
     xs = [x for s in drawn for x in s.xs] or [0.0, 1.0]
     ys = [y for s in drawn for y in s.ys] or [0.0, 1.0]
@@ -198,13 +198,13 @@ def hbar_chart(
     *,
     title: str,
     unit: str,
-    width: int = 760,
+    width: int = 1100,
     stacked: bool = False,
     colours: Sequence[str] = PALETTE,
     percent: bool = False,
 ) -> Markup:
     """Horizontal bars: grouped (side by side per label) or stacked."""
-    label_w, right, top, bottom = 250, 170, 34, 34
+    label_w, right, top, bottom = 280, 210, 34, 34
     bar_h = 14 if stacked else 10
     group_h = (bar_h if stacked else bar_h * len(series)) + 12
     height = top + bottom + group_h * max(len(labels), 1)
@@ -231,7 +231,7 @@ def hbar_chart(
         )
     for i, label in enumerate(labels):
         y = top + i * group_h + 6
-        shown = label if len(label) <= 38 else label[:37] + "…"
+        shown = label if len(label) <= 44 else label[:43] + "…"
         out.append(
             f'<text x="{label_w - 8}" y="{y + (bar_h if stacked else group_h - 12) / 2 + 4:.1f}" '
             f'class="tick" text-anchor="end"><title>{_esc(label)}</title>{_esc(shown)}</text>'
@@ -243,10 +243,10 @@ def hbar_chart(
             y = top + i * group_h + 6 + (0 if stacked else k * bar_h)
             x = label_w + (sum(s[1][i] for s in series[:k]) * scale if stacked else 0.0)
             w = max(v * scale, 0.0)
-            if v > 0:
+            if v > 0 or not stacked:  # a zero in a grouped chart is drawn as a 2 px tick
                 out.append(
-                    f'<rect x="{x:.1f}" y="{y}" width="{max(w, 1.0):.1f}" height="{bar_h - 1}" '
-                    f'rx="1.5"><title>{_esc(name)}: {fmt_num(v)}{"%" if percent else " " + unit}'
+                    f'<rect x="{x:.1f}" y="{y}" width="{max(w, 2.0):.1f}" height="{bar_h - 1}" '
+                    f'rx="1"><title>{_esc(name)}: {fmt_num(v)}{"%" if percent else " " + unit}'
                     "</title></rect>"
                 )
         out.append("</g>")
@@ -330,10 +330,10 @@ def _run_view(ev: Evidence) -> RunView:
         )
     )
     xs, ys = throughput_over_time(measured)
-    tp = [Series("output tokens/s", xs, ys, markers=True)]
+    tp = [Series("per time bin", xs, ys, markers=True)]
     ci = (ev.summary.get("output_throughput_ci") or {}).get("low")
     if ci is not None and xs:
-        tp.append(Series("95% lower bound (whole run)", [xs[0], xs[-1]], [ci, ci], dashed=True))
+        tp.append(Series("95% lower bound", [xs[0], xs[-1]], [ci, ci], dashed=True))
     view.charts.append(
         line_chart(
             tp,
@@ -354,7 +354,7 @@ def _sweep_chart(parent: Path, points: list[Evidence]) -> Markup:
     kind = "concurrency" if pts[0].spec.load.concurrency is not None else "requests/s offered"
     xs = [load_x(p) for p in pts]
     point = [float(p.summary.get("output_throughput_tok_s") or 0.0) for p in pts]
-    series = [Series("output tokens/s", xs, point, markers=True)]
+    series = [Series("point value", xs, point, markers=True)]
     lows = [
         (x, (p.summary.get("output_throughput_ci") or {}).get("low"))
         for x, p in zip(xs, pts, strict=True)
@@ -467,9 +467,10 @@ def _provenance_chart(data: ReportData) -> Markup | None:
         return None
     labels = [f"{m.replace('_', ' ')} ({u}), {s}" for m, u, s in kinds]
     totals = [sum(v.values()) for v in kinds.values()]
+    present = [b for b in BUCKETS if any(v[b] > 0 for v in kinds.values())]
     series = [
         (b, [100.0 * v[b] / t for v, t in zip(kinds.values(), totals, strict=True)])
-        for b in BUCKETS
+        for b in present
     ]
     return hbar_chart(
         labels,
@@ -478,7 +479,7 @@ def _provenance_chart(data: ReportData) -> Markup | None:
         unit="%",
         stacked=True,
         percent=True,
-        colours=[BUCKET_COLOURS[b] for b in BUCKETS],
+        colours=[BUCKET_COLOURS[b] for b in present],
     )
 
 
@@ -492,6 +493,12 @@ def _env() -> Environment:
     env.filters["num"] = lambda v: "—" if v is None else f"{v:,.6g}"
     env.filters["pct"] = lambda v: "—" if v is None else f"{v:.1%}"
     return env
+
+
+def headline(claim: Claim) -> str:
+    """The claim's first stated quantity, e.g. "3,479 PFLOPS (signed)"."""
+    q = next((q for q in claim.quantities if q.basis != "derived" and q.value is not None), None)
+    return "—" if q is None else q.label()
 
 
 def render(data: ReportData) -> str:
@@ -509,6 +516,7 @@ def render(data: ReportData) -> str:
         capacity_charts=_capacity_charts(data),
         provenance_chart=_provenance_chart(data),
         groups=GROUPS,
+        headline=headline,
     )
 
 

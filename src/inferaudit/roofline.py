@@ -77,14 +77,21 @@ def kv_cache_bytes(model: ModelSpec, context_tokens: int, kv_dtype: str = "bf16"
 def peak_flops(acc: Accelerator, dtype: str) -> tuple[float | None, str]:
     """Dense peak (FLOP/s or OP/s) of one accelerator for ``dtype``, or None and the reason.
 
-    bf16/fp16 -> bf16 peak; fp8 -> fp8 peak; int8/int4 -> int8 peak (int4 weights are taken to
-    compute no faster than int8); fp32 and mxfp4 have no column in the catalog.
+    bf16/fp16 -> bf16 peak; fp8 -> fp8 peak; int8/int4 -> int8 peak; mxfp4 -> fp8 peak. A
+    4-bit format is taken to compute no faster than its 8-bit counterpart: generous where 4-bit
+    weights are dequantized (Hopper), but the catalog has no FP4 peak, so on parts with FP4
+    tensor cores (Blackwell) the compute bound is below the hardware's. fp32 has no column.
     """
     d = dtype.lower()
     _bytes_per(d)
-    column = {"bf16": "bf16_tflops", "fp16": "bf16_tflops", "fp8": "fp8_tflops"}.get(d)
-    if d in ("int8", "int4"):
-        column = "int8_tops"
+    column = {
+        "bf16": "bf16_tflops",
+        "fp16": "bf16_tflops",
+        "fp8": "fp8_tflops",
+        "mxfp4": "fp8_tflops",
+        "int8": "int8_tops",
+        "int4": "int8_tops",
+    }.get(d)
     if column is None:
         return None, f"the catalog has no {d} peak column"
     value = getattr(acc, column)

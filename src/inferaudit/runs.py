@@ -28,7 +28,15 @@ from typing import Any, Protocol
 import orjson
 
 from inferaudit import __version__
+from inferaudit.checks.suite import CheckSuite, plan_checks
 from inferaudit.errors import ConfigError
+from inferaudit.evidence import seal_run
+from inferaudit.home import data_dir, db_url
+from inferaudit.keys import load_or_create_signer
+from inferaudit.ledger.store import open_ledger
+from inferaudit.load.client import check_endpoint
+from inferaudit.load.runner import run_load
+from inferaudit.metrics import summarize
 from inferaudit.protocol import RunSpec, canonical_bytes
 from inferaudit.records import RECORDS_FILE, read_records
 
@@ -59,7 +67,7 @@ class RunOptions:
     """What a run needs besides its protocol; none of it enters the evidence as a secret."""
 
     api_key: str | None = None
-    checks: Sequence[str] | None = None  # None: the checks that fit the protocol
+    checks: Sequence[str] | None = None  # None: every check that fits; (): none
     tokenizer: Path | None = None
     fingerprint: Path | None = None
     sign: bool = True
@@ -122,20 +130,17 @@ def execute(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunOutcome:
     """Run one measurement point under ``spec`` into ``run_dir`` (see the module docstring)."""
-    from inferaudit.checks.suite import plan_checks
-    from inferaudit.load.client import check_endpoint
-    from inferaudit.load.runner import run_load
-    from inferaudit.metrics import summarize
-
     obs = observer or _Silent()
     prepare_dir(run_dir)
     records_path = run_dir / RECORDS_FILE
 
-    # (1): freeze the protocol before anything is sent.
+    # (1): freeze the protocol, with the checks resolved, before anything is sent.
+    suite = _plan_checks(spec, options)
+    spec = spec.model_copy(update={"checks": suite.names})
+    suite.spec = spec
     (run_dir / SPEC_FILE).write_bytes(canonical_bytes(spec))
 
     # (2): preflight — one clear error when the endpoint cannot be used at all.
-    obs.phase("preflight", None)
     models = check_endpoint(spec.endpoint, options.api_key)
     meta: dict[str, Any] = {
         "environment": environment(),
@@ -145,13 +150,6 @@ def execute(
     write_json(run_dir / META_FILE, meta)
 
     # (3): checks that probe before the load.
-    suite = plan_checks(
-        spec,
-        selected=list(options.checks) if options.checks is not None else None,
-        tokenizer=options.tokenizer,
-        fingerprint=options.fingerprint,
-        api_key=options.api_key,
-    )
     verdicts = suite.before_run(records_path, obs)
 
     # (4): the load itself.
@@ -184,13 +182,21 @@ def execute(
     return outcome
 
 
+def _plan_checks(spec: RunSpec, options: RunOptions) -> CheckSuite:
+    """``options.checks``: None for every check that fits, () for none, else those named."""
+    if options.checks is not None and not options.checks:
+        return CheckSuite(spec=spec, names=(), api_key=options.api_key)
+    return plan_checks(
+        spec,
+        selected=list(options.checks) if options.checks is not None else None,
+        tokenizer=options.tokenizer,
+        fingerprint=options.fingerprint,
+        api_key=options.api_key,
+    )
+
+
 def seal(run_dir: Path, options: RunOptions) -> dict[str, Any]:
     """Sign the run directory's statement and append it to the ledger."""
-    from inferaudit.evidence import seal_run
-    from inferaudit.home import data_dir, db_url
-    from inferaudit.keys import load_or_create_signer
-    from inferaudit.ledger.store import open_ledger
-
     home = data_dir(options.data_dir)
     signer = load_or_create_signer(home, "inferaudit-runner")
     with open_ledger(db_url(options.db_url, home), home) as ledger:

@@ -5,8 +5,8 @@ Two sources:
 * **Synthetic** (default). Each prompt starts with a *salt*: 8 words chosen by a keyed 64-bit
   permutation of the request id (a 4-round Feistel network over BLAKE2b keyed by the seed), so
   no two requests of a run share even their first token block and a server cannot precompute
-  them without the seed. The rest is words drawn uniformly from :data:`VOCAB` by a numpy PCG64
-  generator seeded with ``(seed, id)``. Every vocabulary word is a common short English word that
+  them without the seed. The rest is words drawn uniformly from :data:`VOCAB`, one per byte of
+  SHAKE-128 keyed by the seed and the id. Every vocabulary word is a common short English word that
   GPT-2, cl100k, Llama 3 and similar BPE vocabularies hold as one token when preceded by a space,
   so N words ≈ N prompt tokens. This is an approximation: the first word, the chat template and
   other tokenizers add or split a few tokens; ``input_tokens`` in a plan is the word count sent.
@@ -15,8 +15,9 @@ Two sources:
   one from ``workload.output_tokens``. Prompts are sent as written (no salt); ``input_tokens``
   is None because it is not known without the model's tokenizer.
 
-Lengths drawn from a range: ``uniform`` is uniform over the integers ``[lo, hi]``; ``normal`` has
-mean ``(lo + hi) / 2`` and standard deviation ``(hi - lo) / 6``, rounded and clipped to the range.
+Lengths drawn from a range (numpy PCG64 seeded with ``(seed, 1, id)``): ``uniform`` is uniform
+over the integers ``[lo, hi]``; ``normal`` has mean ``(lo + hi) / 2`` and standard deviation
+``(hi - lo) / 6``, rounded and clipped to the range.
 
 Callers may inject their own plans at given ids (``injected``: e.g. fingerprint prompts mixed
 into the load, sent exactly like the others) or run an explicit list of plans through the runner.
@@ -25,7 +26,7 @@ into the load, sent exactly like the others) or run an explicit list of plans th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ assert len(VOCAB) == 256 and len(set(VOCAB)) == 256, "VOCAB must hold 256 distin
 
 SALT_WORDS = 8  # 8 words x 8 bits: the 64-bit permuted request id
 
-_STREAM_BODY = 1  # numpy seed-sequence stream ids (schedule.py uses its own)
+_STREAM_LENGTHS = 1  # numpy seed-sequence stream ids (schedule.py uses its own)
 _STREAM_DATASET = 2
 
 
@@ -116,20 +117,28 @@ def salt_key(seed: int) -> bytes:
     return hashlib.blake2b(f"inferaudit.salt/{seed}".encode(), digest_size=32).digest()
 
 
-def draw_length(length: Length, rng: np.random.Generator) -> int:
-    """One length from ``length`` (see the module docstring for the distributions)."""
+def draw_length(length: Length, rng: np.random.Generator | None) -> int:
+    """One length from ``length`` (see the module docstring for the distributions); ``rng``
+    may be None for a fixed length."""
     if length.dist == "fixed":
         return length.lo
+    assert rng is not None, "a length range needs a generator"
     if length.dist == "uniform":
         return int(rng.integers(length.lo, length.hi + 1))
     value = rng.normal((length.lo + length.hi) / 2, (length.hi - length.lo) / 6)
     return int(min(max(round(value), length.lo), length.hi))
 
 
-def synthetic_prompt(key: bytes, i: int, words: int, rng: np.random.Generator) -> str:
-    """Salt of request ``i`` followed by ``words - SALT_WORDS`` random vocabulary words."""
-    body = rng.integers(0, len(VOCAB), size=max(words - SALT_WORDS, 0)).tolist()
-    return " ".join([salt(key, i), *(VOCAB[k] for k in body)])
+def synthetic_prompt(key: bytes, i: int, words: int, rng: np.random.Generator | None = None) -> str:
+    """Salt of request ``i`` followed by ``words - SALT_WORDS`` vocabulary words, each chosen by
+    one byte of SHAKE-128(key, "body", i): uniform over the 256 words, no modulo bias. A caller
+    with its own randomness passes ``rng`` to draw the body words from it instead."""
+    n = max(words - SALT_WORDS, 0)
+    if rng is not None:
+        body: Iterable[int] = rng.integers(0, len(VOCAB), size=n).tolist()
+    else:
+        body = hashlib.shake_128(key + b"body" + i.to_bytes(8, "big")).digest(n) if n else b""
+    return " ".join([salt(key, i), *map(VOCAB.__getitem__, body)])
 
 
 def load_dataset(path: Path, sha256: str | None = None) -> tuple[DatasetRow, ...]:
@@ -195,6 +204,10 @@ class Planner:
             if p.id != i:
                 raise ConfigError(f"injected plan at id {i} carries id {p.id}")
         self._key = salt_key(spec.seed)
+        self._draws = any(
+            length.dist != "fixed"
+            for length in (spec.workload.input_tokens, spec.workload.output_tokens)
+        )
         self._rows = tuple(dataset) if dataset is not None else None
         self._order: list[int] = []
         if self._rows is not None:
@@ -216,11 +229,12 @@ class Planner:
         if injected is not None:
             return injected
         phase = "warmup" if i < self.warmup else "measure"
-        rng = np.random.default_rng((self.seed, _STREAM_BODY, i))
+        # seeding a numpy generator costs more than the rest of a plan: only when drawing
+        rng = np.random.default_rng((self.seed, _STREAM_LENGTHS, i)) if self._draws else None
         if self._rows is not None:
             row = self._rows[self._order[i % len(self._rows)]]
             out = row.output_tokens or draw_length(self.workload.output_tokens, rng)
             return RequestPlan(i, phase, row.prompt, out, None)
         words = max(draw_length(self.workload.input_tokens, rng), SALT_WORDS)
         out = draw_length(self.workload.output_tokens, rng)
-        return RequestPlan(i, phase, synthetic_prompt(self._key, i, words, rng), out, words)
+        return RequestPlan(i, phase, synthetic_prompt(self._key, i, words), out, words)

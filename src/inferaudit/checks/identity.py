@@ -33,7 +33,7 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
         e = fp.entry(r.tag[len(TAG) :]) if r.tag else None
         if e is None:
             continue
-        m, n = agreement(e.text, e.token_ends, r.output_text or "")
+        m, n = agreement(e.text, e.token_ends, r.output_text or "", r.max_tokens)
         got += m
         room += n
         exact += int(m == n)

@@ -27,7 +27,9 @@ def main() -> None:
     try:
         app()
     except InferauditError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {exc.diagnostics()}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, NoReturn, get_args
 
 import typer
 from rich.table import Table
@@ -67,7 +67,7 @@ def _import(
     _sign(store, result.added, data_dir, db)
 
 
-def _print_problems(exc: C.ClaimImportError) -> None:
+def _print_problems(exc: C.ClaimImportError) -> NoReturn:
     err_console.print(
         f"[bold red]error:[/] {exc.path}: {len(exc.problems)} bad record(s); nothing imported",
         highlight=False,

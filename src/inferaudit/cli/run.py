@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from inferaudit.cli.app import app, console
-from inferaudit.errors import ConfigError
+from inferaudit.errors import ConfigError, validation_message
 from inferaudit.protocol import SLO, Api, Arrivals, Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.runs import (
     RunOptions,
@@ -61,7 +61,6 @@ def build_specs(
     timeout: float,
     deployment: str | None = None,
     claim: str | None = None,
-    checks: tuple[str, ...] = (),
 ) -> list[RunSpec]:
     """Turn command-line values into one RunSpec per measurement point (a sweep has several)."""
     if rate is not None and rate <= 0:
@@ -105,7 +104,6 @@ def build_specs(
             "seed": seed,
             "workers": workers,
             "max_client_lag_p99_ms": max_lag_ms,
-            "checks": checks,
             "deployment": deployment,
             "claim": claim,
         }
@@ -124,9 +122,7 @@ def build_specs(
             for point in points
         ]
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{where}: {err['msg']}" if where else err["msg"]) from None
+        raise ConfigError(validation_message(exc)) from None
 
 
 class LiveProgress:
@@ -266,7 +262,7 @@ def run(
     ] = 5.0,
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds")] = 600.0,
     checks: Annotated[
-        str | None, typer.Option(help="Comma-separated integrity checks (default: all that fit)")
+        str | None, typer.Option(help="Integrity checks: a,b,c or none (default: all that fit)")
     ] = None,
     tokenizer: Annotated[
         Path | None, typer.Option(help="tokenizer.json or GGUF for exact token accounting")
@@ -282,21 +278,25 @@ def run(
     db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
-    check_names = tuple(c.strip() for c in checks.split(",") if c.strip()) if checks else ()
+    check_names = (
+        None if checks is None else tuple(c.strip() for c in checks.split(",") if c.strip())
+    )
+    if check_names is not None and "none" in check_names:
+        check_names = ()
     specs = build_specs(
         endpoint=endpoint, model=model, api=api, api_key_env=api_key_env,
         concurrency=concurrency, rate=rate, arrivals=arrivals, sweep=sweep, requests=requests,
         duration=duration, warmup=warmup, input_tokens=input_tokens, output_tokens=output_tokens,
         dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed,
         workers=workers or (os.cpu_count() or 1), max_lag_ms=max_lag_ms, timeout=timeout,
-        deployment=deployment, claim=claim, checks=check_names,
+        deployment=deployment, claim=claim,
     )  # fmt: skip
     for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
         if path is not None and not path.is_file():
             raise ConfigError(f"{what} {path}: no such file")
     options = RunOptions(
         api_key=api_key_from_env(api_key_env),
-        checks=check_names or None,
+        checks=check_names,
         tokenizer=tokenizer,
         fingerprint=fingerprint,
         sign=sign,

@@ -38,18 +38,21 @@ from typing import Any
 import aiohttp
 import orjson
 
-from inferaudit.errors import EndpointError
+from inferaudit.errors import ConfigError, EndpointError
 from inferaudit.load.sse import SSEParser
 from inferaudit.protocol import Api, Endpoint, Workload
 from inferaudit.workload import RequestPlan
 
 __all__ = [
     "Target",
+    "acheck_endpoint",
+    "api_key_for",
     "build_body",
     "check_endpoint",
     "execute",
     "fetch_models",
     "make_session",
+    "model_ids",
     "send_plans",
 ]
 
@@ -98,6 +101,18 @@ class Target:
         )
 
 
+def api_key_for(endpoint: Endpoint) -> str | None:
+    """The API key named by ``endpoint.api_key_env`` (None when it names none)."""
+    if endpoint.api_key_env is None:
+        return None
+    value = os.environ.get(endpoint.api_key_env)
+    if not value:
+        raise ConfigError(
+            f"--api-key-env {endpoint.api_key_env}: that environment variable is not set or empty"
+        )
+    return value
+
+
 def build_body(plan: RequestPlan, target: Target) -> bytes:
     """The JSON body of ``plan``: always streaming with usage; ``plan.extra_body`` merged last."""
     body: dict[str, Any] = {"model": target.model}
@@ -115,6 +130,24 @@ def build_body(plan: RequestPlan, target: Target) -> bytes:
     if plan.extra_body:
         body.update(plan.extra_body)
     return orjson.dumps(body)
+
+
+def _load_events(events: list[bytes]) -> list[Any]:
+    """Parse the events of one read: one orjson call over all of them, or, when that fails
+    (or the count differs, e.g. an event ``1,2``), one by one to name the bad event."""
+    try:
+        objs = orjson.loads(b"[" + b",".join(events) + b"]")
+        if len(objs) == len(events):
+            return objs
+    except orjson.JSONDecodeError:
+        pass
+    out = []
+    for event in events:
+        try:
+            out.append(orjson.loads(event))
+        except orjson.JSONDecodeError:
+            raise _Malformed(event[:80].decode("utf-8", "replace")) from None
+    return out
 
 
 def make_session(limit: int = 0) -> aiohttp.ClientSession:
@@ -163,7 +196,6 @@ async def execute(
     """
     sent = perf_counter_ns()
     chunk_ns: list[int] = []
-    chunk_chars: list[int] = []
     parts: list[str] = []
     status: int | None = None
     error_class: str | None = None
@@ -200,14 +232,19 @@ async def execute(
                         break
                     now = perf_counter_ns()
                     done = now
-                    for event in parser.feed(data):
-                        if event == _DONE:
-                            got_done = True
+                    events = parser.feed(data)
+                    if not events:
+                        continue
+                    if _DONE in events:
+                        got_done = True
+                        events = [e for e in events if e != _DONE]
+                        if not events:
                             continue
-                        if first_chunk is None:
-                            first_chunk = now
-                        try:
-                            obj = orjson.loads(event)
+                    if first_chunk is None:
+                        first_chunk = now
+                    before = len(parts)
+                    try:
+                        for obj in _load_events(events):
                             choices = obj.get("choices")
                             if choices:
                                 choice = choices[0]
@@ -221,29 +258,28 @@ async def execute(
                                     finish_reason = fr
                             else:
                                 text = None
+                                err = obj.get("error")
+                                if err:
+                                    error_class = "stream_error"
+                                    error_message = _error_message(orjson.dumps({"error": err}))
+                                    break
                             usage = obj.get("usage")
                             if usage:
                                 usage_prompt = usage.get("prompt_tokens")
                                 usage_completion = usage.get("completion_tokens")
                             if model is None:
                                 model = obj.get("model")
-                            err = obj.get("error")
-                            if err:
-                                error_class = "stream_error"
-                                error_message = _error_message(orjson.dumps({"error": err}))
-                                break
-                        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
-                            raise _Malformed(event[:80].decode("utf-8", "replace")) from None
-                        if text:
-                            if not isinstance(text, str):
-                                raise _Malformed(f"content is {type(text).__name__}")
-                            parts.append(text)
-                            chunk_ns.append(now - epoch_ns)
-                            chunk_chars.append(len(text))
-                            if first_content is None:
-                                first_content = now
-                        elif first_content is None:
-                            empty_before += 1
+                            if text:
+                                parts.append(text)  # type checked once, at the end
+                            elif not parts:
+                                empty_before += 1
+                    except (AttributeError, TypeError, KeyError):
+                        raise _Malformed(f"not a completion chunk: {obj!r}"[:120]) from None
+                    added = len(parts) - before
+                    if added:
+                        if first_content is None:
+                            first_content = now
+                        chunk_ns.extend([now - epoch_ns] * added)
                     if error_class is not None:
                         break
                 if error_class is None and not got_done and finish_reason is None:
@@ -266,7 +302,17 @@ async def execute(
         error_message = str(exc)[:ERROR_MESSAGE_CHARS]
     if done is None or (error_class is not None and error_class != "stream_truncated"):
         done = perf_counter_ns()  # when the error happened
-    text_out = "".join(parts)
+    try:
+        text_out = "".join(parts)
+    except TypeError:  # a content field that is not a string
+        error_class = "sse_malformed"
+        bad = next(p for p in parts if not isinstance(p, str))
+        error_message = f"bad event: content is {type(bad).__name__}, not a string"
+        keep = [isinstance(p, str) for p in parts]
+        parts = [p for p, k in zip(parts, keep, strict=True) if k]
+        chunk_ns = [t for t, k in zip(chunk_ns, keep, strict=True) if k]
+        text_out = "".join(parts)
+    chunk_chars = list(map(len, parts))
     if error_class is None and not parts:
         error_class = "empty_output"
         error_message = "the stream finished without any content"

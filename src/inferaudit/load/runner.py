@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferaudit.load.client import Target, build_body, execute, make_session
+from inferaudit.load.client import Target, api_key_for, build_body, execute, make_session
 from inferaudit.load.schedule import arrival_offsets_ns, split_concurrency
 from inferaudit.protocol import RunSpec
 from inferaudit.records import RecordWriter
@@ -99,6 +99,9 @@ class LoadResult:
         data = asdict(self)
         data["records_path"] = str(self.records_path)
         data["epoch_wall"] = self.epoch_wall
+        # ns since 1970 / since boot exceed JSON's exact-integer range (2^53): evidence keeps
+        # the wall-clock epoch as text and record times are relative to the epoch anyway.
+        del data["epoch_wall_ns"], data["epoch_ns"]
         data["workers"] = [asdict(w) for w in self.workers]
         return data
 
@@ -129,6 +132,8 @@ def run_load(
 ) -> LoadResult:
     """Run ``spec``'s load, appending one record per finished request to ``records_path``.
 
+    ``api_key``: sent as ``Authorization: Bearer``; None reads the variable named by
+    ``spec.endpoint.api_key_env`` (if any). It travels to the workers in memory only.
     ``plans``: send exactly these (in order, under ``spec.load``'s pattern) instead of the
     workload; ``requests``/``duration_s`` are then ignored. ``injected``: plans that replace the
     workload's at their ids. ``on_record`` is called in this process with each record dict as it
@@ -137,6 +142,8 @@ def run_load(
     load = spec.load
     plan_list = tuple(plans) if plans is not None else None
     planner = None if plan_list is not None else Planner.from_spec(spec, injected=injected)
+    if api_key is None:
+        api_key = api_key_for(spec.endpoint)
     target = Target.of(spec.endpoint, api_key, spec.workload, load.timeout_s)
     shared = None
     ctx = mp.get_context("spawn")
@@ -427,8 +434,10 @@ class _Worker:
                 loop.remove_reader(self.ctrl.fileno())
                 if stop.is_set():
                     work.cancel()
-                    cancelled = sum(1 for t in self.tasks if t.cancel())
+                    for t in self.tasks:
+                        t.cancel()
                     await asyncio.gather(work, *self.tasks, return_exceptions=True)
+                    cancelled = self.sent - self.finished  # started, never recorded
                 else:
                     stopper.cancel()
                     work.result()  # a bug in the worker surfaces here

@@ -41,6 +41,13 @@ class SSEParser:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
+        if not self._rest and not self._data and chunk[:6] == b"data: " and chunk[-2:] == b"\n\n":
+            # fast path, the usual shape of a read: whole "data: X" + blank-line events only.
+            # Valid when every LF in the body belongs to a separator between two events.
+            body = chunk[6:-2]
+            events = body.split(b"\n\ndata: ")
+            if body.count(b"\n") == 2 * (len(events) - 1) and b"\r" not in body:
+                return events
         buf = self._rest + chunk if self._rest else chunk
         if b"\r" in buf:
             self._skip_lf = buf[-1:] == b"\r"
@@ -54,8 +61,10 @@ class SSEParser:
                 if data:
                     events.append(data[0] if len(data) == 1 else b"\n".join(data))
                     data = self._data = []
-            elif line[:5] == b"data:":
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"data: "):
+                data.append(line[6:])
+            elif line.startswith(b"data:"):
+                data.append(line[5:])
             elif line[0] == 58:  # ":" comment / keep-alive
                 continue
             elif line == b"data":  # a field name with no colon: an empty data line

@@ -42,6 +42,7 @@ from inferaudit.catalog import Accelerator, ModelSpec
 from inferaudit.errors import ConfigError
 
 _LATE_NS = 10_000_000
+_FAILED = -1  # queued instead of a token time when a replica's scheduler task has crashed
 
 
 @dataclass
@@ -200,11 +201,14 @@ class _Replica:
         self.steps = 0
         self.late_steps = 0  # steps that began more than _LATE_NS after their due time
         self.task: asyncio.Task[None] | None = None
+        self.failure: Exception | None = None
 
     def load(self) -> int:
         return len(self.waiting) + len(self.running)
 
     def submit(self, seq: _Seq) -> None:
+        if self.failure is not None:
+            raise RuntimeError(f"engine replica {self.index} failed") from self.failure
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
         self.waiting.append(seq)
@@ -230,6 +234,15 @@ class _Replica:
         self.kv_used -= seq.reserved_bytes
 
     async def _run(self) -> None:
+        try:
+            await self._steps()
+        except Exception as exc:  # a bug: fail every waiting stream rather than hang them
+            self.failure = exc
+            for seq in [*self.running, *self.waiting]:
+                seq.out.put_nowait(_FAILED)
+            raise
+
+    async def _steps(self) -> None:
         step_end = time.perf_counter_ns()
         while True:
             for seq in [s for s in self.running if s.cancelled]:
@@ -313,7 +326,12 @@ class BatchEngine:
         replica.submit(seq)
         try:
             for _ in range(job.output_tokens):
-                yield await seq.out.get()
+                t_ns = await seq.out.get()
+                if t_ns == _FAILED:
+                    raise RuntimeError(f"engine replica {replica.index} failed") from (
+                        replica.failure
+                    )
+                yield t_ns
         finally:
             if seq.produced < job.output_tokens:
                 seq.cancelled = True
@@ -322,6 +340,10 @@ class BatchEngine:
     async def stop(self) -> None:
         for replica in self.replicas:
             await replica.stop()
+
+    def late_steps(self) -> int:
+        """Steps, over all replicas, that the host began more than 10 ms after they were due."""
+        return sum(r.late_steps for r in self.replicas)
 
     def describe(self) -> dict[str, object]:
         c = self.config

@@ -1,9 +1,11 @@
 """The twin's HTTP face: an OpenAI-compatible aiohttp app (a SIMULATION, labelled as such).
 
-Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``,
-streaming (SSE ``data: {...}`` events, then ``data: [DONE]``) and not. Honoured: ``max_tokens``
-(chat also ``max_completion_tokens``), ``min_tokens``, ``ignore_eos``, ``seed``, ``temperature``,
-``stream_options.include_usage`` (usage in a last chunk with empty ``choices``). Chat streams
+Endpoints: ``GET /health`` (200, no key needed, as vLLM), ``GET /v1/models``,
+``POST /v1/completions``, ``POST /v1/chat/completions``, streaming (SSE ``data: {...}``
+events, then ``data: [DONE]``) and not. Honoured: ``max_tokens`` (chat also
+``max_completion_tokens``), ``min_tokens``, ``ignore_eos``, ``seed``, ``temperature``,
+``stream_options.include_usage`` (usage in a last chunk with empty ``choices``); other sampling
+parameters (``stop``, ``top_p``, ...) are accepted and ignored, ``n`` must be 1. Chat streams
 begin with a role-only delta sent with the first token, as vLLM does; the chunk holding the last
 token carries ``finish_reason``. Every response carries the header ``X-Inferaudit-Twin:
 simulation``; ``/v1/models`` says ``"owned_by": "inferaudit-twin (simulation)"`` and
@@ -20,7 +22,8 @@ request as it finishes, flushed per line, all instants in ``time.perf_counter_ns
 ``true_finish`` (``length``/``stop``/``early-stop``/``truncated``/``client-closed``),
 ``cache_hit``, ``replica``, ``behaviours`` (those that acted on this request), ``error``,
 ``client_request_id`` (the request's ``X-Request-Id`` header, if any) and ``output_sha256``
-(SHA-256 of the UTF-8 text really sent).
+(SHA-256 of the UTF-8 text really sent); engine mode also ``engine_late_steps``: how many
+engine steps so far the host CPU began over 10 ms late (0 = the simulation kept its schedule).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
+from inferaudit.errors import ConfigError
 from inferaudit.twin import text
 from inferaudit.twin.behaviours import Behaviours
 from inferaudit.twin.engine import BatchEngine, EngineConfig, FixedEngine, Job
@@ -221,7 +225,12 @@ class TruthLog:
     """Append-only JSONL of what the twin really did; one flushed line per finished request."""
 
     def __init__(self, path: Path | None) -> None:
-        self._file: IO[bytes] | None = None if path is None else path.open("ab")
+        self._file: IO[bytes] | None = None
+        if path is not None:
+            try:
+                self._file = path.open("ab")
+            except OSError as exc:
+                raise ConfigError(f"--truth {path}: cannot open ({exc.strerror})") from None
 
     def write(self, line: dict[str, Any]) -> None:
         if self._file is not None:
@@ -267,6 +276,7 @@ class _Outcome:
     error: str | None = None
     client_request_id: str | None = None
     output_sha256: str | None = None
+    engine_late_steps: int | None = None
 
     def line(self, model: str) -> dict[str, Any]:
         return {
@@ -296,6 +306,7 @@ class _Outcome:
             "error": self.error,
             "client_request_id": self.client_request_id,
             "output_sha256": self.output_sha256,
+            "engine_late_steps": self.engine_late_steps,
         }
 
 
@@ -311,7 +322,7 @@ class Twin:
 
     def __init__(self, config: TwinConfig) -> None:
         if config.tokens_per_chunk < 1:
-            raise ValueError("tokens_per_chunk must be >= 1")
+            raise ConfigError("--tokens-per-chunk must be >= 1")
         self.config = config
         b = config.behaviours
         if isinstance(config.engine, EngineConfig):
@@ -336,6 +347,7 @@ class Twin:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -350,7 +362,8 @@ class Twin:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         key = self.config.api_key
-        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+        authorised = key is None or request.headers.get("Authorization") == f"Bearer {key}"
+        if not authorised and request.path != "/health":
             return _ApiError(401, "missing or wrong API key", "authentication_error").response()
         try:
             return await handler(request)
@@ -372,6 +385,10 @@ class Twin:
         }
 
     # --- handlers -------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        """vLLM's liveness probe: 200 with an empty body."""
+        return web.Response()
 
     async def models(self, request: web.Request) -> web.Response:
         entry = {
@@ -437,46 +454,18 @@ class Twin:
             if why is not None:
                 raise _bad(why, "max_tokens")
 
-        truncate = False
-        if b.shed_under_load is not None and self.in_flight > b.shed_under_load.threshold:
-            out.behaviours.append("shed-under-load")
-            if b.shed_under_load.mode == "truncate" and p.stream:
-                truncate = True
-            elif b.shed_under_load.mode == "429":
-                raise _ApiError(429, "server overloaded, retry later", "rate_limit_error")
-            else:
-                raise _ApiError(503, "server overloaded", "service_unavailable")
-
+        truncate = self._shed(out, p.stream)
         min_tokens, ignore_eos, seed = p.min_tokens, p.ignore_eos, p.seed
         if b.ignore_params is not None:
             out.behaviours.append("ignore-params")
             min_tokens, ignore_eos, seed = 0, False, None
         if seed is None:
             seed = self.rng.getrandbits(63)
-
-        identity = cfg.model_name
-        swap = b.model_swap
-        if swap is not None and (
-            out.seq > swap.after or (swap.above > 0 and self.in_flight > swap.above)
-        ):
-            identity += SWAP_SUFFIX
-            out.behaviours.append("model-swap")
-        out.identity = identity
+        out.identity = self._identity(out)
 
         engine: FixedEngine | BatchEngine = self.engine
-        cache_key = None
-        cached = None
-        if b.response_cache is not None:
-            if b.response_cache.key == "body":
-                keyed: object = {
-                    k: v for k, v in body.items() if k not in ("stream", "stream_options")
-                }
-            else:
-                keyed = [p.prompt, p.max_tokens]
-            cache_key = hashlib.sha256(
-                out.api.encode() + b"\0" + orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS)
-            ).digest()
-            cached = self.response_cache.get(cache_key)
+        cache_key = self._cache_key(out.api, body, p)
+        cached = None if cache_key is None else self.response_cache.get(cache_key)
         if cached is not None:
             assert b.response_cache is not None
             out.cache_hit = True
@@ -486,7 +475,7 @@ class Twin:
             engine = FixedEngine(b.response_cache.ttft_ms, b.response_cache.tpot_ms)
         else:
             completion = text.complete(
-                identity,
+                out.identity,
                 p.prompt,
                 seed=seed,
                 temperature=p.temperature,
@@ -495,17 +484,7 @@ class Twin:
                 ignore_eos=ignore_eos,
                 eos_mean=cfg.eos_mean,
             )
-            words, finish = completion.words, completion.finish_reason
-            true_finish = finish
-            if b.early_stop is not None and len(words) > 1:
-                words = words[: max(1, math.floor(len(words) * b.early_stop.fraction))]
-                finish = "length" if b.early_stop.lie else "stop"
-                true_finish = "early-stop"
-                out.behaviours.append("early-stop")
-            reported = len(words)
-            if b.usage_inflate is not None:
-                reported = math.ceil(len(words) * (1.0 + b.usage_inflate.ratio))
-                out.behaviours.append("usage-inflate")
+            words, finish, true_finish, reported = self._tamper(out, completion)
 
         cached_prompt = 0
         if b.prefix_cache is not None and cached is None:
@@ -532,12 +511,65 @@ class Twin:
         else:
             response = await self._whole(out, p, job, engine, words)
         out.replica = job.replica
+        if isinstance(self.engine, BatchEngine):
+            out.engine_late_steps = self.engine.late_steps()
         sent_text = "".join(" " + w for w in words[: len(out.sent_ns)])
         out.output_sha256 = hashlib.sha256(sent_text.encode()).hexdigest()
         done = out.true_finish not in ("client-closed", "truncated")
         if cache_key is not None and cached is None and done:
             self.response_cache[cache_key] = _Cached(words, finish, reported)
         return response
+
+    def _shed(self, out: _Outcome, stream: bool) -> bool:
+        """shed-under-load: raise 429/503 above the threshold, or say to truncate the stream."""
+        shed = self.config.behaviours.shed_under_load
+        if shed is None or self.in_flight <= shed.threshold:
+            return False
+        out.behaviours.append("shed-under-load")
+        if shed.mode == "truncate" and stream:
+            return True
+        if shed.mode == "429":
+            raise _ApiError(429, "server overloaded, retry later", "rate_limit_error")
+        raise _ApiError(503, "server overloaded", "service_unavailable")
+
+    def _identity(self, out: _Outcome) -> str:
+        """The model identity that writes this request's text (model-swap may change it)."""
+        swap = self.config.behaviours.model_swap
+        if swap is not None and (
+            out.seq > swap.after or (swap.above > 0 and self.in_flight > swap.above)
+        ):
+            out.behaviours.append("model-swap")
+            return self.config.model_name + SWAP_SUFFIX
+        return self.config.model_name
+
+    def _cache_key(self, api: str, body: dict[str, Any], p: _Params) -> bytes | None:
+        """response-cache: what makes two requests "the same" (None when the cache is off)."""
+        cache = self.config.behaviours.response_cache
+        if cache is None:
+            return None
+        keyed: object = [p.prompt, p.max_tokens]
+        if cache.key == "body":
+            keyed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        data = orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(api.encode() + b"\0" + data).digest()
+
+    def _tamper(
+        self, out: _Outcome, completion: text.Completion
+    ) -> tuple[tuple[str, ...], str, str, int]:
+        """early-stop and usage-inflate: (words to send, finish_reason, truth, usage tokens)."""
+        b = self.config.behaviours
+        words, finish = completion.words, completion.finish_reason
+        true_finish = finish
+        if b.early_stop is not None and len(words) > 1:
+            words = words[: max(1, math.floor(len(words) * b.early_stop.fraction))]
+            finish = "length" if b.early_stop.lie else "stop"
+            true_finish = "early-stop"
+            out.behaviours.append("early-stop")
+        reported = len(words)
+        if b.usage_inflate is not None:
+            reported = math.ceil(len(words) * (1.0 + b.usage_inflate.ratio))
+            out.behaviours.append("usage-inflate")
+        return words, finish, true_finish, reported
 
     def _prefix_lookup(self, prompt: str, block: int) -> int:
         """Prompt tokens covered by whole blocks seen before; then remember this prompt's."""
@@ -604,21 +636,17 @@ class Twin:
         pending: list[bytes] = []  # events written together at the next write
         pending_tokens = 0
         role_sent = False
-        if b.role_first_chunk is not None:
-            out.behaviours.append("role-first-chunk")
-            await response.write(
-                _sse(
-                    self._chunk(
-                        out, None if out.api == "chat" else "", None, role=out.api == "chat"
-                    )
-                )
-            )
-            role_sent = True
         every = b.burst.every if b.burst is not None else 1
         if b.burst is not None:
             out.behaviours.append("burst")
         n = len(words)
         try:
+            if b.role_first_chunk is not None:  # at once, before any token exists
+                out.behaviours.append("role-first-chunk")
+                chat = out.api == "chat"
+                empty = self._chunk(out, None if chat else "", None, role=chat)
+                await response.write(_sse(empty))
+                role_sent = True
             index = start = 0
             async with contextlib.aclosing(engine.generate(job)) as produced:
                 async for t_ns in produced:
@@ -660,9 +688,9 @@ class Twin:
     async def _flush(
         self, response: web.StreamResponse, out: _Outcome, events: list[bytes], tokens: int
     ) -> None:
-        now = time.perf_counter_ns()
-        out.sent_ns.extend([now] * tokens)
+        now = time.perf_counter_ns()  # when the bytes are handed to the socket
         await response.write(b"".join(events))
+        out.sent_ns.extend([now] * tokens)
 
     async def _whole(
         self,
@@ -730,8 +758,14 @@ class TwinServer:
     async def start(self) -> None:
         runner = web.AppRunner(self.twin.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.twin.config.host, self.twin.config.port)
-        await site.start()
+        host, port = self.twin.config.host, self.twin.config.port
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            await self.twin.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         self._runner = runner
         self.port = runner.addresses[0][1]
 

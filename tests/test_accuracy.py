@@ -1,0 +1,64 @@
+"""Measurement accuracy: what `inferaudit run` measures against what the twin really did.
+
+The twin's truth file records, on the same CLOCK_MONOTONIC as the client, when each request
+arrived and when each token was written. Measured TTFT/TPOT medians must be within 5% (+1 ms) of
+the truth, and every request must carry exactly the asked 128 output tokens.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.records import read_records
+from inferaudit.runs import RunOptions, execute
+from inferaudit.twin.launch import start_twin
+
+TTFT_MS, TPOT_MS, OUTPUT = 50.0, 10.0, 128
+
+
+def within(measured: float, truth: float) -> bool:
+    return abs(measured - truth) <= 0.05 * truth + 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_ttft_tpot_match_twin_truth(tmp_path: Path, api: str) -> None:
+    truth_path = tmp_path / "truth.jsonl"
+    args = ["--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS), "--truth", str(truth_path)]
+    with start_twin(args) as twin:
+        spec = RunSpec(
+            endpoint=Endpoint(base_url=twin.base_url, model="inferaudit-twin", api=api),
+            workload=Workload(
+                input_tokens=Length(lo=64, hi=64), output_tokens=Length(lo=OUTPUT, hi=OUTPUT)
+            ),
+            load=Load(concurrency=8, requests=48, warmup=8),
+            workers=2,
+        )
+        outcome = execute(spec, tmp_path / "run", RunOptions(checks=(), sign=False))
+
+    records = [r for r in read_records(tmp_path / "run" / "records.jsonl") if r.phase == "measure"]
+    assert len(records) == 48 and all(r.ok for r in records)
+    assert {r.usage_completion_tokens for r in records} == {OUTPUT}
+    assert {r.content_chunks for r in records} == {OUTPUT}
+    assert {r.finish_reason for r in records} == {"length"}
+
+    truth = [orjson.loads(line) for line in truth_path.read_bytes().splitlines()]
+    truth = [t for t in truth if t["stream"] and t["max_tokens"] == OUTPUT]
+    true_ttft = np.median([(t["first_sent_ns"] - t["arrival_ns"]) / 1e6 for t in truth])
+    true_tpot = np.median(
+        [(t["sent_ns"][-1] - t["sent_ns"][0]) / 1e6 / (len(t["sent_ns"]) - 1) for t in truth]
+    )
+    assert {t["tokens_generated"] for t in truth} == {OUTPUT}
+
+    summary = outcome.summary
+    assert summary["output_tokens"] == 48 * OUTPUT
+    # The twin's truth is itself close to its nominal settings...
+    assert within(true_ttft, TTFT_MS) and within(true_tpot, TPOT_MS)
+    # ...and the client measures what the twin really did.
+    assert within(summary["ttft_from_sent_ms"]["p50"], true_ttft), (summary["ttft_ms"], true_ttft)
+    assert within(summary["ttft_ms"]["p50"], true_ttft)
+    assert within(summary["tpot_ms"]["p50"], true_tpot), (summary["tpot_ms"], true_tpot)
+    assert within(summary["itl_ms"]["p50"], true_tpot)
