@@ -168,6 +168,7 @@ def one_point(base_url: str, api: str, rate: float, seconds: float, workers: int
         "lag_p50_ms": float(np.percentile(lags, 50)),
         "lag_p99_ms": float(np.percentile(lags, 99)),
         "cpu_s_per_1k": 1000 * run_cpu / len(records),
+        "parent_cpu_s_per_1k": 1000 * self_s / len(records),
         "cpu_s_per_1k_with_startup": 1000 * (child_s + self_s) / len(records),
     }
 
@@ -193,7 +194,7 @@ def main() -> None:
             )
             print(
                 f"{'rate':>7} {'achieved':>9} {'chunks/s':>9} {'lag p50':>8} {'lag p99':>8} "
-                f"{'errors':>6} {'cpu s/1k':>8} {'(+start)':>8}"
+                f"{'errors':>6} {'cpu s/1k':>8} {'(parent)':>8} {'(+start)':>8}"
             )
             best = None
             for rate in rates:
@@ -202,7 +203,8 @@ def main() -> None:
                 print(
                     f"{rate:7g} {p['achieved_rps']:9.0f} {p['chunks_per_s']:9.0f} "
                     f"{p['lag_p50_ms']:8.2f} {p['lag_p99_ms']:8.2f} {p['errors']:6d} "
-                    f"{p['cpu_s_per_1k']:8.3f} {p['cpu_s_per_1k_with_startup']:8.3f}"
+                    f"{p['cpu_s_per_1k']:8.3f} {p['parent_cpu_s_per_1k']:8.3f} "
+                    f"{p['cpu_s_per_1k_with_startup']:8.3f}"
                     f"{'' if ok else '  (not sustained)'}",
                     flush=True,
                 )

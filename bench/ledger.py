@@ -67,7 +67,9 @@ def bench_proofs(url: str, size: int, batch: int, samples: int) -> tuple[float, 
         t = time.perf_counter()
         proof = ledger.inclusion_proof(index, size)
         times.append(time.perf_counter() - t)
-        merkle.verify_inclusion(index, size, merkle.hash_leaf(index.to_bytes(8, "big")), proof, root)
+        merkle.verify_inclusion(
+            index, size, merkle.hash_leaf(index.to_bytes(8, "big")), proof, root
+        )
     ledger.close()
     return build, statistics.median(times) * 1e3, sorted(times)[int(0.99 * samples)] * 1e3
 
@@ -152,32 +154,37 @@ def main() -> None:
             f"sqlite:///{base / f'append-{uuid.uuid4().hex[:6]}.db'}",
             args.append, args.batch, args.leaf_bytes,
         )  # fmt: skip
-        print(f"sqlite append: {rate:,.0f} entries/s "
-              f"({args.append:,} x {args.leaf_bytes} B, batches of {args.batch}; target >= 20,000)")  # fmt: skip
+        shape = f"{args.append:,} x {args.leaf_bytes} B, batches of {args.batch}"
+        print(f"sqlite append: {rate:,.0f} entries/s ({shape}; target >= 20,000)")
         if args.pg:
             url, schema = pg_schema_url(args.pg)
             try:
                 rate = bench_append(url, args.append, args.batch, args.leaf_bytes)
-                print(f"postgresql append: {rate:,.0f} entries/s "
-                      f"({args.append:,} x {args.leaf_bytes} B, batches of {args.batch})")  # fmt: skip
+                print(f"postgresql append: {rate:,.0f} entries/s ({shape})")
             finally:
                 drop_schema(args.pg, schema)
         build, p50, p99 = bench_proofs(
             f"sqlite:///{base / 'proofs.db'}", args.proof_size, 10_000, args.proof_samples
         )
-        print(f"inclusion proof at {args.proof_size:,} entries (sqlite, stored hashes): "
-              f"median {p50:.3f} ms, p99 {p99:.3f} ms (target < 1 ms; tree built in {build:.1f} s)")  # fmt: skip
+        print(
+            f"inclusion proof at {args.proof_size:,} entries (sqlite, stored hashes): "
+            f"median {p50:.3f} ms, p99 {p99:.3f} ms (target < 1 ms; built in {build:.1f} s)"
+        )
         if args.pg:
             url, schema = pg_schema_url(args.pg)
             try:
                 _, p50, p99 = bench_proofs(url, min(args.proof_size, 200_000), 10_000, 500)
-                print(f"inclusion proof at {min(args.proof_size, 200_000):,} entries (postgresql): "
-                      f"median {p50:.3f} ms, p99 {p99:.3f} ms")  # fmt: skip
+                print(
+                    f"inclusion proof at {min(args.proof_size, 200_000):,} entries "
+                    f"(postgresql): median {p50:.3f} ms, p99 {p99:.3f} ms"
+                )
             finally:
                 drop_schema(args.pg, schema)
         vt, size = bench_verify(Path(tempfile.mkdtemp(dir=base)), args.verify_requests)
-        print(f"verify of a {args.verify_requests:,}-request run ({size / 1e6:.1f} MB records): "
-              f"{vt:.2f} s (target < 2 s)")  # fmt: skip
+        print(
+            f"verify of a {args.verify_requests:,}-request run ({size / 1e6:.1f} MB records): "
+            f"{vt:.2f} s (target < 2 s)"
+        )
 
 
 if __name__ == "__main__":

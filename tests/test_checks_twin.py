@@ -15,7 +15,7 @@ from inferaudit.runs import RunOptions, execute
 from inferaudit.twin.launch import start_twin
 
 MODEL = "twin-m"
-FAST = ["--ttft-ms", "20", "--tpot-ms", "2", "--model", MODEL]
+FAST = ["--ttft-ms", "30", "--tpot-ms", "5", "--model", MODEL]
 
 
 def twin_args(*behave: str) -> list[str]:
@@ -75,9 +75,9 @@ def assert_fails(verdicts: dict[str, Verdict], name: str) -> Verdict:
 
 def test_response_cache_numbers(tmp_path: Path) -> None:
     v = assert_fails(run_checks(tmp_path, ("response-cache",), checks=["caching"]), "caching")
-    # Replays answer in 1 ms instead of 20 ms (plus client overhead on a busy machine).
+    # Replays answer in 1 ms instead of 30 ms (plus client overhead on a busy machine).
     assert v.numbers["ttft_improvement"] > 0.8
-    assert v.numbers["unique"]["ttft_p50_ms"] >= 20.0
+    assert v.numbers["unique"]["ttft_p50_ms"] >= 30.0
     assert v.summary.startswith("repeated prompts ")
     assert "faster than unique" in v.summary and "limit 10%" in v.summary
 
@@ -119,7 +119,10 @@ def test_honest_twin_passes_every_check(tmp_path: Path, word_tokenizer: Path) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_honest_twin_no_false_alarm_over_seeds(tmp_path: Path, reference: Path, seed: int) -> None:
-    verdicts = run_checks(tmp_path, seed=seed, fingerprint=reference)
+def test_honest_twin_no_false_alarm_over_seeds(
+    tmp_path: Path, word_tokenizer: Path, seed: int
+) -> None:
+    verdicts = run_checks(tmp_path, seed=seed, tokenizer=word_tokenizer)
+    assert len(verdicts) == 8
     bad = [format_verdict(v) for v in verdicts.values() if v.verdict is not Outcome.passed]
     assert not bad, bad

@@ -232,3 +232,10 @@ def test_api_key_for_reads_the_named_variable(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigError, match="--api-key-env IA_TEST_KEY: that environment variable"):
         api_key_for(endpoint)
     assert api_key_for(Endpoint(base_url="http://127.0.0.1:9/v1", model=MODEL)) is None
+
+
+def test_malformed_event_keeps_the_content_before_it_aligned() -> None:
+    rec = one(Behaviour(malformed_at=2))
+    assert rec["error_class"] == "sse_malformed"
+    assert rec["output_text"] == " w0 w1"
+    assert rec["content_chunks"] == len(rec["chunk_ns"]) == len(rec["chunk_chars"]) == 2

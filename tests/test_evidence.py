@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 import rfc8785
-from conftest_ledger import make_run_dir
 
+from conftest_ledger import make_run_dir
 from inferaudit.errors import ConfigError, VerificationError
 from inferaudit.evidence import (
     PAYLOAD_TYPE,
@@ -58,7 +58,7 @@ def test_envelope_sign_and_open() -> None:
     with pytest.raises(VerificationError, match="unknown key"):
         open_envelope(env, [other.verifier()])
     forged = dict(env, payload=base64.b64encode(b'{"a":2}').decode())
-    with pytest.raises(VerificationError, match="invalid signature by runner.test"):
+    with pytest.raises(VerificationError, match=r"invalid signature by runner\.test"):
         open_envelope(forged, [signer.verifier()])
     with pytest.raises(VerificationError, match="payloadType"):
         open_envelope(dict(env, payloadType="text/plain"), [signer.verifier()])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_batched_appends_store_the_same_nodes() -> None:
         one.append([h])
     batched = MemoryNodes()
     cuts = [0, 3, 4, 17, 64, 65, 129, 200, 256, 299, 300]
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         batched.append(hashes[a:b])
     assert batched.nodes == one.nodes
     assert len(one.nodes) == 2 * 300 - bin(300).count("1")  # every complete subtree, once
@@ -202,7 +203,7 @@ def test_bad_arguments() -> None:
 PERIOD = 1021  # leaf i's hash depends on i mod PERIOD, so subtree hashes memoise per (level, r)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _oracle(level: int, r: int) -> bytes:
     if level == 0:
         return hashlib.sha256(b"\x00" + r.to_bytes(2, "big")).digest()
@@ -219,7 +220,7 @@ def oracle_leaf(i: int) -> bytes:
     return _oracle(0, i % PERIOD)
 
 
-@lru_cache(maxsize=None)
+@cache
 def oracle_root(lo: int, hi: int) -> bytes:
     """RFC 9162 MTH(D[lo:hi]) by its recursive definition over the oracle."""
     n = hi - lo

@@ -1,4 +1,4 @@
-"""C2SP signed notes, keys, checkpoints, cosignatures and tlog-proof text: vectors and strictness."""
+"""C2SP signed notes, keys, checkpoints, cosignatures, tlog-proof text: vectors, strictness."""
 
 from __future__ import annotations
 
@@ -39,7 +39,10 @@ TEXT = (
     "If you think cryptography is the answer to your problem,\n"
     "then you don't know what your problem is.\n"
 )
-SIGLINE = "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+SIGLINE = (
+    "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6"
+    "KE6RyyBwJnAM=\n"
+)
 # C2SP signed-note example
 C2SP_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
 C2SP_TEXT = "This is an example message.\n"

@@ -144,7 +144,6 @@ def test_sigint_keeps_every_finished_record(tmp_path: Path) -> None:
             import sys
             from pathlib import Path
             import orjson
-import pytest
             from inferaudit.load.runner import run_load
             from inferaudit.protocol import Endpoint, Load, RunSpec
 

@@ -1,4 +1,4 @@
-"""Offline `verify`: a sealed hand-made run passes; any single flipped byte fails, and says where."""
+"""Offline `verify`: a sealed hand-made run passes; any flipped byte fails and says where."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest_ledger import make_run_dir
 from typer.testing import CliRunner
 
+from conftest_ledger import make_run_dir
 from inferaudit.evidence import seal_run
 from inferaudit.keys import Signer, TrustPolicy, load_or_create_signer
 from inferaudit.ledger.store import open_ledger

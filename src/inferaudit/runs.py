@@ -14,7 +14,6 @@ The library never prints: ``RunObserver`` receives progress and the CLI renders 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import socket
@@ -90,14 +89,6 @@ def api_key_from_env(var: str | None) -> str | None:
     if not value:
         raise ConfigError(f"--api-key-env {var}: that environment variable is not set or empty")
     return value
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepare_dir(run_dir: Path) -> None:

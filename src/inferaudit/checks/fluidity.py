@@ -3,7 +3,7 @@
 A server can hold tokens and flush many in one write, making inter-token latency look tiny
 between flushes (or sending the first token on time and the rest late). The client stamps
 every read, so events written together arrive within a fraction of a millisecond. A *burst* is
-a delivery of at least ``min_events`` content events, each within ``tick_ms`` (1 ms) and within a
+a delivery of at least ``min_events`` (8) content events, each within ``tick_ms`` (1 ms) and within a
 quarter of the request's own time per token of the one before; the check
 reports the share of tokens delivered in bursts and fails at ``limit`` (20%) or more. Multi-token
 events (speculative decoding) are one event each and never count as a burst by themselves. An
@@ -21,7 +21,7 @@ from inferaudit.records import Record
 
 NAME = "fluidity"
 TICK_MS = 1.0
-MIN_EVENTS = 4
+MIN_EVENTS = 8
 LIMIT = 0.20
 TPOT_SHARE = 0.25
 

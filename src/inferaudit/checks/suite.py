@@ -168,9 +168,10 @@ def plan_checks(
     fingerprint: Path | None = None,
     api_key: str | None = None,
 ) -> CheckSuite:
-    """The checks for this run: ``selected`` (or ``spec.checks``) or the defaults."""
-    chosen = list(selected) if selected is not None else list(spec.checks)
-    if not chosen:
+    """The checks for this run: ``selected`` (``[]``: none), else ``spec.checks`` when it names
+    any, else the defaults (all that fit: ``identity`` only with a fingerprint)."""
+    chosen = list(selected) if selected is not None else (list(spec.checks) or None)
+    if chosen is None:
         names = default_checks(fingerprint is not None)
     else:
         unknown = [n for n in chosen if n not in ALL_CHECKS]

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -16,15 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError, validation_message
+from inferaudit.evidence import file_sha256
 from inferaudit.protocol import SLO, Api, Arrivals, Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.runs import (
-    RunOptions,
-    RunOutcome,
-    api_key_from_env,
-    execute,
-    execute_sweep,
-    file_sha256,
-)
+
+if TYPE_CHECKING:
+    from inferaudit.runs import RunOutcome
 
 
 def _positive_list(text: str, what: str, cast: type) -> list[Any]:
@@ -278,6 +274,8 @@ def run(
     db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
+    from inferaudit.runs import RunOptions, api_key_from_env, execute, execute_sweep
+
     check_names = (
         None if checks is None else tuple(c.strip() for c in checks.split(",") if c.strip())
     )

@@ -132,13 +132,14 @@ def build_body(plan: RequestPlan, target: Target) -> bytes:
     return orjson.dumps(body)
 
 
-def _load_events(events: list[bytes]) -> list[Any]:
+def _load_events(events: list[bytes]) -> tuple[list[Any], bytes | None]:
     """Parse the events of one read: one orjson call over all of them, or, when that fails
-    (or the count differs, e.g. an event ``1,2``), one by one to name the bad event."""
+    (or the count differs, e.g. an event ``1,2``), one by one: the events before the first bad
+    one, and the bad one (None when all are good)."""
     try:
         objs = orjson.loads(b"[" + b",".join(events) + b"]")
         if len(objs) == len(events):
-            return objs
+            return objs, None
     except orjson.JSONDecodeError:
         pass
     out = []
@@ -146,8 +147,8 @@ def _load_events(events: list[bytes]) -> list[Any]:
         try:
             out.append(orjson.loads(event))
         except orjson.JSONDecodeError:
-            raise _Malformed(event[:80].decode("utf-8", "replace")) from None
-    return out
+            return out, event
+    return out, None
 
 
 def make_session(limit: int = 0) -> aiohttp.ClientSession:
@@ -243,8 +244,9 @@ async def execute(
                     if first_chunk is None:
                         first_chunk = now
                     before = len(parts)
+                    objs, bad = _load_events(events)
                     try:
-                        for obj in _load_events(events):
+                        for obj in objs:
                             choices = obj.get("choices")
                             if choices:
                                 choice = choices[0]
@@ -273,13 +275,16 @@ async def execute(
                                 parts.append(text)  # type checked once, at the end
                             elif not parts:
                                 empty_before += 1
+                        if bad is not None and error_class is None:
+                            raise _Malformed(bad[:80].decode("utf-8", "replace"))
                     except (AttributeError, TypeError, KeyError):
                         raise _Malformed(f"not a completion chunk: {obj!r}"[:120]) from None
-                    added = len(parts) - before
-                    if added:
-                        if first_content is None:
-                            first_content = now
-                        chunk_ns.extend([now - epoch_ns] * added)
+                    finally:  # content before a bad event in this read keeps its time
+                        added = len(parts) - before
+                        if added:
+                            if first_content is None:
+                                first_content = now
+                            chunk_ns.extend([now - epoch_ns] * added)
                     if error_class is not None:
                         break
                 if error_class is None and not got_done and finish_reason is None:

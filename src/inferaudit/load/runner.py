@@ -56,6 +56,7 @@ __all__ = ["LoadResult", "WorkerInfo", "run_load"]
 
 EPOCH_LEAD_NS = 50_000_000  # the epoch is set this far ahead of "go" so every worker has it
 START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 30.0  # after a stop, workers that have not ended by then are terminated
 _POLL_S = 0.05
 
 
@@ -327,7 +328,11 @@ class _Parent:
         open_ctrls = set(ctrls)
         index = {c: i for i, c in enumerate(ctrls)}
         on_record = self.on_record
+        stop_deadline: float | None = None
         while open_recs or open_ctrls:
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                self.errors.append(f"workers still running {STOP_GRACE_S:g} s after stop")
+                return  # the caller terminates them
             for conn in wait([*open_recs, *open_ctrls], timeout=_POLL_S):
                 assert isinstance(conn, Connection)
                 if conn in open_recs:
@@ -354,8 +359,9 @@ class _Parent:
                         self.errors.append(msg[1])
             if self.should_stop is not None and not self.interrupted and self.should_stop():
                 self.interrupted = True
-            if self.interrupted:
+            if self.interrupted and stop_deadline is None:
                 self._stop(ctrls)
+                stop_deadline = time.monotonic() + STOP_GRACE_S
 
     def _stop(self, ctrls: list[Connection]) -> None:
         if self.stop_sent:
