@@ -22,7 +22,6 @@ import resource
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from inferaudit.load.runner import run_load
-from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.records import read_records
 
 CHUNKS = 128
@@ -132,7 +131,7 @@ def cpu(who: int) -> float:
     return u.ru_utime + u.ru_stime
 
 
-def one_point(base_url: str, api: str, rate: float, seconds: float, workers: int, tmp: Path):
+def one_point(base_url: str, api: Api, rate: float, seconds: float, workers: int, tmp: Path):
     spec = RunSpec(
         endpoint=Endpoint(base_url=base_url, model=MODEL, api=api),
         load=Load(rate=rate, requests=max(int(rate * seconds), 1), timeout_s=30),
@@ -198,7 +197,7 @@ def main() -> None:
             )
             best = None
             for rate in rates:
-                p = one_point(base, args.api, rate, args.seconds, args.workers, tmp)
+                p = one_point(base, Api(args.api), rate, args.seconds, args.workers, tmp)
                 ok = p["lag_p99_ms"] < 5 and p["errors"] == 0 and p["achieved_rps"] >= 0.95 * rate
                 print(
                     f"{rate:7g} {p['achieved_rps']:9.0f} {p['chunks_per_s']:9.0f} "
@@ -225,4 +224,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

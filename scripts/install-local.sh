@@ -4,15 +4,24 @@
 # package the `local` tests serve. Idempotent: when both import at the wanted versions it only
 # checks (~2 s).
 #
-# Build time on 2 cores (llama-cpp-python 0.3.36, gcc 12, ninja): ~3 min with the CMAKE_ARGS
-# below, ~6 min without. pip keeps the built wheel in ~/.cache/pip, so a rebuild on the same
-# machine takes seconds; a fresh machine compiles again.
-#   -DLLAVA_BUILD=OFF  skips libmtmd (the multimodal library, ~50 of the ~190 compile steps);
-#                      llama_cpp imports it only for image chat formats, which we never use.
+# Build time on 2 cores (llama-cpp-python 0.3.36, gcc 12, ninja; wall / CPU):
+#   defaults                                   193 steps, ~7 min CPU (12.6 min wall, loaded box)
+#   -DLLAVA_BUILD=OFF                          140 steps, 3.0 min / 5.0 min CPU
+#   -DLLAVA_BUILD=OFF + skip llama.cpp common   83 steps, 2.1 min / 2.6 min CPU  (what we use)
+# pip keeps the built wheel in ~/.cache/pip, so a reinstall on the same machine takes seconds; a
+# fresh machine compiles again.
+#   -DLLAVA_BUILD=OFF  skips libmtmd (the multimodal library); llama_cpp imports it only for
+#                      image chat formats.
+#   common             llama-cpp-python's CMakeLists forces LLAMA_BUILD_COMMON=ON, but its
+#                      Python code loads only libllama/libggml: llama.cpp's "common" library
+#                      (argument parsing, chat parsers, cpp-httplib: ~35% of the compile time)
+#                      is built and never used. A CMAKE_PROJECT_INCLUDE hook, run at llama.cpp's
+#                      own project() call (after that FORCE), turns it off again. If a future
+#                      release does need it, the import check below fails and the script builds
+#                      once more without the hook.
 # Kept at their defaults on purpose: GGML_NATIVE=ON builds one CPU variant (-march=native), the
 # fastest to compile and to run here; GGML_OPENMP=ON. llama.cpp's tests, tools, examples and
-# server binaries are already off when llama-cpp-python builds it as a subproject; its "common"
-# library is forced on by llama-cpp-python's CMakeLists and cannot be skipped from CMAKE_ARGS.
+# server binaries are already off when llama-cpp-python builds it as a subproject.
 #
 # Environment: PYTHON (default .venv/bin/python), CMAKE_ARGS (appended to ours).
 set -euo pipefail
@@ -71,9 +80,26 @@ if ! command -v c++ >/dev/null 2>&1 || ! command -v cmake >/dev/null 2>&1; then
 fi
 
 jobs="$(nproc 2>/dev/null || echo 2)"
+hook="$(mktemp --suffix=.cmake)"
+trap 'rm -f "$hook"' EXIT
+echo 'set(LLAMA_BUILD_COMMON OFF CACHE BOOL "llama: build common utils library" FORCE)' >"$hook"
+
 start=$SECONDS
-echo "install-local: building llama-cpp-python from source (a few minutes on 2 cores)"
-CMAKE_ARGS="-DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}" \
+echo "install-local: building llama-cpp-python from source (2-4 min on 2 cores)"
+CMAKE_ARGS="-DLLAVA_BUILD=OFF -DCMAKE_PROJECT_INCLUDE=$hook ${CMAKE_ARGS:-}" \
 CMAKE_BUILD_PARALLEL_LEVEL="$jobs" \
   "$PY" -m pip install -q "${reqs[@]}"
+
+llama_req=""
+for req in "${reqs[@]}"; do
+  case "$req" in llama-cpp-python*) llama_req="$req" ;; esac
+done
+smoke='import llama_cpp, llama_cpp.server.app; llama_cpp.llama_print_system_info()'
+if ! "$PY" -c "$smoke" >/dev/null 2>&1; then
+  echo "install-local: the trimmed build does not load; rebuilding with llama.cpp's common library"
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}" \
+  CMAKE_BUILD_PARALLEL_LEVEL="$jobs" \
+    "$PY" -m pip install -q --no-cache-dir --force-reinstall --no-deps "$llama_req"
+  "$PY" -c "$smoke"
+fi
 echo "install-local: done in $((SECONDS - start)) s"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from inferaudit.checks.verdict import Outcome
+from inferaudit.protocol import Api
 from test_checks_twin import assert_fails, run_checks
 
 CASES = [
@@ -30,3 +32,17 @@ def test_behaviour_is_caught(
     verdicts = run_checks(tmp_path, behave, checks=checks)
     assert set(verdicts) == set(checks)
     assert_fails(verdicts, failing)
+
+
+def test_role_first_chunk_over_chat(tmp_path: Path) -> None:
+    # Chat: an honest role-only delta comes with the first token; this one comes at once.
+    verdicts = run_checks(tmp_path, ("role-first-chunk",), checks=["first-token"], api=Api.chat)
+    v = assert_fails(verdicts, "first-token")
+    assert v.numbers["early_empty_chunks"] == 20
+
+
+def test_honest_chat_role_delta_is_not_a_finding(tmp_path: Path) -> None:
+    verdicts = run_checks(tmp_path, checks=["first-token"], api=Api.chat)
+    v = verdicts["first-token"]
+    assert v.verdict is Outcome.passed
+    assert v.numbers["with_empty_first_chunk"] == 20 and v.numbers["early_empty_chunks"] == 0

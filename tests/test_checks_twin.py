@@ -3,15 +3,19 @@ caught by its check, and the honest twin passes every check (no false alarm)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import models, pre_tokenizers
 
+from inferaudit.checks.suite import recheck
 from inferaudit.checks.verdict import Outcome, Verdict, format_verdict
-from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.records import read_records
 from inferaudit.runs import RunOptions, execute
+from inferaudit.tokenizer import load_tokenizer
 from inferaudit.twin.launch import start_twin
 
 MODEL = "twin-m"
@@ -25,9 +29,11 @@ def twin_args(*behave: str) -> list[str]:
     return args
 
 
-def make_spec(base_url: str, *, seed: int = 0, requests: int = 20) -> RunSpec:
+def make_spec(
+    base_url: str, *, seed: int = 0, requests: int = 20, api: Api = Api.completions
+) -> RunSpec:
     return RunSpec(
-        endpoint=Endpoint(base_url=base_url, model=MODEL),
+        endpoint=Endpoint(base_url=base_url, model=MODEL, api=api),
         workload=Workload(input_tokens=Length(lo=32, hi=32), output_tokens=Length(lo=32, hi=32)),
         load=Load(concurrency=4, requests=requests),
         seed=seed,
@@ -44,9 +50,10 @@ def run_checks(
     seed: int = 0,
     tokenizer: Path | None = None,
     fingerprint: Path | None = None,
+    api: Api = Api.completions,
 ) -> dict[str, Verdict]:
     with start_twin(twin_args(*behave)) as twin:
-        spec = make_spec(twin.base_url, seed=seed)
+        spec = make_spec(twin.base_url, seed=seed, api=api)
         options = RunOptions(
             checks=checks, sign=False, tokenizer=tokenizer, fingerprint=fingerprint
         )
@@ -79,7 +86,11 @@ def test_response_cache_numbers(tmp_path: Path) -> None:
     assert v.numbers["ttft_improvement"] > 0.8
     assert v.numbers["unique"]["ttft_p50_ms"] >= 30.0
     assert v.summary.startswith("repeated prompts ")
-    assert "faster than unique" in v.summary and "limit 10%" in v.summary
+    assert re.fullmatch(
+        r"repeated prompts (\d+% faster than|\d+x as fast as) unique "
+        r"\((first token|throughput), p=\S+; limit 10%\)",
+        v.summary,
+    ), v.summary
 
 
 def test_early_stop_is_also_a_conformance_finding(tmp_path: Path) -> None:
@@ -115,6 +126,23 @@ def test_honest_twin_passes_every_check(tmp_path: Path, word_tokenizer: Path) ->
     bad = [format_verdict(v) for v in verdicts.values() if v.verdict is not Outcome.passed]
     assert not bad, bad
     assert verdicts["token-accounting"].numbers["exact_requests"] == 20
+    # Every verdict is recomputed offline, identically, from records.jsonl alone.
+    records = read_records(tmp_path / "run" / "records.jsonl")
+    spec = RunSpec.model_validate_json((tmp_path / "run" / "spec.json").read_bytes())
+    again = recheck(
+        records,
+        spec,
+        names=list(verdicts),
+        tokenizer=load_tokenizer(word_tokenizer),
+        model_listed="honoured",
+    )
+    assert [v.to_json() for v in again] == [v.to_json() for v in verdicts.values()]
+    phases = {r.phase for r in records}
+    assert phases == {"probe", "measure", "cache-unique", "cache-repeat"} | {
+        "prefix-prime",
+        "prefix-hit",
+        "prefix-miss",
+    }
 
 
 @pytest.mark.slow

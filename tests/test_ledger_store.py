@@ -143,7 +143,7 @@ def test_never_signs_a_fork(db: str) -> None:
         with ledger.engine.begin() as conn:
             conn.execute(
                 update(nodes_t)
-                .where(nodes_t.c.level == 2, nodes_t.c.k == 0)
+                .where(nodes_t.c.id == 2 << 48)  # node (level 2, k 0): the root of size 4
                 .values(hash=b"\x00" * 32)
             )
         with pytest.raises(LedgerError, match="no longer reaches the checkpoint at size 4"):
@@ -276,3 +276,22 @@ def test_tiles_of_70000_leaves(tmp_path: Path) -> None:
     note = (out / "checkpoint").read_text()
     cp, _ = open_checkpoint(note, [_signer().verifier()])
     assert (cp.size, cp.root) == (70_000, root)
+
+
+def test_home_and_database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferaudit.errors import ConfigError
+    from inferaudit.home import data_dir, db_url
+
+    monkeypatch.setenv("INFERAUDIT_HOME", str(tmp_path / "env-home"))
+    monkeypatch.delenv("INFERAUDIT_DB", raising=False)
+    assert data_dir() == tmp_path / "env-home"
+    assert (tmp_path / "env-home").stat().st_mode & 0o777 == 0o700
+    assert data_dir(tmp_path / "flag") == tmp_path / "flag"  # the flag wins over the env
+    assert db_url(None, tmp_path / "h") == f"sqlite:///{tmp_path / 'h' / 'ledger.sqlite3'}"
+    monkeypatch.setenv("INFERAUDIT_DB", "postgresql+psycopg://u@127.0.0.1/x")
+    assert db_url(None, tmp_path) == "postgresql+psycopg://u@127.0.0.1/x"
+    assert db_url("sqlite:///a.db", tmp_path) == "sqlite:///a.db"
+    with pytest.raises(ConfigError, match="only sqlite and postgresql"):
+        db_url("mysql://u@h/db")
+    with pytest.raises(ConfigError, match="not a SQLAlchemy URL"):
+        db_url("not a url")

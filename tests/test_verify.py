@@ -211,3 +211,34 @@ def test_cli_keys_ledger_verify(tmp_path: Path) -> None:
     result = runner.invoke(app, ["verify", str(run), "--trust", str(tmp_path / "trust.txt")])
     assert result.exit_code == 1
     assert "FAIL subjects: records.jsonl digest mismatch" in result.output
+
+
+def test_out_of_domain_statement_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    from inferaudit.evidence import sign_envelope
+
+    run = make_run_dir(tmp_path / "run", n=5)
+    signer = Signer(name="inferaudit-runner", seed=bytes(range(32)))
+    payload = b'{"_type":"https://in-toto.io/Statement/v1","predicate":{"n":9007199254740993}}'
+    (run / "envelope.dsse.json").write_bytes(orjson.dumps(sign_envelope(payload, signer)))
+    (run / "statement.json").write_bytes(payload)
+    fails = failed(verify_run(run, TrustPolicy(signers=(signer.verifier(),))))
+    assert "envelope signature" not in fails
+    assert "exceeds safe integer domain" in fails["statement"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["statement.json", "envelope.dsse.json"])
+def test_flipping_every_byte(sealed: tuple[Path, TrustPolicy], tmp_path: Path, name: str) -> None:
+    """Exhaustive version of the sampled flips above (every byte of the signed artefacts).
+
+    ``summarize`` is stubbed to keep this quick, so the summary step always fails here."""
+    run, trust = sealed
+    copy = _copy(run, tmp_path)
+    original = (copy / name).read_bytes()
+    for pos in range(len(original)):
+        _flip(copy / name, pos, original)
+        fails = failed(verify_run(copy, trust, summarize=lambda records, spec: {}))
+        if name == "statement.json":
+            assert set(fails) == {"statement", "summary"}, (pos, fails)
+        else:
+            assert {"envelope signature", "inclusion"} & set(fails), (pos, fails)

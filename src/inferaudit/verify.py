@@ -161,8 +161,11 @@ def verify_run(run_dir: Path, trust: TrustPolicy, *, summarize: Summarize | None
             problems.append("statement is not JSON")
         if isinstance(parsed, dict):
             statement = parsed
-            if canonical(parsed, "statement") != source:
-                problems.append("statement is not RFC 8785 canonical JSON")
+            try:
+                if canonical(parsed, "statement") != source:
+                    problems.append("statement is not RFC 8785 canonical JSON")
+            except InferauditError as exc:
+                problems.append(str(exc))
             if parsed.get("_type") != STATEMENT_TYPE:
                 problems.append(f"statement _type is not {STATEMENT_TYPE}")
             if parsed.get("predicateType") != PREDICATE_TYPE:

@@ -44,6 +44,9 @@ LIMIT = 0.10
 ALPHA = 0.01
 TAIL = 8
 BLOCK_UNIQUE, BLOCK_REPEAT, BLOCK_PREFIX = 2, 3, 4
+UNIQUE, REPEAT = "cache-unique", "cache-repeat"
+PRIME, HIT, MISS = "prefix-prime", "prefix-hit", "prefix-miss"
+CACHE_TAG = "cache:c"
 
 
 def _ttft_ms(r: Record) -> float:
@@ -91,34 +94,43 @@ def run_caching(
     concurrency: int | None = None,
     on_record: OnRecord | None = None,
 ) -> Verdict:
+    """Send the two phases (unique, then repeat) and judge them with :func:`check_caching`."""
     planner = Planner.from_spec(spec)
     conc = concurrency or min(spec.load.concurrency or 4, max(1, requests // 4))
-    unique = [
-        fresh_plan(planner, BLOCK_UNIQUE, k, phase="cache-unique", tag="cache:unique")
-        for k in range(requests)
-    ]
-    base = fresh_plan(planner, BLOCK_REPEAT, 0, phase="cache-repeat", tag="cache:repeat")
+    tag = f"{CACHE_TAG}{conc}"  # the concurrency travels with the records, for re-checking
+    unique = [fresh_plan(planner, BLOCK_UNIQUE, k, phase=UNIQUE, tag=tag) for k in range(requests)]
+    base = fresh_plan(planner, BLOCK_REPEAT, 0, phase=REPEAT, tag=tag)
     repeat = [
         dataclasses.replace(base, id=base.id + k) for k in range(requests)
     ]  # same prompt, same length, same body; distinct record ids
-    ur, rr = (
-        _usable(
-            send_phase(
-                spec,
-                plans,
-                api_key=api_key,
-                concurrency=conc,
-                records_path=records_path,
-                on_record=on_record,
-                runner=True,
-            ),
-            conc,
+    sent: list[Record] = []
+    for plans in (unique, repeat):
+        sent += send_phase(
+            spec,
+            plans,
+            api_key=api_key,
+            concurrency=conc,
+            records_path=records_path,
+            on_record=on_record,
+            runner=True,
         )
-        for plans in (unique, repeat)
-    )
+    return check_caching(sent)
+
+
+def check_caching(records: Sequence[Record]) -> Verdict:
+    """The caching verdict from the records of the ``cache-unique``/``cache-repeat`` phases."""
+    phases = [r for r in records if r.phase in (UNIQUE, REPEAT)]
+    if not phases:
+        return Verdict(CACHING, Outcome.inconclusive, "no cache-audit requests recorded", {})
+    tag = str(phases[0].tag)
+    if not tag.startswith(CACHE_TAG) or not tag[len(CACHE_TAG) :].isdigit():
+        return Verdict(CACHING, Outcome.inconclusive, f"cache-audit tag {tag!r} unreadable", {})
+    conc = int(tag[len(CACHE_TAG) :])
+    ur = _usable([r for r in phases if r.phase == UNIQUE], conc)
+    rr = _usable([r for r in phases if r.phase == REPEAT], conc)
     u, r = _phase_stats(ur), _phase_stats(rr)
     numbers: dict[str, object] = {
-        "requests_per_phase": requests,
+        "requests_per_phase": sum(1 for x in phases if x.phase == UNIQUE),
         "concurrency": conc,
         "unique": u,
         "repeat": r,
@@ -146,11 +158,11 @@ def run_caching(
     ]
     if found:
         gain, what, p = max(found)
+        how = f"{1 + gain:.0f}x as fast as" if gain >= 1 else f"{pct(gain)} faster than"
         return Verdict(
             CACHING,
             Outcome.failed,
-            f"repeated prompts {pct(gain)} faster than unique ({what}, p={p:.2g}; "
-            f"limit {pct(LIMIT)})",
+            f"repeated prompts {how} unique ({what}, p={p:.2g}; limit {pct(LIMIT)})",
             numbers,
         )
     return Verdict(
@@ -177,9 +189,9 @@ def run_prefix_probe(
     rng = np.random.default_rng((spec.seed, 0x9F1C))
     plans = []
     for j in range(pairs):
-        prime = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j, phase="prefix-prime"), words)
-        miss = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 1, phase="prefix-miss"), words)
-        other = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 2, phase="prefix-hit"), words)
+        prime = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j, phase=PRIME), words)
+        miss = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 1, phase=MISS), words)
+        other = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 2, phase=HIT), words)
         head = prime.prompt.split()[: words - TAIL]
         tail = other.prompt.split()[-TAIL:]
         hit = dataclasses.replace(other, prompt=" ".join(head + tail))
@@ -189,12 +201,21 @@ def run_prefix_probe(
     recs = send_phase(
         spec, plans, api_key=api_key, concurrency=1, records_path=records_path, on_record=on_record
     )
-    hits = [_ttft_ms(r) for r in recs if r.phase == "prefix-hit" and r.ok and r.first_content_ns]
-    misses = [_ttft_ms(r) for r in recs if r.phase == "prefix-miss" and r.ok and r.first_content_ns]
+    return check_prefix_cache(recs)
+
+
+def check_prefix_cache(records: Sequence[Record]) -> Verdict:
+    """The prefix-cache verdict from the records of the ``prefix-*`` phases."""
+    recs = sorted((r for r in records if r.phase in (PRIME, HIT, MISS)), key=lambda r: r.id)
+    if not recs:
+        return Verdict(PREFIX, Outcome.inconclusive, "no prefix-probe requests recorded", {})
+    hits = [_ttft_ms(r) for r in recs if r.phase == HIT and r.ok and r.first_content_ns]
+    misses = [_ttft_ms(r) for r in recs if r.phase == MISS and r.ok and r.first_content_ns]
+    words = [r.input_tokens for r in recs if r.phase == MISS and r.input_tokens]
     numbers: dict[str, object] = {
-        "pairs": pairs,
-        "prompt_words": words,
-        "shared_prefix_words": words - TAIL,
+        "pairs": sum(1 for r in recs if r.phase == PRIME),
+        "prompt_words": words[0] if words else None,
+        "shared_prefix_words": words[0] - TAIL if words else None,
         "hits": len(hits),
         "misses": len(misses),
         "alpha": ALPHA,

@@ -51,12 +51,11 @@ def run_conformance(
     length: int = LENGTH,
 ) -> Verdict:
     planner = Planner.from_spec(spec)
-    items: dict[str, str] = {}
     try:
         check_endpoint(spec.endpoint, api_key)
-        items["model_listed"] = "honoured"
+        listed = "honoured"
     except EndpointError as exc:
-        items["model_listed"] = f"ignored: {exc.diagnostics()}"
+        listed = f"ignored: {exc.diagnostics()}"
     plans = [
         fresh_plan(planner, BLOCK, k, phase=PHASE, tag="probe:length", max_tokens=length)
         for k in range(LENGTH_PROBES)
@@ -86,8 +85,24 @@ def run_conformance(
         records_path=records_path,
         on_record=on_record,
     )
+    return check_conformance(records, spec, tokenizer=tokenizer, model_listed=listed)
+
+
+def check_conformance(
+    records: Sequence[Record],
+    spec: RunSpec,
+    *,
+    tokenizer: Tokenizer | None = None,
+    model_listed: str = "not re-checked (needs the endpoint)",
+) -> Verdict:
+    """The conformance verdict from the ``probe`` records (and the model-listing outcome)."""
+    records = sorted((r for r in records if r.phase == PHASE), key=lambda r: r.id)
+    if not records:
+        return Verdict(NAME, Outcome.inconclusive, "no probe requests recorded", {})
+    items: dict[str, str] = {"model_listed": model_listed}
     length_recs = [r for r in records if r.tag == "probe:length"]
     seed_recs = {r.tag: r for r in records if r.tag and r.tag.startswith("probe:seed-")}
+    length = max((r.max_tokens or 0 for r in length_recs), default=0)
     items.update(_length_items(length_recs, length, tokenizer, spec.workload.enforce_output_length))
     items["seed"] = _seed_item(seed_recs)
     items["include_usage"] = _usage_item(records)
@@ -101,10 +116,11 @@ def run_conformance(
     if unknown:
         detail = "; ".join(f"{k} {items[k]}" for k in unknown)
         return Verdict(NAME, Outcome.inconclusive, f"probes could not decide: {detail}", numbers)
+    listed = "model listed; " if items["model_listed"] == "honoured" else ""
     return Verdict(
         NAME,
         Outcome.passed,
-        "model listed; max_tokens, ignore_eos/min_tokens, seed and include_usage honoured",
+        f"{listed}max_tokens, ignore_eos/min_tokens, seed and include_usage honoured",
         numbers,
     )
 

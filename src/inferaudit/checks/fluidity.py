@@ -3,9 +3,9 @@
 A server can hold tokens and flush many in one write, making inter-token latency look tiny
 between flushes (or sending the first token on time and the rest late). The client stamps
 every read, so events written together arrive within a fraction of a millisecond. A *burst* is
-a delivery of at least ``min_events`` (8) content events, each within ``tick_ms`` (1 ms) and within a
-quarter of the request's own time per token of the one before; the check
-reports the share of tokens delivered in bursts and fails at ``limit`` (20%) or more. Multi-token
+a delivery of at least ``min_events`` (8) content events, each within ``tick_ms`` (1 ms) and
+within a quarter of the request's own time per token of the one before; the check reports the
+share of tokens delivered in bursts and fails at ``limit`` (20%) or more. Multi-token
 events (speculative decoding) are one event each and never count as a burst by themselves. An
 overloaded client can also coalesce reads; its lag is recorded separately (``client_lag_ms``),
 and the ``limit`` leaves room for occasional coalescing.

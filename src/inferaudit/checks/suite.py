@@ -25,6 +25,9 @@ Checks (``--checks`` names, in the order they run):
   prefix-cache      TTFT after a priming request vs fresh prompts (KS test), after the run
   errors            failures per phase; measured failures are SLO violations
 Default: all of them, ``identity`` only when a fingerprint is given.
+
+Every verdict is a function of the records (``recheck``): the network phases only add records,
+so ``verify`` can recompute the verdicts offline from ``records.jsonl``.
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ from inferaudit.checks.verdict import Verdict, format_verdict
 from inferaudit.errors import ConfigError
 from inferaudit.fingerprint import Fingerprint, load_fingerprint, replay_plans
 from inferaudit.protocol import RunSpec
-from inferaudit.records import read_records
+from inferaudit.records import Record, read_records
 from inferaudit.tokenizer import Tokenizer, load_tokenizer
 from inferaudit.workload import RequestPlan
 
-__all__ = ["ALL_CHECKS", "CheckSuite", "format_verdict", "plan_checks"]
+__all__ = ["ALL_CHECKS", "CheckSuite", "format_verdict", "plan_checks", "recheck"]
 
 ALL_CHECKS: tuple[str, ...] = (
     "conformance",
@@ -108,43 +111,79 @@ class CheckSuite:
         return dict(self._injected)
 
     def after_run(self, records_path: Path, observer: Observer | None = None) -> list[Verdict]:
-        """Record checks over the run, then the extra phases (appended to ``records_path``)."""
-        records = read_records(records_path)
-        out: list[Verdict] = []
+        """Send the extra phases (appended to ``records_path``), then judge every record."""
         on = self.names.__contains__
-        if on("output-length"):
-            out.append(check_output_length(records, self.spec, tokenizer=self.tokenizer))
-        if on("token-accounting"):
-            out.append(check_token_accounting(records, tokenizer=self.tokenizer))
-        if on("first-token"):
-            out.append(check_first_token(records))
-        if on("fluidity"):
-            out.append(check_fluidity(records))
-        if on("identity") and self.fingerprint is not None:
-            out.append(identity.check_identity(records, self.fingerprint))
         if on("caching"):
-            out.append(
-                caching.run_caching(
-                    self.spec,
-                    api_key=self.api_key,
-                    records_path=records_path,
-                    requests=self.cache_requests,
-                    on_record=_phase(observer, "checks: caching audit", 2 * self.cache_requests),
-                )
+            caching.run_caching(
+                self.spec,
+                api_key=self.api_key,
+                records_path=records_path,
+                requests=self.cache_requests,
+                on_record=_phase(observer, "checks: caching audit", 2 * self.cache_requests),
             )
         if on("prefix-cache"):
+            caching.run_prefix_probe(
+                self.spec,
+                api_key=self.api_key,
+                records_path=records_path,
+                pairs=self.prefix_pairs,
+                on_record=_phase(observer, "checks: prefix-reuse probe", 3 * self.prefix_pairs),
+            )
+        names = tuple(n for n in self.names if n != "conformance")
+        return recheck(
+            read_records(records_path),
+            self.spec,
+            names=names,
+            tokenizer=self.tokenizer,
+            fingerprint=self.fingerprint,
+        )
+
+
+def recheck(
+    records: Sequence[Record],
+    spec: RunSpec,
+    *,
+    names: Sequence[str],
+    tokenizer: Tokenizer | None = None,
+    fingerprint: Fingerprint | None = None,
+    model_listed: str = "not re-checked (needs the endpoint)",
+) -> list[Verdict]:
+    """The verdicts of ``names`` from the records alone (all phases), in the canonical order.
+
+    This is what ``after_run`` computes, so ``verify`` can recompute every verdict offline from
+    ``records.jsonl``; only conformance's "model listed" item needs the endpoint, and is taken
+    from ``model_listed``. ``identity`` needs the fingerprint file, ``token-accounting`` the
+    tokenizer when the run had one.
+    """
+    out: list[Verdict] = []
+    for name in (n for n in ALL_CHECKS if n in names):
+        if name == "conformance":
             out.append(
-                caching.run_prefix_probe(
-                    self.spec,
-                    api_key=self.api_key,
-                    records_path=records_path,
-                    pairs=self.prefix_pairs,
-                    on_record=_phase(observer, "checks: prefix-reuse probe", 3 * self.prefix_pairs),
+                conformance.check_conformance(
+                    records, spec, tokenizer=tokenizer, model_listed=model_listed
                 )
             )
-        if on("errors"):
-            out.append(check_errors(read_records(records_path)))
-        return out
+        elif name == "output-length":
+            out.append(check_output_length(records, spec, tokenizer=tokenizer))
+        elif name == "token-accounting":
+            out.append(check_token_accounting(records, tokenizer=tokenizer))
+        elif name == "first-token":
+            out.append(check_first_token(records))
+        elif name == "fluidity":
+            out.append(check_fluidity(records))
+        elif name == "identity":
+            if fingerprint is None:
+                raise ConfigError("the identity check needs the run's --fingerprint file")
+            out.append(identity.check_identity(records, fingerprint))
+        elif name == "caching":
+            out.append(caching.check_caching(records))
+        elif name == "prefix-cache":
+            out.append(caching.check_prefix_cache(records))
+        elif name == "errors":
+            out.append(check_errors(records))
+        else:
+            raise AssertionError(f"check {name!r} in ALL_CHECKS has no judge")
+    return out
 
 
 def _phase(

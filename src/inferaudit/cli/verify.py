@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from inferaudit.cli.app import app, console
+from inferaudit.errors import ConfigError
 from inferaudit.home import data_dir
 from inferaudit.keys import DEFAULT_SIGNER_NAME, TrustPolicy, key_paths, load_trust, load_verifier
 from inferaudit.verify import verify_run
@@ -40,6 +41,8 @@ def verify(
     data: Annotated[Path | None, typer.Option("--data-dir", help="Data directory")] = None,
 ) -> None:
     """Verify a run directory offline: one line per check; exit 0 only if all pass."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory")
     if trust is None:
         policy = _local_trust(data_dir(data, create=False))
         console.print("[dim]no --trust given: trusting this data directory's keys[/]")
@@ -48,7 +51,7 @@ def verify(
     report = verify_run(run_dir, policy)
     for check in report.checks:
         mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
-        console.print(f"{mark} {check.name}: {check.detail}", highlight=False, markup=True)
+        console.print(f"{mark} {check.name}: {check.detail}", highlight=False, soft_wrap=True)
     if not report.ok:
         console.print(f"[bold red]{run_dir}: verification failed[/]", highlight=False)
         raise typer.Exit(1)

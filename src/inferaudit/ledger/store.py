@@ -5,7 +5,8 @@ Tables:
                       Every write locks it first (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
                       ``SELECT ... FOR UPDATE``), so indices are dense and assigned under a lock.
   ledger_entries      idx -> leaf bytes (RFC 8785 envelope) and leaf hash (indexed for lookup).
-  ledger_nodes        (level, k) -> hash of every complete perfect subtree (see ``merkle``);
+  ledger_nodes        id = level << 48 | k -> hash of every complete perfect subtree (see
+                      ``merkle``); one integer key, so a proof's nodes are one primary-key IN;
                       proofs and roots are read from here, never recomputed from the leaves.
   ledger_checkpoints  every signed checkpoint, by size.
 
@@ -31,21 +32,19 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Row,
-    SmallInteger,
     String,
     Table,
     Text,
     insert,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from inferaudit.errors import LedgerError
 from inferaudit.home import make_engine
-from inferaudit.keys import Signer, key_paths, load_or_create_signer, load_signer
+from inferaudit.keys import Signer, check_name, key_paths, load_or_create_signer, load_signer
 from inferaudit.ledger import merkle
 from inferaudit.ledger.note import (
     Checkpoint,
@@ -58,8 +57,11 @@ from inferaudit.ledger.note import (
 MAX_LEAF_BYTES = 65_535
 DEFAULT_LOG_NAME = "inferaudit-ledger"
 _READ_CHUNK = 500
+_K_BITS = 48  # node keys: level << 48 | k, so up to 2^48 leaves
 _PG_SCHEMA_LOCK = 0x1F_A11D17  # advisory-lock key held while creating the schema
 
+# 64-bit keys; on SQLite "INTEGER PRIMARY KEY" makes the key the rowid itself (no second B-tree).
+_Index = BigInteger().with_variant(Integer(), "sqlite")
 metadata = MetaData()
 state_t = Table(
     "ledger_state",
@@ -74,18 +76,15 @@ state_t = Table(
 entries_t = Table(
     "ledger_entries",
     metadata,
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", _Index, primary_key=True, autoincrement=False),
     Column("leaf_hash", LargeBinary, nullable=False, index=True),
     Column("data", LargeBinary, nullable=False),
-    sqlite_with_rowid=False,
 )
 nodes_t = Table(
     "ledger_nodes",
     metadata,
-    Column("level", SmallInteger, primary_key=True, autoincrement=False),
-    Column("k", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", _Index, primary_key=True, autoincrement=False),  # level << 48 | k
     Column("hash", LargeBinary, nullable=False),
-    sqlite_with_rowid=False,
 )
 checkpoints_t = Table(
     "ledger_checkpoints",
@@ -104,17 +103,32 @@ class LedgerState:
     checkpoint: str | None
 
 
+def _node_key(node: merkle.NodeId) -> int:
+    level, k = node
+    assert 0 <= level < 64 and 0 <= k < 1 << _K_BITS, "node out of range: the code has a bug"
+    return level << _K_BITS | k
+
+
+def _node_id(key: int) -> merkle.NodeId:
+    return key >> _K_BITS, key & ((1 << _K_BITS) - 1)
+
+
+def _bulk_insert(conn: Connection, table: Table, rows: list[tuple[object, ...]]) -> None:
+    """executemany straight on the driver: SQLAlchemy's per-row bind processing is the
+    bottleneck of batched appends, and these rows are plain ints and bytes."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cols = ", ".join(c.name for c in table.columns)
+    marks = ", ".join(mark for _ in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", rows)
+
+
 def _reader(conn: Connection) -> merkle.NodeReader:
     def read(ids: Sequence[merkle.NodeId]) -> list[bytes]:
         found: dict[merkle.NodeId, bytes] = {}
         for i in range(0, len(ids), _READ_CHUNK):
-            chunk = list(ids[i : i + _READ_CHUNK])
-            rows = conn.execute(
-                select(nodes_t.c.level, nodes_t.c.k, nodes_t.c.hash).where(
-                    tuple_(nodes_t.c.level, nodes_t.c.k).in_(chunk)
-                )
-            )
-            found.update({(r.level, r.k): bytes(r.hash) for r in rows})
+            chunk = [_node_key(n) for n in ids[i : i + _READ_CHUNK]]
+            rows = conn.execute(select(nodes_t.c.id, nodes_t.c.hash).where(nodes_t.c.id.in_(chunk)))
+            found.update({_node_id(r.id): bytes(r.hash) for r in rows})
         missing = [n for n in ids if n not in found]
         if missing:
             raise LedgerError(f"ledger storage is missing tree node {missing[0]}")
@@ -172,7 +186,7 @@ class Ledger:
                 metadata.create_all(conn)
                 row = conn.execute(select(state_t.c.origin).where(state_t.c.id == 1)).first()
                 if row is None:
-                    origin = origin or DEFAULT_LOG_NAME
+                    origin = check_name(origin or DEFAULT_LOG_NAME)  # the origin names the log key
                     conn.execute(
                         insert(state_t).values(id=1, origin=origin, size=0, checkpoint_size=0)
                     )
@@ -223,10 +237,11 @@ class Ledger:
     def hashes(self, level: int, start: int, end: int) -> list[bytes]:
         """Stored node hashes ``(level, k)`` for k in [start, end)."""
         with self._reading() as conn:
+            lo, hi = _node_key((level, start)), _node_key((level, end))
             rows = conn.execute(
                 select(nodes_t.c.hash)
-                .where(nodes_t.c.level == level, nodes_t.c.k >= start, nodes_t.c.k < end)
-                .order_by(nodes_t.c.k)
+                .where(nodes_t.c.id >= lo, nodes_t.c.id < hi)
+                .order_by(nodes_t.c.id)
             ).all()
         if len(rows) != end - start:
             raise LedgerError(f"ledger storage is missing level-{level} nodes in {start}..{end}")
@@ -298,21 +313,19 @@ class Ledger:
                 )
                 known.update({bytes(r.leaf_hash): int(r.idx) for r in rows})
             size = st.size
-            new_rows: list[dict[str, object]] = []
+            new_rows: list[tuple[object, ...]] = []
             new_hashes: list[bytes] = []
             indices: list[int] = []
             for leaf, h in zip(leaves, hashes, strict=True):
                 if h not in known:
                     known[h] = size + len(new_hashes)
-                    new_rows.append({"idx": known[h], "leaf_hash": h, "data": leaf})
+                    new_rows.append((known[h], h, leaf))
                     new_hashes.append(h)
                 indices.append(known[h])
             if new_hashes:
                 nodes = merkle.new_nodes(size, new_hashes, _reader(conn))
-                conn.execute(insert(entries_t), new_rows)
-                conn.execute(
-                    insert(nodes_t), [{"level": lv, "k": k, "hash": h} for lv, k, h in nodes]
-                )
+                _bulk_insert(conn, entries_t, new_rows)
+                _bulk_insert(conn, nodes_t, [(_node_key((lv, k)), h) for lv, k, h in nodes])
                 done = conn.execute(
                     update(state_t)
                     .where(state_t.c.id == 1, state_t.c.size == size)

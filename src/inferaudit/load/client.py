@@ -7,6 +7,7 @@ its character count. A request never raises for anything the endpoint does: the 
 ``error_class``:
 
   http_<status>     the endpoint answered a non-200 status (message from its body, truncated)
+  http_invalid      the answer was not parseable HTTP
   connect           no response arrived: connection refused/reset before the response began
   timeout           ``load.timeout_s`` passed between the scheduled send and the last byte
   sse_malformed     an event that is not the JSON of a completion chunk
@@ -17,7 +18,10 @@ its character count. A request never raises for anything the endpoint does: the 
 
 Chat streams: ``choices[0].delta.content``; a role-only or empty delta is not content.
 Completions: ``choices[0].text``. ``usage`` is taken from whichever event carries it (we ask
-for it with ``stream_options.include_usage``).
+for it with ``stream_options.include_usage``). ``done_ns`` is the last read of a stream (the
+last byte), or when the error happened; ``first_chunk_ns`` is the first JSON event of any kind.
+Events arriving in one read share its time stamp: a server that batches tokens into one TCP
+write is seen as batching, which is the truth on the wire.
 
 Also here: :func:`fetch_models` and the preflight :func:`check_endpoint`, which turn library
 exceptions into one-line :class:`~inferaudit.errors.EndpointError` messages, and
@@ -311,8 +315,8 @@ async def execute(
         text_out = "".join(parts)
     except TypeError:  # a content field that is not a string
         error_class = "sse_malformed"
-        bad = next(p for p in parts if not isinstance(p, str))
-        error_message = f"bad event: content is {type(bad).__name__}, not a string"
+        wrong = next(p for p in parts if not isinstance(p, str))
+        error_message = f"bad event: content is {type(wrong).__name__}, not a string"
         keep = [isinstance(p, str) for p in parts]
         parts = [p for p, k in zip(parts, keep, strict=True) if k]
         chunk_ns = [t for t, k in zip(chunk_ns, keep, strict=True) if k]

@@ -16,7 +16,8 @@
        ``on_record`` with each record dict for progress.
     5. SIGINT/SIGTERM (or ``should_stop()`` returning True): the parent tells the workers to stop;
        they stop scheduling, cancel requests in flight (not recorded) and flush what finished.
-       Workers ignore SIGINT themselves, so a Ctrl-C to the process group is handled once.
+       Workers start with SIGINT blocked and then ignore it, so a Ctrl-C to the process group
+       is handled once, by the parent, even while the workers are still starting.
 
 Workers are started with multiprocessing's "spawn" method (no fork of a threaded parent), so a
 script calling :func:`run_load` needs the usual ``if __name__ == "__main__":`` guard.
@@ -38,6 +39,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from time import perf_counter_ns
@@ -105,6 +107,10 @@ class LoadResult:
         del data["epoch_wall_ns"], data["epoch_ns"]
         data["workers"] = [asdict(w) for w in self.workers]
         return data
+
+
+class _WorkerLost(Exception):
+    """A worker process ended before it was ready (internal)."""
 
 
 @dataclass(frozen=True)
@@ -223,13 +229,17 @@ class _Parent:
         procs: list[Any] = []
         ctrls: list[Connection] = []
         recs: list[Connection] = []
+        if old:  # children start with SIGINT blocked: a Ctrl-C to the group is ours to handle
+            resource_tracker.ensure_running()  # starting it later would unblock SIGINT here
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            # (2): spawn the workers, ship their arguments, wait for ready, measure clocks
             for a in self.args:
                 ctrl_parent, ctrl_child = self.ctx.Pipe(duplex=True)
                 rec_read, rec_write = self.ctx.Pipe(duplex=False)
                 p = self.ctx.Process(
                     target=_worker_entry,
-                    args=(a, ctrl_child, rec_write, self.shared),
+                    args=(a.index, ctrl_child, rec_write, self.shared),
                     name=f"inferaudit-load-{a.index}",
                     daemon=True,
                 )
@@ -239,27 +249,42 @@ class _Parent:
                 procs.append(p)
                 ctrls.append(ctrl_parent)
                 recs.append(rec_read)
-            clocks = self._handshake(procs, ctrls)
+            if old:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            try:
+                for a, c in zip(self.args, ctrls, strict=True):
+                    c.send(a)
+                clocks = self._handshake(procs, ctrls)
+            except (_WorkerLost, OSError) as exc:
+                if not self.interrupted:  # a worker died on its own: a bug, or the host
+                    raise RuntimeError(f"load worker failed to start: {exc}") from None
+                # interrupted while starting (a Ctrl-C to the process group): nothing was sent
+                self.stop_sent = True
+                clocks = [(0, 0)] * len(procs)
+            # (3): the epoch
             epoch = perf_counter_ns() + EPOCH_LEAD_NS
             epoch_wall = time.time_ns() + (epoch - perf_counter_ns())
-            go = ("stop",) if self.interrupted else ("go", epoch)
-            self.stop_sent = go[0] == "stop"
-            for c in ctrls:
-                c.send(go)
             with RecordWriter(self.records_path) as writer:
-                self._collect(writer, ctrls, recs)
+                if not self.stop_sent:
+                    go = ("stop",) if self.interrupted else ("go", epoch)
+                    self.stop_sent = go[0] == "stop"
+                    for c in ctrls:
+                        c.send(go)
+                    self._collect(writer, ctrls, recs)  # (4) and (5)
             end = perf_counter_ns()
         finally:
+            if old:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             self._stop(ctrls)
-            for p in procs:
-                p.join(timeout=10)
-                if p.exitcode is None:
-                    p.terminate()
-                    p.join(timeout=5)
+            for proc in procs:
+                proc.join(timeout=10)
+                if proc.exitcode is None:
+                    proc.terminate()
+                    proc.join(timeout=5)
             for c in ctrls + recs:
                 c.close()
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
         if self.errors:
             raise RuntimeError(f"load worker failed: {self.errors[0]}")
         infos = tuple(self._info(a.index, procs[a.index], clocks[a.index]) for a in self.args)
@@ -299,13 +324,13 @@ class _Parent:
         for p, c in zip(procs, ctrls, strict=True):
             while not c.poll(_POLL_S):
                 if not p.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"load worker {p.name} did not start ({p.exitcode=})")
+                    raise _WorkerLost(f"{p.name} did not start (exit code {p.exitcode})")
             try:
                 msg = c.recv()
             except EOFError:
-                raise RuntimeError(f"load worker {p.name} exited while starting") from None
+                raise _WorkerLost(f"{p.name} exited while starting") from None
             if msg[0] == "error":
-                raise RuntimeError(f"load worker {p.name} failed: {msg[1]}")
+                raise _WorkerLost(msg[1])
             assert msg[0] == "ready", f"unexpected worker message {msg!r}"
         clocks = []
         for c in ctrls:
@@ -375,9 +400,13 @@ class _Parent:
 # --- worker process -------------------------------------------------------------------------
 
 
-def _worker_entry(args: _WorkerArgs, ctrl: Connection, rec: Connection, shared: Any) -> None:
+def _worker_entry(index: int, ctrl: Connection, rec: Connection, shared: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it tells us to stop
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     try:
+        # the arguments (schedule, plans) come over the control pipe, not the spawn pipe: a
+        # large spawn payload blocks the parent for good if the child dies while starting
+        args: _WorkerArgs = ctrl.recv()
         try:
             import uvloop
 
@@ -391,7 +420,7 @@ def _worker_entry(args: _WorkerArgs, ctrl: Connection, rec: Connection, shared: 
     except BaseException as exc:
         tb = traceback.format_exception_only(exc)[-1].strip()
         with contextlib.suppress(OSError):  # the parent is gone
-            ctrl.send(("error", f"worker {args.index}: {tb}"))
+            ctrl.send(("error", f"worker {index}: {tb}"))
         raise
     finally:
         ctrl.close()

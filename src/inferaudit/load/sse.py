@@ -45,9 +45,9 @@ class SSEParser:
             # fast path, the usual shape of a read: whole "data: X" + blank-line events only.
             # Valid when every LF in the body belongs to a separator between two events.
             body = chunk[6:-2]
-            events = body.split(b"\n\ndata: ")
-            if body.count(b"\n") == 2 * (len(events) - 1) and b"\r" not in body:
-                return events
+            whole = body.split(b"\n\ndata: ")
+            if body.count(b"\n") == 2 * (len(whole) - 1) and b"\r" not in body:
+                return whole
         buf = self._rest + chunk if self._rest else chunk
         if b"\r" in buf:
             self._skip_lf = buf[-1:] == b"\r"
