@@ -42,7 +42,7 @@ with open("pyproject.toml", "rb") as fh:
 EOF
 )
 
-if "$PY" - "${reqs[@]}" <<'EOF'
+if "$PY" - "${reqs[@]}" 2>/dev/null <<'EOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 

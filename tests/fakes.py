@@ -6,7 +6,7 @@ line ends, events split anywhere, comments, malformed events, connections droppe
 This is a test fake, not the twin (``inferaudit.twin``), and shares no code with the client.
 
 Content of a normal stream: ``tokens`` content events, event ``k`` carrying
-``tokens_per_chunk`` words ``" w{n}"`` (``n`` counting words from 0), then a finish event, a
+``tokens_per_chunk`` words ``" {word}{n}"`` (``n`` counting words from 0), then a finish event, a
 usage event (``completion_tokens`` = words sent) and ``data: [DONE]``. ``tokens`` is the
 request's ``max_tokens`` when ``honour_max_tokens`` (default) and it is given.
 """
@@ -24,6 +24,7 @@ from typing import Any
 class Behaviour:
     tokens: int = 4
     tokens_per_chunk: int = 1
+    word: str = "w"  # content words are " {word}{n}"
     honour_max_tokens: bool = True
     role_first: bool = False  # chat: a role-only first delta, as OpenAI sends
     status: int = 200  # answer every completion request with this status
@@ -187,7 +188,7 @@ class FakeServer:
         out: list[bytes] = []
 
         def ev(obj: dict[str, Any] | str) -> bytes:
-            text = obj if isinstance(obj, str) else json.dumps(obj)
+            text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
             return f"data: {text}{nl}{nl}".encode()
 
         def choice(content: str | None, finish: str | None) -> dict[str, Any]:
@@ -206,7 +207,7 @@ class FakeServer:
         word = 0
         for k in range((tokens + b.tokens_per_chunk - 1) // b.tokens_per_chunk):
             n = min(b.tokens_per_chunk, tokens - word)
-            text = "".join(f" w{word + j}" for j in range(n))
+            text = "".join(f" {b.word}{word + j}" for j in range(n))
             word += n
             if b.malformed_at == k:
                 out.append(ev('{"choices": [{"text": "oops"'))
@@ -236,7 +237,9 @@ class FakeServer:
             await asyncio.sleep(b.first_delay_s)
         content_sent = 0
         for event in self.events(req, chat):
-            is_content = b'"text": " w' in event or b'"content": " w' in event
+            marker = json.dumps(f" {b.word}", ensure_ascii=False)[:-1].encode()  # b'" w'
+
+            is_content = b'"text": ' + marker in event or b'"content": ' + marker in event
             if is_content and b.drop_after is not None and content_sent >= b.drop_after:
                 await w.drain()
                 return False  # abort: connection dropped mid-stream

@@ -7,16 +7,22 @@ its SHA-256 (about 1 s). Both come with the ``[local]`` extra (``scripts/install
 ``llama_server(model_path)`` starts ``python -m llama_cpp.server`` on 127.0.0.1 with port 0 (the
 OS picks a free port, so there is no race with other tests), reads the port back from uvicorn's
 "Uvicorn running on" line, waits until ``/v1/models`` answers, yields a ``LocalServer``, and stops
-the process (SIGTERM, then SIGKILL) whatever happens in between.
+the process (SIGTERM, then SIGKILL) whatever happens in between. ``server_timings`` reads the
+server's own per-request timings from its log: an account of each request that does not come
+from the client under test.
 
 What this server does (llama-cpp-python 0.3.36), as the tests rely on it:
   * ``/v1/models`` lists one model whose id is ``--model_alias`` (the model path without it); the
     ``model`` field of a request is not checked and is echoed back in the response chunks;
-  * streams one token per SSE event (``data: {...}`` then a blank line); chat streams start with
+  * streams one token per SSE event (``data: {...}`` then a blank line; the bytes of an
+    incomplete UTF-8 character wait for the next token's event); chat streams start with
     a role-only delta; the last event carries ``finish_reason`` with empty text, then
-    ``data: [DONE]``; idle streams get ``: ping`` comments every 15 s;
-  * honours ``max_tokens``, ``seed`` and ``min_tokens`` (which only masks the EOS token id);
-    ``ignore_eos`` and ``stream_options`` are accepted and ignored: streams carry no ``usage``;
+    ``data: [DONE]``; an open stream also gets a ``: ping - <time>`` comment every 15 s;
+  * honours ``max_tokens``, ``seed`` and ``min_tokens`` (which only masks the EOS token id, not
+    other end-of-generation tokens); ``ignore_eos`` and ``stream_options`` are accepted and
+    ignored: streams carry no ``usage`` (non-streamed answers do);
+  * the same prompt and seed can still give a different text at temperature 1 when the KV
+    cache held another prompt before (the reused prefix changes the float rounding);
   * serves one request at a time (a lock around the model); by default a new request aborts
     the stream in flight (``--interrupt_requests True``: the client sees a truncated chunked
     body), so ``llama_server`` passes ``--interrupt_requests False`` and requests queue instead.
@@ -44,6 +50,12 @@ STARTUP_TIMEOUT_S = 180.0
 _LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
+_TIMINGS = re.compile(
+    r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens[^\n]*\n"
+    r"[^\n]*?\beval time =\s*([\d.]+) ms /\s*(\d+) runs"
+)
+
+
 class LocalServerError(RuntimeError):
     """The llama.cpp server did not start; the message ends with the tail of its log."""
 
@@ -55,6 +67,27 @@ class LocalServer:
     model_path: Path
     log_path: Path
     pid: int
+
+
+@dataclass(frozen=True)
+class ServerTiming:
+    """llama.cpp's own account of one request (``llama_perf_context_print`` in the log)."""
+
+    prompt_ms: float  # prompt evaluation (the tokens not reused from the KV cache)
+    prompt_tokens: int
+    eval_ms: float  # the decode steps after the first token
+    eval_runs: int  # decode steps: output tokens - 1 when the request ran to max_tokens
+
+
+def server_timings(log_path: Path, since: int = 0) -> list[ServerTiming]:
+    """The timings the server logged after byte offset ``since``, in the order it served."""
+    with open(log_path, "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode(errors="replace")
+    return [
+        ServerTiming(float(pm), int(pt), float(em), int(er))
+        for pm, pt, em, er in _TIMINGS.findall(text)
+    ]
 
 
 def assemble_model(directory: Path) -> Path:
@@ -142,6 +175,7 @@ def llama_server(
         "--chat_format", chat_format,
         "--logits_all", "False",  # no logprobs needed; keeps prefill lean
         "--use_mlock", "False",
+        "--verbose", "True",  # per-request timings in the log: see server_timings
         # The default (True) aborts the stream in flight whenever another request arrives, so
         # concurrent requests truncate each other; False makes them queue.
         "--interrupt_requests", "False",

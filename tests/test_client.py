@@ -123,6 +123,14 @@ def test_byte_by_byte_crlf_stream_with_comments() -> None:
     assert rec["output_text"] == " w0 w1 w2 w3" and rec["content_chunks"] == 4
 
 
+def test_utf8_split_between_reads_counts_characters_not_bytes() -> None:
+    rec = one(Behaviour(split=1, word="é€😀", tokens_per_chunk=2), plans=[plan(max_tokens=3)])
+    assert rec["error_class"] is None
+    assert rec["output_text"] == " é€😀0 é€😀1 é€😀2"
+    assert rec["chunk_chars"] == [10, 5]  # characters, though each "é€😀" is 9 bytes
+    assert rec["output_chars"] == 15
+
+
 def test_slow_stream_chunks_are_stamped_as_they_arrive() -> None:
     rec = one(Behaviour(delay_s=0.05))  # the server waits 50 ms before each of 4 events
     stamps = rec["chunk_ns"]

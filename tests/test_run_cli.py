@@ -88,7 +88,8 @@ def test_key_is_used_but_never_written(tmp_path: Path, home: Path) -> None:
     secret = "sk-test-7f3a9c0e"
     with start_twin(["--ttft-ms", "5", "--tpot-ms", "1", "--api-key", secret]) as twin:
         proc = cli("--endpoint", twin.base_url, "--model", "inferaudit-twin", *BASE,
-                   "--api-key-env", "IA_KEY", "--checks", "none", "--out", str(tmp_path / "r"),
+                   "--api-key-env", "IA_KEY", "--checks", "none", "--max-lag-ms", "100",
+                   "--out", str(tmp_path / "r"),
                    env={"IA_KEY": secret}, home=home)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]

@@ -545,19 +545,20 @@ class _Worker:
         while tasks:
             await asyncio.wait(tuple(tasks))
 
-    def _take(self) -> int | None:
-        """The next position for a closed-loop slot, or None when the run is over."""
+    def _take(self, scheduled: int) -> int | None:
+        """The next position for a closed-loop slot free since ``scheduled``, or None when the
+        run is over: ``limit`` positions taken, or the slot became free ``duration_s`` after the
+        scheduled time of the first measured request (with no warm-up: the epoch)."""
         a = self.a
         with self.shared.get_lock():
             position = self.shared[0]
             if a.limit is not None and position >= a.limit:
                 return None
             if a.duration_ns is not None and position >= a.warmup:
-                now = perf_counter_ns()
                 start = self.shared[1]
                 if start == 0:
-                    self.shared[1] = now
-                elif now >= start + a.duration_ns:
+                    self.shared[1] = scheduled
+                elif scheduled >= start + a.duration_ns:
                     return None
             self.shared[0] = position + 1
             return position
@@ -565,7 +566,7 @@ class _Worker:
     async def _slot(self) -> None:
         scheduled = self.epoch
         while True:
-            position = self._take()
+            position = self._take(scheduled)
             if position is None:
                 return
             plan = self._plan(position)
