@@ -104,6 +104,7 @@ def test_key_is_used_but_never_written(tmp_path: Path, home: Path) -> None:
     ("behaviour", "error_class"),
     [
         (Behaviour(error_every=3, error_status=429), "http_429"),
+        (Behaviour(error_every=3, error_status=401), "http_401"),
         (Behaviour(error_every=3, error_status=500), "http_500"),
         (Behaviour(malformed_at=1), "sse_malformed"),
         (Behaviour(drop_after=2), "stream_truncated"),

@@ -22,7 +22,6 @@ lengths. JSON numbers must be integers within ±(2^53−1) or finite floats (RFC
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +32,7 @@ import rfc8785
 
 from inferaudit import __version__
 from inferaudit.errors import ConfigError, VerificationError
-from inferaudit.keys import Signer, Verifier
+from inferaudit.keys import Signer, Verifier, b64decode_strict
 
 if TYPE_CHECKING:
     from inferaudit.ledger.store import Ledger
@@ -134,13 +133,7 @@ def sign_envelope(payload: bytes, signer: Signer, payload_type: str = PAYLOAD_TY
 def _b64(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
         raise VerificationError(f"{what} is not a string")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise VerificationError(f"{what} is not valid base64") from None
-    if base64.b64encode(raw).decode() != text:
-        raise VerificationError(f"{what} is not canonical base64")
-    return raw
+    return b64decode_strict(text, what, VerificationError)
 
 
 def parse_envelope(data: bytes) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from inferaudit.errors import ConfigError
+from inferaudit.errors import ConfigError, InferauditError
 
 ALG_ED25519 = 0x01
 ALG_COSIGNATURE_V1 = 0x04  # C2SP tlog-cosignature (witness keys)
@@ -64,11 +64,15 @@ def key_id(name: str, alg: int, public: bytes) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def _b64decode(text: str, what: str) -> bytes:
+def b64decode_strict(text: str, what: str, error: type[InferauditError] = KeyFormatError) -> bytes:
+    """Standard padded base64, canonical only (one text per value); else ``error``."""
     try:
-        return base64.b64decode(text, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise KeyFormatError(f"{what}: bad base64") from None
+        raise error(f"{what}: bad base64") from None
+    if base64.b64encode(raw).decode() != text:
+        raise error(f"{what}: non-canonical base64")
+    return raw
 
 
 def _parse_hex_id(text: str, what: str) -> int:
@@ -116,7 +120,7 @@ def parse_verifier(text: str) -> Verifier:
     name, hex_id, b64 = parts
     check_name(name)
     want = _parse_hex_id(hex_id, f"verifier key {name}")
-    raw = _b64decode(b64, f"verifier key {name}")
+    raw = b64decode_strict(b64, f"verifier key {name}")
     if len(raw) != 33 or raw[0] not in (ALG_ED25519, ALG_COSIGNATURE_V1):
         raise KeyFormatError(f"verifier key {name}: not an Ed25519 key (0x01|0x04 + 32 bytes)")
     alg, public = raw[0], raw[1:]
@@ -178,7 +182,7 @@ def parse_signer(text: str) -> Signer:
     _, _, name, hex_id, b64 = parts
     check_name(name)
     want = _parse_hex_id(hex_id, f"private key {name}")
-    raw = _b64decode(b64, f"private key {name}")
+    raw = b64decode_strict(b64, f"private key {name}")
     if len(raw) != 33 or raw[0] != ALG_ED25519:
         raise KeyFormatError(f"private key {name}: not an Ed25519 key (0x01 + 32 bytes)")
     signer = Signer(name=name, seed=raw[1:])

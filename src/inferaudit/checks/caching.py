@@ -15,9 +15,11 @@ the improvement is significant (one-sided Mann-Whitney U, p < ``ALPHA`` = 0.01),
 of a few milliseconds on short phases is not a finding.
 
 ``prefix-cache`` (after Gu et al. 2025, "Auditing Prompt Caching in Language Model APIs"):
-``pairs`` rounds, one at a time: a priming prompt P (fresh), then — in a seeded random order —
-a *hit* prompt sharing P's first words (all but the last ``TAIL`` words) and a *miss* prompt of
-the same length sharing nothing. One-sided two-sample Kolmogorov-Smirnov test (scipy) that hit
+``2 x pairs`` rounds, one request at a time: a priming prompt P (fresh), then at once either a
+*hit* prompt sharing P's first words (all but the last ``TAIL`` words) or a *miss* prompt of the
+same length sharing nothing (``pairs`` of each, in a seeded random order). Every probe follows
+its own prime directly, so even a server that keeps only the last prompt's cache shows it.
+One-sided two-sample Kolmogorov-Smirnov test (scipy) that hit
 TTFTs are smaller; fail when p < ``ALPHA`` (0.01) and the median hit TTFT is at least ``LIMIT``
 below the median miss TTFT. The measured run is not sped up by prefix caching (its prompts
 start with unique salts); the finding matters for any workload that shares prompt prefixes.
@@ -187,16 +189,15 @@ def run_prefix_probe(
     planner = Planner.from_spec(spec)
     words = prompt_words or max(spec.workload.input_tokens.hi, 64)
     rng = np.random.default_rng((spec.seed, 0x9F1C))
+    kinds = rng.permutation([HIT] * pairs + [MISS] * pairs).tolist()
     plans = []
-    for j in range(pairs):
-        prime = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j, phase=PRIME), words)
-        miss = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 1, phase=MISS), words)
-        other = _sized(fresh_plan(planner, BLOCK_PREFIX, 3 * j + 2, phase=HIT), words)
-        head = prime.prompt.split()[: words - TAIL]
-        tail = other.prompt.split()[-TAIL:]
-        hit = dataclasses.replace(other, prompt=" ".join(head + tail))
-        pair = [hit, miss] if rng.integers(2) else [miss, hit]
-        for p in (prime, *pair):
+    for j, kind in enumerate(kinds):
+        prime = _sized(fresh_plan(planner, BLOCK_PREFIX, 2 * j, phase=PRIME), words)
+        probe = _sized(fresh_plan(planner, BLOCK_PREFIX, 2 * j + 1, phase=kind), words)
+        if kind == HIT:  # the prime's words, then a tail of its own
+            head = prime.prompt.split()[: words - TAIL]
+            probe = dataclasses.replace(probe, prompt=" ".join(head + probe.prompt.split()[-TAIL:]))
+        for p in (prime, probe):
             plans.append(dataclasses.replace(p, max_tokens=max_tokens, tag=f"prefix:{j}"))
     recs = send_phase(
         spec, plans, api_key=api_key, concurrency=1, records_path=records_path, on_record=on_record
@@ -213,7 +214,7 @@ def check_prefix_cache(records: Sequence[Record]) -> Verdict:
     misses = [_ttft_ms(r) for r in recs if r.phase == MISS and r.ok and r.first_content_ns]
     words = [r.input_tokens for r in recs if r.phase == MISS and r.input_tokens]
     numbers: dict[str, object] = {
-        "pairs": sum(1 for r in recs if r.phase == PRIME),
+        "rounds": sum(1 for r in recs if r.phase == PRIME),
         "prompt_words": words[0] if words else None,
         "shared_prefix_words": words[0] - TAIL if words else None,
         "hits": len(hits),

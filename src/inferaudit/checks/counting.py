@@ -7,6 +7,7 @@ token per event unless the server sends multi-token chunks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from inferaudit.records import Record
@@ -35,15 +36,21 @@ def output_tokens(record: Record, tokenizer: Tokenizer | None) -> tuple[int, str
 
 
 def bounds(record: Record, tokenizer: Tokenizer | None) -> tuple[int, int, str]:
-    """(lower, upper) token counts of a request's output and their basis.
+    """(lower, upper) token counts of a request's output and the evidence used.
 
-    With a tokenizer both are the re-tokenized count. Without one, the lower bound is the number
-    of content events (each carries at least one token) and the upper bound is ``usage`` (a
-    server has no reason to under-report), or the event count when there is no ``usage``.
+    Lower: the number of content events (each carries at least one token). Upper: the least of
+    ``usage`` (a server has no reason to under-report) and, with a tokenizer, the re-tokenized
+    count plus a drift allowance of 1% (at least one token: decoding and re-encoding a text can
+    merge tokens at a boundary); never below the lower bound; the event count when neither exists.
     """
+    events = record.content_chunks
+    uppers: list[int] = []
+    basis = ["events"]
+    if record.usage_completion_tokens is not None:
+        uppers.append(record.usage_completion_tokens)
+        basis.append("usage")
     if tokenizer is not None and record.output_text is not None:
         n = tokenizer.count(record.output_text)
-        return n, n, "tokenizer"
-    if record.usage_completion_tokens is not None:
-        return record.content_chunks, record.usage_completion_tokens, "usage+events"
-    return record.content_chunks, record.content_chunks, "events"
+        uppers.append(n + max(1, math.ceil(0.01 * n)))
+        basis.append("tokenizer")
+    return events, max(events, min(uppers, default=events)), "+".join(basis)

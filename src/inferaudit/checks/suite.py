@@ -127,7 +127,7 @@ class CheckSuite:
                 api_key=self.api_key,
                 records_path=records_path,
                 pairs=self.prefix_pairs,
-                on_record=_phase(observer, "checks: prefix-reuse probe", 3 * self.prefix_pairs),
+                on_record=_phase(observer, "checks: prefix-reuse probe", 4 * self.prefix_pairs),
             )
         names = tuple(n for n in self.names if n != "conformance")
         return recheck(

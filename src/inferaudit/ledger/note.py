@@ -31,11 +31,11 @@ Proof (C2SP tlog-proof@v1), offline-verifiable evidence that an entry is in the 
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from inferaudit import keys
 from inferaudit.errors import LedgerError
 from inferaudit.keys import (
     ALG_COSIGNATURE_V1,
@@ -78,13 +78,7 @@ def parse_decimal(text: str, what: str) -> int:
 
 
 def b64decode_strict(text: str, what: str) -> bytes:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise NoteError(f"{what}: bad base64") from None
-    if base64.b64encode(raw).decode() != text:
-        raise NoteError(f"{what}: non-canonical base64")
-    return raw
+    return keys.b64decode_strict(text, what, NoteError)
 
 
 @dataclass(frozen=True)
