@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from inferaudit.checks.suite import recheck
 from inferaudit.metrics import summarize
 from inferaudit.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
 from inferaudit.records import Record, write_records
@@ -64,22 +65,18 @@ def make_records(n: int, seed: int = 3, chunks: int = 16) -> list[Record]:
     return out
 
 
+CHECKS = ("output-length", "first-token", "fluidity", "errors")
+
+
 def make_run_dir(run_dir: Path, n: int = 40, chunks: int = 16) -> Path:
-    """spec.json, records.jsonl, summary.json (with one verdict) and meta.json, as `run` writes."""
+    """spec.json, records.jsonl, summary.json (with verdicts) and meta.json, as `run` writes."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = make_spec(n)
+    spec = make_spec(n).model_copy(update={"checks": CHECKS})
     records = make_records(n, chunks=chunks)
     (run_dir / "spec.json").write_bytes(canonical_bytes(spec))
     write_records(run_dir / "records.jsonl", records)
     summary = summarize(records, spec)
-    summary["checks"] = [
-        {
-            "check": "usage-vs-chunks",
-            "verdict": "pass",
-            "summary": "usage agrees with the streamed chunks",
-            "numbers": {"agree": n - 1, "total": n - 1},
-        }
-    ]
+    summary["checks"] = [v.to_json() for v in recheck(records, spec, names=CHECKS)]
     (run_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     meta = {
         "environment": {"tool": "inferaudit", "python": "3.11", "host": "test"},

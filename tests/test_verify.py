@@ -24,6 +24,7 @@ STEPS = [
     "inclusion",
     "summary",
     "summary file",
+    "verdicts",
 ]
 
 
@@ -54,6 +55,25 @@ def test_sealed_run_verifies(sealed: tuple[Path, TrustPolicy]) -> None:
     assert details["inclusion"] == "entry 37 of 38"
     assert details["summary"] == "recomputed from 40 records: equal"
     assert details["envelope signature"].startswith("signed by inferaudit-runner+")
+    assert details["verdicts"] == "4 recomputed from the records: equal"
+
+
+def test_a_verdict_signed_wrong_is_caught(tmp_path: Path) -> None:
+    """A signer who flips a verdict before signing: signature and digests hold, step 8 fails."""
+    home = tmp_path / "home"
+    run = make_run_dir(tmp_path / "run", n=20)
+    summary = orjson.loads((run / "summary.json").read_bytes())
+    errors = next(c for c in summary["checks"] if c["check"] == "errors")
+    assert errors["verdict"] == "fail"  # make_records leaves one request failed
+    errors["verdict"] = "pass"
+    (run / "summary.json").write_bytes(orjson.dumps(summary))
+    signer = load_or_create_signer(home, "inferaudit-runner")
+    with open_ledger(f"sqlite:///{home / 'ledger.sqlite3'}", home) as ledger:
+        seal_run(run, signer, ledger)
+        trust = TrustPolicy(signers=(signer.verifier(),), logs=(ledger.signer.verifier(),))
+    report = verify_run(run, trust)
+    assert list(failed(report)) == ["verdicts"]
+    assert failed(report)["verdicts"].startswith("verdict errors differs: signed pass")
 
 
 def test_untrusted_keys(sealed: tuple[Path, TrustPolicy]) -> None:
@@ -195,7 +215,7 @@ def test_cli_keys_ledger_verify(tmp_path: Path) -> None:
     assert cli("ledger", "prove", "0", *h) == (run / "entry.tlog-proof").read_text()
     cli("keys", "trust", "-o", str(tmp_path / "trust.txt"), *h)
     out = cli("verify", str(run), "--trust", str(tmp_path / "trust.txt"))
-    assert out.count("ok ") == 7 and "verified" in out
+    assert out.count("ok ") == 8 and "verified" in out
 
     other = make_run_dir(tmp_path / "other", n=6)
     seal_run(other, load_or_create_signer(home, "inferaudit-runner"), None)

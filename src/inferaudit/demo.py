@@ -24,11 +24,13 @@ from inferaudit.verify import Report, verify_run
 ACCELERATOR = "H100-SXM"
 MODEL = "llama-3.1-8b"
 DEPLOYMENT = "demo-twin-h100"
-RATE = 6.0  # requests/s, well inside one simulated H100's capacity for this workload
+RATE = 12.0  # requests/s: ~1,540 output tok/s offered, inside one simulated H100's capacity
 OUTPUT_TOKENS = 128
 # SLO bounds at p90: with p99 the MLPerf early-stopping minimum is 459 requests (~77 s here).
 SLO_TEXT = "ttft_p90=1000ms,tpot_p90=50ms"
-CLAIMED_TOKENS_PER_S = 600.0  # the demo claim: 600 output tokens/s under the SLO
+# The demo claim. Verified means the 95% lower confidence bound of measured throughput reaches
+# it (within tolerance); over ~25 s of Poisson arrivals that bound is ~15% under the mean.
+CLAIMED_TOKENS_PER_S = 1000.0
 
 
 @dataclass

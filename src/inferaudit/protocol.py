@@ -173,6 +173,8 @@ class RunSpec(_Frozen):
     max_client_lag_p99_ms: float = Field(default=5.0, gt=0)  # above this the run is invalid
     checks: tuple[str, ...] = ()
     label: str | None = None
+    tokenizer_sha256: str | None = None  # the tokenizer file the checks counted with
+    fingerprint_sha256: str | None = None  # the reference fingerprint the identity check used
     deployment: str | None = None  # what is under test (a claim's subject id), for reconciliation
     claim: str | None = None  # the claim this run tests, when there is one
 

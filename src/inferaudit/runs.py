@@ -1,6 +1,8 @@
 """A verification run, end to end: freeze the protocol, probe, load, measure, check, seal.
 
     1. freeze: write the canonical RunSpec (``spec.json``) before the first request;
+    1b. client self-test (``RunOptions.self_test``): 2x the planned load against a local fast
+       server (``selftest.py``); its result goes into ``meta.json``; refused if it cannot keep up;
     2. preflight: the endpoint answers and lists the model (``meta.json`` keeps what it said);
     3. checks before the run (conformance probes);
     4. the load: records appended to ``records.jsonl`` as each request finishes;
@@ -28,8 +30,8 @@ import orjson
 
 from inferaudit import __version__
 from inferaudit.checks.suite import CheckSuite, plan_checks
-from inferaudit.errors import ConfigError
-from inferaudit.evidence import seal_run
+from inferaudit.errors import ClientOverloadError, ConfigError
+from inferaudit.evidence import file_sha256, seal_run
 from inferaudit.home import data_dir, db_url
 from inferaudit.keys import load_or_create_signer
 from inferaudit.ledger.store import open_ledger
@@ -38,6 +40,7 @@ from inferaudit.load.runner import run_load
 from inferaudit.metrics import summarize
 from inferaudit.protocol import RunSpec, canonical_bytes
 from inferaudit.records import RECORDS_FILE, read_records
+from inferaudit.selftest import run_self_test
 
 SPEC_FILE = "spec.json"
 SUMMARY_FILE = "summary.json"
@@ -72,6 +75,7 @@ class RunOptions:
     sign: bool = True
     data_dir: Path | None = None
     db_url: str | None = None
+    self_test: bool = False  # the CLI turns it on; library callers (tests, demo) opt in
 
 
 @dataclass
@@ -127,17 +131,31 @@ def execute(
 
     # (1): freeze the protocol, with the checks resolved, before anything is sent.
     suite = _plan_checks(spec, options)
-    spec = spec.model_copy(update={"checks": suite.names})
+    spec = spec.model_copy(
+        update={
+            "checks": suite.names,
+            "tokenizer_sha256": options.tokenizer and file_sha256(options.tokenizer),
+            "fingerprint_sha256": options.fingerprint and file_sha256(options.fingerprint),
+        }
+    )
     suite.spec = spec
     (run_dir / SPEC_FILE).write_bytes(canonical_bytes(spec))
 
-    # (2): preflight — one clear error when the endpoint cannot be used at all.
-    models = check_endpoint(spec.endpoint, options.api_key)
     meta: dict[str, Any] = {
         "environment": environment(),
         "started_wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "models": models,
     }
+    # (1b): can the client keep up with 2x this load? (DESIGN §6.2; the result is evidence)
+    if options.self_test:
+        obs.phase("client self-test (2x load, local server)", None)
+        self_test = run_self_test(spec, should_stop=should_stop)
+        meta["self_test"] = self_test.to_json()
+        write_json(run_dir / META_FILE, meta)
+        if not self_test.passed and not (should_stop is not None and should_stop()):
+            raise ClientOverloadError(self_test.message())
+
+    # (2): preflight — one clear error when the endpoint cannot be used at all.
+    meta["models"] = check_endpoint(spec.endpoint, options.api_key)
     write_json(run_dir / META_FILE, meta)
 
     # (3): checks that probe before the load.

@@ -14,7 +14,10 @@ Nothing here touches the network. The steps, each reported as one ``Check``:
        (SHA-256(0x00 || RFC 8785 bytes of the envelope)) to the checkpoint's root;
     6. summary: ``metrics.summarize(records, spec)`` recomputed here equals the signed summary,
        key by key (every key but ``checks``);
-    7. summary file: ``summary.json`` equals the signed summary and verdicts.
+    7. summary file: ``summary.json`` equals the signed summary and verdicts;
+    8. verdicts: every integrity verdict recomputed from ``records.jsonl`` equals the signed one
+       (checks that counted with the run's tokenizer, or used its fingerprint, need that file,
+       matched by the digest in ``spec.json``; without it they are listed as not rechecked).
 
 Later steps still run when an earlier one fails (using the unsigned copies where they must), so
 one report names every problem; the run passes only when every step passes.
@@ -120,7 +123,14 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def verify_run(run_dir: Path, trust: TrustPolicy, *, summarize: Summarize | None = None) -> Report:
+def verify_run(
+    run_dir: Path,
+    trust: TrustPolicy,
+    *,
+    summarize: Summarize | None = None,
+    tokenizer: Path | None = None,
+    fingerprint: Path | None = None,
+) -> Report:
     """Verify ``run_dir`` offline; every step yields one ``Check`` (see the module docstring)."""
     checks: list[Check] = []
 
@@ -296,4 +306,66 @@ def verify_run(run_dir: Path, trust: TrustPolicy, *, summarize: Summarize | None
                 not diffs,
                 "; ".join(diffs[:MAX_DIFFS]) or f"{SUMMARY_FILE} matches the signed summary",
             )
+
+    # (8): the verdicts follow from the records too.
+    checks.append(_recheck_verdicts(run_dir, verdicts, tokenizer, fingerprint))
     return Report(run_dir=run_dir, checks=tuple(checks))
+
+
+def _recheck_verdicts(
+    run_dir: Path, signed: Any, tokenizer: Path | None, fingerprint: Path | None
+) -> Check:
+    from inferaudit.checks.suite import USES_TOKENIZER, recheck
+    from inferaudit.fingerprint import load_fingerprint
+    from inferaudit.tokenizer import load_tokenizer
+
+    name = "verdicts"
+    if not isinstance(signed, list):
+        return Check(name, False, "statement has no verdicts")
+    try:
+        spec = RunSpec.model_validate_json(_read(run_dir / SPEC_FILE) or b"")
+        records = read_records(run_dir / RECORDS_FILE)
+        skipped: list[str] = []
+        tok = fp = None
+        for path, digest, uses, what in (
+            (tokenizer, spec.tokenizer_sha256, USES_TOKENIZER, "--tokenizer"),
+            (fingerprint, spec.fingerprint_sha256, ("identity",), "--fingerprint"),
+        ):
+            if digest is None:
+                continue
+            if path is None:
+                skipped += [n for n in spec.checks if n in uses]
+            elif file_sha256(path) != digest:
+                return Check(name, False, f"{what} {path} is not the file the run used")
+            elif what == "--tokenizer":
+                tok = load_tokenizer(path)
+            else:
+                fp = load_fingerprint(path)
+        by_check = {v.get("check"): v for v in signed if isinstance(v, dict)}
+        conformance = by_check.get("conformance", {}).get("numbers", {})
+        listed = conformance.get("items", {}).get("model_listed", "not recorded")
+        names = [n for n in spec.checks if n not in skipped]
+        recomputed = recheck(
+            records, spec, names=names, tokenizer=tok, fingerprint=fp, model_listed=listed
+        )
+    except ValidationError as exc:
+        return Check(name, False, f"spec.json is not a valid RunSpec: {exc.errors()[0]['msg']}")
+    except InferauditError as exc:
+        return Check(name, False, exc.diagnostics())
+    diffs = [f"{n}: signed but not in the protocol" for n in by_check if n not in spec.checks]
+    for verdict in recomputed:
+        mine = orjson.loads(canonical(verdict.to_json(), "verdict"))
+        theirs = by_check.get(verdict.check)
+        if theirs is None:
+            diffs.append(f"verdict {verdict.check} is missing")
+        elif theirs != mine:
+            diffs.append(
+                f"verdict {verdict.check} differs: signed {theirs.get('verdict')} "
+                f"({theirs.get('summary')}) vs recomputed {mine['verdict']} ({mine['summary']})"
+            )
+    if diffs:
+        return Check(name, False, "; ".join(diffs[:MAX_DIFFS]))
+    detail = f"{len(recomputed)} recomputed from the records: equal"
+    if skipped:
+        detail += f"; not rechecked without the run's files: {', '.join(skipped)}"
+    return Check(name, True, detail)

@@ -51,7 +51,14 @@ from inferaudit.records import Record, read_records
 from inferaudit.tokenizer import Tokenizer, load_tokenizer
 from inferaudit.workload import RequestPlan
 
-__all__ = ["ALL_CHECKS", "CheckSuite", "format_verdict", "plan_checks", "recheck"]
+__all__ = [
+    "ALL_CHECKS",
+    "USES_TOKENIZER",
+    "CheckSuite",
+    "format_verdict",
+    "plan_checks",
+    "recheck",
+]
 
 ALL_CHECKS: tuple[str, ...] = (
     "conformance",
@@ -64,6 +71,8 @@ ALL_CHECKS: tuple[str, ...] = (
     "prefix-cache",
     "errors",
 )
+# Checks whose verdict depends on the run's tokenizer file (token counts), when it had one.
+USES_TOKENIZER: tuple[str, ...] = ("conformance", "output-length", "token-accounting")
 
 
 class Observer(Protocol):

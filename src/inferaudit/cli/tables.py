@@ -199,12 +199,25 @@ def checks_table(checks: list[Mapping[str, Any]]) -> Table:
     return table
 
 
+# Printed under every summary; summary.json's "definitions" holds all of them.
+PRINTED_DEFINITIONS = (
+    "ttft_ms",
+    "itl_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "output_throughput_tok_s",
+    "goodput_rps",
+    "client_lag_ms",
+)
+
+
 def definitions_text(definitions: Mapping[str, str]) -> Text:
-    """The metric definitions as a dim footnote."""
-    text = Text("Definitions\n", style="bold dim")
-    for name, sentence in definitions.items():
-        text.append(f"{name}: ", style="dim bold")
-        text.append(f"{sentence}\n", style="dim")
+    """The core metric definitions as a dim footnote (the rest are in summary.json)."""
+    text = Text("Definitions (all of them: summary.json 'definitions')\n", style="bold dim")
+    for name in PRINTED_DEFINITIONS:
+        if name in definitions:
+            text.append(f"{name}: ", style="dim bold")
+            text.append(f"{definitions[name]}\n", style="dim")
     text.rstrip()
     return text
 

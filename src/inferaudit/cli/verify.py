@@ -39,6 +39,12 @@ def verify(
         ),
     ] = None,
     data: Annotated[Path | None, typer.Option("--data-dir", help="Data directory")] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="The run's --tokenizer file, to recheck token counts")
+    ] = None,
+    fingerprint: Annotated[
+        Path | None, typer.Option(help="The run's --fingerprint file, to recheck identity")
+    ] = None,
 ) -> None:
     """Verify a run directory offline: one line per check; exit 0 only if all pass."""
     if not run_dir.is_dir():
@@ -48,7 +54,10 @@ def verify(
         console.print("[dim]no --trust given: trusting this data directory's keys[/]")
     else:
         policy = load_trust(trust)
-    report = verify_run(run_dir, policy)
+    for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{what} {path}: no such file")
+    report = verify_run(run_dir, policy, tokenizer=tokenizer, fingerprint=fingerprint)
     for check in report.checks:
         mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
         console.print(f"{mark} {check.name}: {check.detail}", highlight=False, soft_wrap=True)
