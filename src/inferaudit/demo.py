@@ -67,7 +67,7 @@ def run_demo(
     observer: RunObserver | None = None,
 ) -> DemoOutcome:
     home = data_dir(home)
-    options = RunOptions(data_dir=home, db_url=db_url)
+    options = RunOptions(data_dir=home, db_url=db_url, self_test=True)
     # (1): the twin, in its own process so it never competes with the client's event loop.
     with start_twin(["--accelerator", ACCELERATOR, "--model", MODEL, "--replicas", "1"]) as twin:
         # (2): the verification run, checks included.

@@ -1,9 +1,10 @@
 """A verification run, end to end: freeze the protocol, probe, load, measure, check, seal.
 
     1. freeze: write the canonical RunSpec (``spec.json``) before the first request;
-    1b. client self-test (``RunOptions.self_test``): 2x the planned load against a local fast
-       server (``selftest.py``); its result goes into ``meta.json``; refused if it cannot keep up;
     2. preflight: the endpoint answers and lists the model (``meta.json`` keeps what it said);
+    2b. client self-test (``RunOptions.self_test``): 2x the planned load against a local fast
+       server (``selftest.py``); its result goes into ``meta.json``; refused if it cannot keep
+       up (after the preflight, so a mistyped endpoint fails at once);
     3. checks before the run (conformance probes);
     4. the load: records appended to ``records.jsonl`` as each request finishes;
     5. checks after the run (record checks, extra phases such as the caching audit);
@@ -141,11 +142,15 @@ def execute(
     suite.spec = spec
     (run_dir / SPEC_FILE).write_bytes(canonical_bytes(spec))
 
+    # (2): preflight — one clear error when the endpoint cannot be used at all.
     meta: dict[str, Any] = {
         "environment": environment(),
         "started_wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "models": check_endpoint(spec.endpoint, options.api_key),
     }
-    # (1b): can the client keep up with 2x this load? (DESIGN §6.2; the result is evidence)
+    write_json(run_dir / META_FILE, meta)
+
+    # (2b): can the client keep up with 2x this load? (DESIGN §6.2; the result is evidence)
     if options.self_test:
         obs.phase("client self-test (2x load, local server)", None)
         self_test = run_self_test(spec, should_stop=should_stop)
@@ -153,10 +158,6 @@ def execute(
         write_json(run_dir / META_FILE, meta)
         if not self_test.passed and not (should_stop is not None and should_stop()):
             raise ClientOverloadError(self_test.message())
-
-    # (2): preflight — one clear error when the endpoint cannot be used at all.
-    meta["models"] = check_endpoint(spec.endpoint, options.api_key)
-    write_json(run_dir / META_FILE, meta)
 
     # (3): checks that probe before the load.
     verdicts = suite.before_run(records_path, obs)

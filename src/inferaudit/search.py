@@ -137,8 +137,15 @@ def _fmt_ms(value: float) -> str:
     return f"{value:,.4g} ms"
 
 
-def judge(rate: float, summary: Mapping[str, Any], *, interrupted: bool = False) -> PointResult:
-    """Pass, fail or invalid for one point's summary (see the module docstring)."""
+def judge(
+    rate: float,
+    summary: Mapping[str, Any],
+    *,
+    max_lag_p99_ms: float,
+    interrupted: bool = False,
+) -> PointResult:
+    """Pass, fail or invalid for one point's summary (see the module docstring): invalid when
+    interrupted or when the client lag p99 exceeds ``max_lag_p99_ms`` (the protocol's bound)."""
     slo: Mapping[str, Any] = summary.get("slo") or {}
     lag = (summary.get("client_lag_ms") or {}).get("p99")
     metrics: dict[str, Any] = {
@@ -160,8 +167,9 @@ def judge(rate: float, summary: Mapping[str, Any], *, interrupted: bool = False)
     if interrupted:
         return PointResult(rate, "invalid", ("interrupted",), metrics=metrics)
     reasons = list(summary.get("invalid_reasons") or [])
-    if any("client fell behind" in r for r in reasons):
-        return PointResult(rate, "invalid", tuple(reasons), metrics=metrics)
+    if lag is not None and lag > max_lag_p99_ms:
+        why = f"client lag p99 {lag:g} ms > {max_lag_p99_ms:g} ms: the client fell behind"
+        return PointResult(rate, "invalid", (why,), metrics=metrics)
     failed_bounds: list[str] = []
     for key in sorted(slo):
         entry = slo[key]
@@ -238,7 +246,8 @@ def _why_stopped(plan: SearchPlan, history: Sequence[PointResult]) -> str:
         return "no point was run"
     invalid = [p for p in history if p.status == "invalid"]
     if invalid:
-        return f"point at {invalid[0].rate:g} req/s is not a measurement: {invalid[0].reasons[0]}"
+        why = "; ".join(invalid[0].reasons) or "invalid"
+        return f"point at {invalid[0].rate:g} req/s is not a measurement: {why}"
     high_pass, low_fail = _bracket(plan, history)
     if high_pass is None:
         return f"the lowest rate tried ({low_fail:g} req/s) fails the SLO"
@@ -256,7 +265,9 @@ def search_result(plan: SearchPlan, history: Sequence[PointResult]) -> dict[str,
     high_pass, low_fail = _bracket(plan, history)
     best = next((p for p in history if p.passed and p.rate == high_pass), None)
     worst = next((p for p in history if p.status == "fail" and p.rate == low_fail), None)
-    relative = None if high_pass is None or low_fail is None else low_fail / high_pass - 1
+    relative = absolute = None
+    if high_pass is not None and low_fail is not None:
+        relative, absolute = low_fail / high_pass - 1, low_fail - high_pass
     result: dict[str, Any] = {
         "capacity_rps": high_pass,
         "capacity_output_tok_s": None,
@@ -270,7 +281,7 @@ def search_result(plan: SearchPlan, history: Sequence[PointResult]) -> dict[str,
         "lowest_failing_dir": None if worst is None else worst.dir,
         "resolution": {
             "relative": stats.round_sig(relative),
-            "absolute_rps": None if relative is None else stats.round_sig(low_fail - high_pass),
+            "absolute_rps": stats.round_sig(absolute),
             "tolerance": plan.tolerance,
             "reached": relative is not None and relative <= plan.tolerance,
         },
@@ -369,7 +380,12 @@ def execute_search(
         else:
             outcomes.append(outcome)
             interrupted = outcome.interrupted
-            point = judge(rate, outcome.summary, interrupted=interrupted)
+            point = judge(
+                rate,
+                outcome.summary,
+                max_lag_p99_ms=spec.max_client_lag_p99_ms,
+                interrupted=interrupted,
+            )
             point = PointResult(
                 point.rate, point.status, point.reasons, point.failed_bounds, point.metrics, name
             )

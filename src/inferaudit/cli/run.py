@@ -21,6 +21,7 @@ from inferaudit.protocol import SLO, Api, Arrivals, Endpoint, Length, Load, RunS
 
 if TYPE_CHECKING:
     from inferaudit.runs import RunOutcome
+    from inferaudit.search import SearchOutcome
 
 
 def _positive_list(text: str, what: str, cast: type) -> list[Any]:
@@ -192,6 +193,7 @@ def stop_flag() -> threading.Event:
 
 
 def print_outcomes(outcomes: list[RunOutcome]) -> None:
+    from inferaudit.checks.verdict import Verdict, format_verdict
     from inferaudit.cli.tables import summary_table, sweep_table
 
     for outcome in outcomes:
@@ -202,6 +204,10 @@ def print_outcomes(outcomes: list[RunOutcome]) -> None:
         console.print(f"run directory: [bold]{outcome.run_dir}[/]")
         for name, value in outcome.evidence.items():
             console.print(f"  {name}: {value}")
+        for check in outcome.summary.get("checks", []):
+            if check["verdict"] == "fail":
+                line = format_verdict(Verdict.from_json(check))
+                console.print(f"[bold red]{line}[/]", highlight=False, soft_wrap=True)
 
 
 def exit_code(outcomes: list[RunOutcome]) -> int:
@@ -213,6 +219,39 @@ def exit_code(outcomes: list[RunOutcome]) -> int:
         if any(c.get("verdict") == "fail" for c in s.get("checks", [])):
             return 1
     return 0
+
+
+def print_search(found: SearchOutcome) -> int:
+    """The points table and the one-line result; returns the exit code (1: a point was not a
+    measurement, the search was interrupted, or an integrity check failed)."""
+    from rich import box
+    from rich.table import Table
+
+    from inferaudit.cli.tables import fmt
+    from inferaudit.search import SEARCH_FILE, result_line
+
+    table = Table(title="SLO search", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("point", "rate", "verdict", "req/s", "tok/s", "TTFT p99", "TPOT p99", "why"):
+        table.add_column(name, justify="left" if name in ("point", "verdict", "why") else "right")
+    style = {"pass": "green", "fail": "bold red", "invalid": "yellow"}
+    for p in found.points:
+        m = p.metrics
+        table.add_row(
+            p.dir or "", f"{p.rate:g}", f"[{style[p.status]}]{p.status}[/]",
+            fmt(m.get("request_throughput_rps")), fmt(m.get("output_throughput_tok_s")),
+            fmt(m.get("ttft_p99_ms")), fmt(m.get("tpot_p99_ms")), "; ".join(p.reasons),
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"[bold]{result_line(found.result)}[/]")
+    console.print(f"stopped: {found.result['stopped']}")
+    console.print(f"search directory: [bold]{found.parent}[/] ({SEARCH_FILE})")
+    if found.interrupted:
+        console.print("[yellow]interrupted: finished requests are kept in records.jsonl[/]")
+    bad_check = any(
+        c.get("verdict") == "fail" for o in found.outcomes for c in o.summary.get("checks", [])
+    )
+    invalid = any(p.status == "invalid" for p in found.points)
+    return 1 if found.interrupted or invalid or bad_check else 0
 
 
 @app.command()
@@ -272,6 +311,17 @@ def run(
     sign: Annotated[bool, typer.Option(help="Sign evidence and append to the ledger")] = True,
     data_dir: Annotated[Path | None, typer.Option(help="Keys and ledger (INFERAUDIT_HOME)")] = None,
     db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(help="SLO search: highest rate=LO:HI (req/s) whose point meets --slo"),
+    ] = None,
+    search_tolerance: Annotated[
+        float, typer.Option(help="Search resolution: lowest fail / highest pass - 1")
+    ] = 0.05,
+    search_max_points: Annotated[int, typer.Option(help="Search: most points to run")] = 8,
+    self_test: Annotated[
+        bool, typer.Option(help="Client self-test at 2x the load first; refuse if it lags")
+    ] = True,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
     from inferaudit.runs import RunOptions, api_key_from_env, execute, execute_sweep
@@ -281,6 +331,16 @@ def run(
     )
     if check_names is not None and "none" in check_names:
         check_names = ()
+    plan = None
+    if search is not None:
+        from inferaudit.search import SearchPlan
+
+        if sweep or rate is not None or concurrency is not None:
+            raise ConfigError("--search picks the rates: drop --rate, --concurrency and --sweep")
+        if not slo:
+            raise ConfigError("--search needs --slo, e.g. --slo ttft_p99=2000ms,tpot_p99=100ms")
+        plan = SearchPlan.parse(search, search_tolerance, search_max_points)
+        rate = plan.lo
     specs = build_specs(
         endpoint=endpoint, model=model, api=api, api_key_env=api_key_env,
         concurrency=concurrency, rate=rate, arrivals=arrivals, sweep=sweep, requests=requests,
@@ -300,9 +360,16 @@ def run(
         sign=sign,
         data_dir=data_dir,
         db_url=db,
+        self_test=self_test,
     )
     run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     flag = stop_flag()
+    if plan is not None:
+        from inferaudit.search import execute_search
+
+        with LiveProgress() as live:
+            found = execute_search(specs[0], run_dir, plan, options, live, flag.is_set)
+        raise typer.Exit(print_search(found))
     with LiveProgress() as live:
         if len(specs) == 1:
             outcomes = [execute(specs[0], run_dir, options, live, flag.is_set)]

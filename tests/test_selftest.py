@@ -1,0 +1,98 @@
+"""Client self-test (DESIGN §6.2): 2x the planned load against a local fast server; a run is
+refused, in one line, when the client cannot keep up; the result is part of meta.json."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fakes import closed_port
+from inferaudit.errors import ClientOverloadError
+from inferaudit.load.sse import SSEParser
+from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.runs import RunOptions, execute
+from inferaudit.selftest import run_self_test, sse_events
+
+
+def spec(url: str, load: Load, max_lag_ms: float, api: Api = Api.completions) -> RunSpec:
+    return RunSpec(
+        endpoint=Endpoint(base_url=url, model="m", api=api),
+        workload=Workload(input_tokens=Length(lo=16, hi=16), output_tokens=Length(lo=8, hi=8)),
+        load=load,
+        max_client_lag_p99_ms=max_lag_ms,
+    )
+
+
+def test_sse_events_known_answer() -> None:
+    events = sse_events("m", chat=False, tokens=2)
+    assert events[0] == (
+        b'data: {"id":"selftest","object":"text_completion","model":"m",'
+        b'"choices":[{"index":0,"text":" w0","finish_reason":null}]}\n\n'
+    )
+    assert events[-1] == b"data: [DONE]\n\n"
+    parsed = SSEParser().feed(b"".join(events))
+    chat = [orjson.loads(e) for e in SSEParser().feed(b"".join(sse_events("m", True, 3)))[:-1]]
+    assert len(parsed) == 5 and parsed[-1] == b"[DONE]"
+    assert [c["choices"][0]["delta"].get("content") for c in chat[:4]] == [
+        " w0",
+        " w1",
+        " w2",
+        None,
+    ]
+    assert chat[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_passes_at_a_modest_rate() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"  # never contacted: the self-test has its own
+    result = run_self_test(spec(url, Load(rate=5.0, requests=3), 100.0), duration_s=1.5)
+    assert result.passed and result.mode == "open"
+    assert (result.planned, result.tested) == (5.0, 10.0)
+    assert result.failed == 0 and result.requests > 0
+    assert result.output_tokens == 8 and result.workers == 1
+    assert result.lag_p99_ms is not None and result.lag_p99_ms <= 100.0
+    assert result.server_cpu_s > 0 and result.client_cpu_s > 0
+    assert result.message().startswith(
+        "client self-test: at 2x the planned load (10 req/s) client lag p99 was"
+    )
+
+
+def test_closed_loop_chat() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    s = spec(url, Load(concurrency=2, requests=3), 100.0, api=Api.chat)
+    result = run_self_test(s, duration_s=1.0)
+    assert result.passed and result.mode == "closed" and result.tested == 4.0
+    assert result.failed == 0 and result.requests > 4
+
+
+def test_execute_refuses_when_the_client_cannot_keep_up(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    impossible = spec(url, Load(rate=5.0, requests=3), 1e-6)
+    with pytest.raises(ClientOverloadError) as info:
+        execute(impossible, tmp_path / "r", RunOptions(sign=False, checks=(), self_test=True))
+    message = info.value.diagnostics()
+    assert message.startswith("client self-test: at 2x the planned load (10 req/s) client lag")
+    assert message.endswith("> 1e-06 ms; use more --workers or a bigger client machine")
+    meta = orjson.loads((tmp_path / "r" / "meta.json").read_bytes())
+    assert meta["self_test"]["passed"] is False and meta["self_test"]["tested"] == 10.0
+    assert "models" not in meta  # refused before the endpoint was contacted
+    assert not (tmp_path / "r" / "records.jsonl").exists()
+
+
+def test_cli_refuses_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferaudit", "run", "--endpoint",
+         f"http://127.0.0.1:{closed_port()}/v1", "--model", "m", "--rate", "5", "--requests",
+         "3", "--workers", "1", "--max-lag-ms", "0.000001", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "INFERAUDIT_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: client self-test: at 2x the planned load (10 req/s)")
+    assert "Traceback" not in proc.stdout + proc.stderr
