@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fakes import closed_port
+from fakes import FakeServer, closed_port
 from inferaudit.errors import ClientOverloadError
 from inferaudit.load.sse import SSEParser
 from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
@@ -19,9 +19,11 @@ from inferaudit.runs import RunOptions, execute
 from inferaudit.selftest import run_self_test, sse_events
 
 
-def spec(url: str, load: Load, max_lag_ms: float, api: Api = Api.completions) -> RunSpec:
+def spec(
+    url: str, load: Load, max_lag_ms: float, api: Api = Api.completions, model: str = "m"
+) -> RunSpec:
     return RunSpec(
-        endpoint=Endpoint(base_url=url, model="m", api=api),
+        endpoint=Endpoint(base_url=url, model=model, api=api),
         workload=Workload(input_tokens=Length(lo=16, hi=16), output_tokens=Length(lo=8, hi=8)),
         load=load,
         max_client_lag_p99_ms=max_lag_ms,
@@ -70,27 +72,29 @@ def test_closed_loop_chat() -> None:
 
 
 def test_execute_refuses_when_the_client_cannot_keep_up(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/v1"
-    impossible = spec(url, Load(rate=5.0, requests=3), 1e-6)
-    with pytest.raises(ClientOverloadError) as info:
-        execute(impossible, tmp_path / "r", RunOptions(sign=False, checks=(), self_test=True))
+    with FakeServer() as srv:
+        impossible = spec(srv.base_url, Load(rate=5.0, requests=3), 1e-6, model="fake-model")
+        with pytest.raises(ClientOverloadError) as info:
+            execute(impossible, tmp_path / "r", RunOptions(sign=False, checks=(), self_test=True))
+        assert srv.seen.completions == 0  # refused before any request reached the endpoint
     message = info.value.diagnostics()
     assert message.startswith("client self-test: at 2x the planned load (10 req/s) client lag")
     assert message.endswith("> 1e-06 ms; use more --workers or a bigger client machine")
     meta = orjson.loads((tmp_path / "r" / "meta.json").read_bytes())
     assert meta["self_test"]["passed"] is False and meta["self_test"]["tested"] == 10.0
-    assert "models" not in meta  # refused before the endpoint was contacted
+    assert meta["models"]["data"][0]["id"] == "fake-model"  # the preflight came first
     assert not (tmp_path / "r" / "records.jsonl").exists()
 
 
 def test_cli_refuses_in_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "inferaudit", "run", "--endpoint",
-         f"http://127.0.0.1:{closed_port()}/v1", "--model", "m", "--rate", "5", "--requests",
-         "3", "--workers", "1", "--max-lag-ms", "0.000001", "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "INFERAUDIT_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
+    with FakeServer() as srv:
+        proc = subprocess.run(
+            [sys.executable, "-m", "inferaudit", "run", "--endpoint", srv.base_url,
+             "--model", "fake-model", "--rate", "5", "--requests", "3", "--workers", "1",
+             "--max-lag-ms", "0.000001", "--out", str(tmp_path / "r")],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "INFERAUDIT_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
