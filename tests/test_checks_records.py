@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer as HfTokenizer
-from tokenizers import models, pre_tokenizers
 
 from inferaudit.checks.first_token import check_first_token
 from inferaudit.checks.fluidity import bursts, check_fluidity
@@ -70,16 +68,6 @@ def rec(
         max_tokens=asked,
         output_text=text,
     )
-
-
-@pytest.fixture(scope="module")
-def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tokenizer.json that counts whitespace-separated words (every word -> [UNK])."""
-    tok = HfTokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
 
 
 def test_format_verdict_one_line() -> None:

@@ -7,8 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer as HfTokenizer
-from tokenizers import models, pre_tokenizers
 
 from inferaudit.checks.suite import recheck
 from inferaudit.checks.verdict import Outcome, Verdict, format_verdict
@@ -60,16 +58,6 @@ def run_checks(
         outcome = execute(spec, tmp_path / "run", options)
     verdicts = [Verdict.from_json(v) for v in outcome.summary["checks"]]
     return {v.check: v for v in verdicts}
-
-
-@pytest.fixture(scope="module")
-def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The twin's token rule as a tokenizer.json: one token per whitespace-separated word."""
-    tok = HfTokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
 
 
 def assert_fails(verdicts: dict[str, Verdict], name: str) -> Verdict:
