@@ -6,7 +6,8 @@ import orjson
 
 from inferaudit.cli.run import build_specs
 from inferaudit.protocol import Api, Arrivals
-from inferaudit.runs import RunOptions, execute_sweep, load_run
+from inferaudit.rundir import load_run
+from inferaudit.runs import RunOptions, execute_sweep
 from inferaudit.twin.launch import start_twin
 
 

@@ -33,6 +33,15 @@ import rfc8785
 from inferaudit import __version__
 from inferaudit.errors import ConfigError, VerificationError
 from inferaudit.keys import Signer, Verifier, b64decode_strict
+from inferaudit.rundir import (
+    ENVELOPE_FILE,
+    META_FILE,
+    PROOF_FILE,
+    RECORDS_FILE,
+    SPEC_FILE,
+    STATEMENT_FILE,
+    SUMMARY_FILE,
+)
 
 if TYPE_CHECKING:
     from inferaudit.ledger.store import Ledger
@@ -40,13 +49,6 @@ if TYPE_CHECKING:
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://inferaudit.dev/inference-run/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
-RECORDS_FILE = "records.jsonl"
-SPEC_FILE = "spec.json"
-SUMMARY_FILE = "summary.json"
-META_FILE = "meta.json"
-STATEMENT_FILE = "statement.json"
-ENVELOPE_FILE = "envelope.dsse.json"
-PROOF_FILE = "entry.tlog-proof"
 SUBJECT_FILES = (RECORDS_FILE, SPEC_FILE)
 MAX_MODELS_BYTES = 16_384  # a longer /v1/models answer is bound by digest instead
 

@@ -28,18 +28,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import orjson
-from pydantic import ValidationError
-
 from inferaudit import catalog, roofline
 from inferaudit.claims import SELF_DISCLOSURE, Claim, Finding, Provenance, findings, vendor_name
 from inferaudit.errors import ConfigError
 from inferaudit.protocol import RunSpec
 from inferaudit.roofline import Plausibility, Technique, ThroughputCheck
+from inferaudit.rundir import SPEC_FILE, SWEEP_FILE, load_run
 
-SPEC_FILE = "spec.json"
-SUMMARY_FILE = "summary.json"
-SWEEP_FILE = "sweep.json"
 DEFAULT_TOLERANCE = 0.05
 TOKENS_PER_S_UNITS = ("tokens/s", "tok/s", "tokens/second")
 CAPACITY_METRICS = ("tokens_per_second", "compute", "accelerator_count", "card_count", "power")
@@ -85,20 +80,7 @@ def load_evidence(paths: Iterable[Path]) -> list[Evidence]:
 
 
 def _read_run(run_dir: Path) -> Evidence:
-    try:
-        spec = RunSpec.model_validate_json((run_dir / SPEC_FILE).read_bytes())
-        summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())
-    except FileNotFoundError as exc:
-        missing = Path(exc.filename).name
-        raise ConfigError(f"{run_dir}: not a run directory ({missing} missing)") from None
-    except ValidationError as exc:
-        why = exc.errors()[0]["msg"]
-        raise ConfigError(f"{run_dir / SPEC_FILE}: not a RunSpec ({why})") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{run_dir / SUMMARY_FILE}: invalid JSON ({exc})") from None
-    if not isinstance(summary, dict):
-        raise ConfigError(f"{run_dir / SUMMARY_FILE}: expected a JSON object")
-    return Evidence(run_dir, spec, summary)
+    return Evidence(run_dir, *load_run(run_dir))
 
 
 # (1) ----------------------------------------------------------------------------------------

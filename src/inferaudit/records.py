@@ -38,8 +38,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inferaudit.errors import ConfigError
 
-RECORDS_FILE = "records.jsonl"
-
 
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

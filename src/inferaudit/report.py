@@ -33,7 +33,6 @@ from inferaudit.errors import ConfigError
 from inferaudit.reconcile import (
     BUCKETS,
     DEFAULT_TOLERANCE,
-    SWEEP_FILE,
     Evidence,
     Reconciliation,
     Rollup,
@@ -43,7 +42,8 @@ from inferaudit.reconcile import (
     rollups,
     status_counts,
 )
-from inferaudit.records import RECORDS_FILE, Record, iter_records
+from inferaudit.records import Record, iter_records
+from inferaudit.rundir import RECORDS_FILE, SWEEP_FILE
 
 GROUPS = ("project", "site", "vendor", "accelerator")
 PALETTE = ("#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#0891b2", "#db2777")

@@ -40,13 +40,9 @@ from inferaudit.load.client import check_endpoint
 from inferaudit.load.runner import run_load
 from inferaudit.metrics import summarize
 from inferaudit.protocol import RunSpec, canonical_bytes
-from inferaudit.records import RECORDS_FILE, read_records
+from inferaudit.records import read_records
+from inferaudit.rundir import META_FILE, RECORDS_FILE, SPEC_FILE, SUMMARY_FILE, SWEEP_FILE
 from inferaudit.selftest import run_self_test
-
-SPEC_FILE = "spec.json"
-SUMMARY_FILE = "summary.json"
-META_FILE = "meta.json"
-SWEEP_FILE = "sweep.json"
 
 
 class RunObserver(Protocol):
@@ -85,15 +81,6 @@ class RunOutcome:
     summary: dict[str, Any]
     interrupted: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
-
-
-def api_key_from_env(var: str | None) -> str | None:
-    if var is None:
-        return None
-    value = os.environ.get(var)
-    if not value:
-        raise ConfigError(f"--api-key-env {var}: that environment variable is not set or empty")
-    return value
 
 
 def prepare_dir(run_dir: Path) -> None:
@@ -248,13 +235,3 @@ def _sweep_row(outcome: RunOutcome, spec: RunSpec) -> dict[str, Any]:
         "tpot_p50_ms": (s.get("tpot_ms") or {}).get("p50"),
         "valid": s.get("valid"),
     }
-
-
-def load_run(run_dir: Path) -> tuple[RunSpec, dict[str, Any]]:
-    """Read a run directory's protocol and summary."""
-    try:
-        spec = RunSpec.model_validate_json((run_dir / SPEC_FILE).read_bytes())
-        summary = orjson.loads((run_dir / SUMMARY_FILE).read_bytes())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{run_dir}: not a run directory ({exc.filename} missing)") from None
-    return spec, summary

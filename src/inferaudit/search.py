@@ -39,6 +39,7 @@ from typing import Any
 from inferaudit import stats
 from inferaudit.errors import ClientOverloadError, ConfigError
 from inferaudit.protocol import RunSpec
+from inferaudit.rundir import SEARCH_FILE
 from inferaudit.runs import RunObserver, RunOptions, RunOutcome, execute, prepare_dir, write_json
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "search_result",
 ]
 
-SEARCH_FILE = "search.json"
 RATE_DIGITS = 3  # significant digits of the rates the search picks
 
 DEFINITIONS = {

@@ -34,7 +34,8 @@ import orjson
 from inferaudit.load.runner import run_load
 from inferaudit.metrics import summarize
 from inferaudit.protocol import Api, Load, RunSpec
-from inferaudit.records import RECORDS_FILE, read_records
+from inferaudit.records import read_records
+from inferaudit.rundir import RECORDS_FILE
 
 __all__ = [
     "DEFAULT_DURATION_S",

@@ -37,16 +37,10 @@ from pydantic import ValidationError
 
 from inferaudit.errors import InferauditError
 from inferaudit.evidence import (
-    ENVELOPE_FILE,
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
-    PROOF_FILE,
-    RECORDS_FILE,
-    SPEC_FILE,
-    STATEMENT_FILE,
     STATEMENT_TYPE,
     SUBJECT_FILES,
-    SUMMARY_FILE,
     canonical,
     file_sha256,
     open_envelope,
@@ -63,6 +57,14 @@ from inferaudit.ledger.note import (
 )
 from inferaudit.protocol import RunSpec
 from inferaudit.records import Record, read_records
+from inferaudit.rundir import (
+    ENVELOPE_FILE,
+    PROOF_FILE,
+    RECORDS_FILE,
+    SPEC_FILE,
+    STATEMENT_FILE,
+    SUMMARY_FILE,
+)
 
 Summarize = Callable[[Sequence[Record], RunSpec], dict[str, Any]]
 MAX_DIFFS = 5

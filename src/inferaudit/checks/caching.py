@@ -35,9 +35,10 @@ import numpy as np
 from scipy import stats
 
 from inferaudit.checks.phases import OnRecord, fresh_plan, send_phase
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.protocol import RunSpec
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 from inferaudit.workload import Planner, RequestPlan
 
 CACHING = "caching"
@@ -76,9 +77,9 @@ def _phase_stats(ok: Sequence[Record]) -> dict[str, float | int | None]:
     tokens = sum(r.usage_completion_tokens or r.content_chunks for r in ok)
     return {
         "completed": len(ok),
-        "ttft_p50_ms": sig(float(np.median([_ttft_ms(r) for r in ok]))),
-        "request_tok_s_p50": sig(float(np.median([_rate(r) for r in ok]))),
-        "phase_tok_s": sig(tokens / window) if window > 0 else None,
+        "ttft_p50_ms": round_sig(float(np.median([_ttft_ms(r) for r in ok]))),
+        "request_tok_s_p50": round_sig(float(np.median([_rate(r) for r in ok]))),
+        "phase_tok_s": round_sig(tokens / window) if window > 0 else None,
     }
 
 
@@ -148,10 +149,10 @@ def check_caching(records: Sequence[Record]) -> Verdict:
     rate_gain = _num(r, "request_tok_s_p50") / _num(u, "request_tok_s_p50") - 1.0
     ttft_p = _faster_p([_ttft_ms(x) for x in rr], [_ttft_ms(x) for x in ur])
     rate_p = _faster_p([-_rate(x) for x in rr], [-_rate(x) for x in ur])
-    numbers["ttft_improvement"] = sig(ttft_gain)
-    numbers["throughput_improvement"] = sig(rate_gain)
-    numbers["ttft_mwu_p"] = sig(ttft_p)
-    numbers["throughput_mwu_p"] = sig(rate_p)
+    numbers["ttft_improvement"] = round_sig(ttft_gain)
+    numbers["throughput_improvement"] = round_sig(rate_gain)
+    numbers["ttft_mwu_p"] = round_sig(ttft_p)
+    numbers["throughput_mwu_p"] = round_sig(rate_p)
     numbers["alpha"] = ALPHA
     found = [
         (gain, what, p)
@@ -232,11 +233,11 @@ def check_prefix_cache(records: Sequence[Record]) -> Verdict:
     gain = 1.0 - hit_p50 / miss_p50 if miss_p50 > 0 else 0.0
     numbers.update(
         {
-            "hit_ttft_p50_ms": sig(hit_p50),
-            "miss_ttft_p50_ms": sig(miss_p50),
-            "ttft_improvement": sig(gain),
-            "ks_statistic": sig(float(res.statistic)),
-            "ks_p_value": sig(float(res.pvalue)),
+            "hit_ttft_p50_ms": round_sig(hit_p50),
+            "miss_ttft_p50_ms": round_sig(miss_p50),
+            "ttft_improvement": round_sig(gain),
+            "ks_statistic": round_sig(float(res.statistic)),
+            "ks_p_value": round_sig(float(res.pvalue)),
         }
     )
     if res.pvalue < ALPHA and gain >= LIMIT:

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from inferaudit.checks.counting import completed
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 
 NAME = "first-token"
 LEAD_FRACTION = 0.5
@@ -64,10 +65,10 @@ def check_first_token(
     numbers = {
         "requests": n,
         "with_empty_first_chunk": len(with_empty),
-        "empty_first_chunk_share": sig(len(with_empty) / n),
+        "empty_first_chunk_share": round_sig(len(with_empty) / n),
         "early_empty_chunks": early,
-        "lead_ms_p50": sig(float(np.median(leads_ms))) if leads_ms else None,
-        "lead_fraction_of_ttft_p50": sig(float(np.median(fractions))) if fractions else None,
+        "lead_ms_p50": round_sig(float(np.median(leads_ms))) if leads_ms else None,
+        "lead_fraction_of_ttft_p50": round_sig(float(np.median(fractions))) if fractions else None,
         "whitespace_only_first_content": blank_first,
         "not_reassembling": len(broken),
         "limits": {"lead_fraction": LEAD_FRACTION, "min_lead_ms": min_lead_ms, "share": min_share},

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inferaudit.checks.counting import completed
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 
 NAME = "fluidity"
 TICK_MS = 1.0
@@ -102,7 +103,7 @@ def check_fluidity(
         "requests": len(done),
         "tokens": total,
         "burst_tokens": burst_tokens,
-        "burst_share": sig(share),
+        "burst_share": round_sig(share),
         "bursts": burst_count,
         "largest_burst_tokens": largest,
         "requests_with_bursts": requests_with,

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inferaudit.checks.counting import MEASURE
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.fingerprint import TAG, Fingerprint, agreement
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 
 NAME = "identity"
 
@@ -45,11 +46,11 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
     rate = got / room
     numbers.update(
         {
-            "agreement": sig(rate),
+            "agreement": round_sig(rate),
             "tokens_compared": room,
             "tokens_agreeing": got,
             "prompts_fully_agreeing": exact,
-            "per_prompt_min": sig(min(per)),
+            "per_prompt_min": round_sig(min(per)),
         }
     )
     if rate < fp.threshold:

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from inferaudit.checks.counting import bounds, completed
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.protocol import RunSpec
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 from inferaudit.tokenizer import Tokenizer
 
 NAME = "output-length"
@@ -64,10 +65,10 @@ def check_output_length(
         "finish_reasons": dict(sorted(finish.items())),
         "short_with_finish_length": lying,
         "ratio_to_asked": {
-            "mean": sig(float(ratio.mean())),
-            "min": sig(float(ratio.min())),
-            "p10": sig(float(np.percentile(ratio, 10))),
-            "p50": sig(float(np.percentile(ratio, 50))),
+            "mean": round_sig(float(ratio.mean())),
+            "min": round_sig(float(ratio.min())),
+            "p10": round_sig(float(np.percentile(ratio, 10))),
+            "p50": round_sig(float(np.percentile(ratio, 50))),
         },
     }
     n = len(done)

@@ -11,8 +11,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from inferaudit.checks.counting import MEASURE
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 
 NAME = "errors"
 SHEDDING = ("http_429", "http_503", "timeout", "stream_truncated")
@@ -35,7 +36,7 @@ def check_errors(records: Sequence[Record], *, limit: float = 0.0) -> Verdict:
     numbers = {
         "measured": measured,
         "failed": lost,
-        "failed_share": sig(share),
+        "failed_share": round_sig(share),
         "shed_or_cut": shed,
         "by_phase": {
             phase: {"requests": sent[phase], "errors": dict(sorted(per_phase[phase].items()))}

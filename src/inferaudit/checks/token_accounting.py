@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inferaudit.checks.counting import completed
-from inferaudit.checks.verdict import Outcome, Verdict, pct, sig
+from inferaudit.checks.verdict import Outcome, Verdict, pct
 from inferaudit.records import Record
+from inferaudit.stats import round_sig
 from inferaudit.tokenizer import Tokenizer
 
 NAME = "token-accounting"
@@ -68,7 +69,7 @@ def check_token_accounting(
             "usage_below_events": below,
             "usage_above_chars": above_chars,
             "usage_above_max_tokens": above_max,
-            "usage_over_events": sig(usage / chunks - 1.0) if chunks else None,
+            "usage_over_events": round_sig(usage / chunks - 1.0) if chunks else None,
         }
     )
     n = len(with_usage)
@@ -116,7 +117,7 @@ def _exact(
         {
             "method": f"re-tokenized whole outputs with {tokenizer.describe()}",
             "client_tokens": client,
-            "relative_difference": sig(rel),
+            "relative_difference": round_sig(rel),
             "exact_requests": sum(1 for d in diffs if d == 0),
             "requests_off_by_more_than_1": off,
             "max_abs_difference": max(abs(d) for d in diffs),

@@ -12,7 +12,6 @@ JSON-ready (ints, floats rounded to 6 significant digits, strings, lists, nested
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,15 +51,6 @@ class Verdict:
 def format_verdict(v: Verdict) -> str:
     """One line a buyer can read: ``caching: repeated prompts 34% faster ... — FAIL``."""
     return f"{v.check}: {v.summary} — {v.verdict.value.upper()}"
-
-
-def sig(x: float | None, digits: int = 6) -> float | None:
-    """Round to ``digits`` significant digits (None and non-finite values become None)."""
-    if x is None or not math.isfinite(x):
-        return None
-    if x == 0:
-        return 0.0
-    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
 
 
 def pct(x: float) -> str:

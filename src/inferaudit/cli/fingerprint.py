@@ -39,7 +39,7 @@ def record(
 ) -> None:
     """Record greedy (temperature 0, fixed seed) outputs and calibrate the agreement threshold."""
     from inferaudit.fingerprint import record_fingerprint
-    from inferaudit.runs import api_key_from_env
+    from inferaudit.load.client import api_key_for
 
     if out.exists():
         raise ConfigError(f"--out {out}: file exists (will not overwrite a fingerprint)")
@@ -49,7 +49,7 @@ def record(
         raise ConfigError(f"--endpoint {endpoint!r}: not an http(s) URL") from exc
     fp = record_fingerprint(
         ep,
-        api_key=api_key_from_env(api_key_env),
+        api_key=api_key_for(ep),
         prompts=prompts,
         prompt_words=prompt_words,
         max_tokens=max_tokens,

@@ -324,7 +324,8 @@ def run(
     ] = True,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
-    from inferaudit.runs import RunOptions, api_key_from_env, execute, execute_sweep
+    from inferaudit.load.client import api_key_for
+    from inferaudit.runs import RunOptions, execute, execute_sweep
 
     check_names = (
         None if checks is None else tuple(c.strip() for c in checks.split(",") if c.strip())
@@ -353,7 +354,7 @@ def run(
         if path is not None and not path.is_file():
             raise ConfigError(f"{what} {path}: no such file")
     options = RunOptions(
-        api_key=api_key_from_env(api_key_env),
+        api_key=api_key_for(specs[0].endpoint),
         checks=check_names,
         tokenizer=tokenizer,
         fingerprint=fingerprint,
