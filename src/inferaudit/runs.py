@@ -30,11 +30,11 @@ from typing import Any, Protocol
 import orjson
 
 from inferaudit import __version__
-from inferaudit.checks.suite import CheckSuite, plan_checks
+from inferaudit.checks.suite import plan_checks
 from inferaudit.errors import ClientOverloadError, ConfigError
 from inferaudit.evidence import file_sha256, seal_run
 from inferaudit.home import data_dir, db_url
-from inferaudit.keys import load_or_create_signer
+from inferaudit.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
 from inferaudit.ledger.store import open_ledger
 from inferaudit.load.client import check_endpoint
 from inferaudit.load.runner import run_load
@@ -118,7 +118,13 @@ def execute(
     records_path = run_dir / RECORDS_FILE
 
     # (1): freeze the protocol, with the checks resolved, before anything is sent.
-    suite = _plan_checks(spec, options)
+    suite = plan_checks(
+        spec,
+        selected=None if options.checks is None else list(options.checks),
+        tokenizer=options.tokenizer,
+        fingerprint=options.fingerprint,
+        api_key=options.api_key,
+    )
     spec = spec.model_copy(
         update={
             "checks": suite.names,
@@ -179,23 +185,10 @@ def execute(
     return outcome
 
 
-def _plan_checks(spec: RunSpec, options: RunOptions) -> CheckSuite:
-    """``options.checks``: None for every check that fits, () for none, else those named."""
-    if options.checks is not None and not options.checks:
-        return CheckSuite(spec=spec, names=(), api_key=options.api_key)
-    return plan_checks(
-        spec,
-        selected=list(options.checks) if options.checks is not None else None,
-        tokenizer=options.tokenizer,
-        fingerprint=options.fingerprint,
-        api_key=options.api_key,
-    )
-
-
 def seal(run_dir: Path, options: RunOptions) -> dict[str, Any]:
     """Sign the run directory's statement and append it to the ledger."""
     home = data_dir(options.data_dir)
-    signer = load_or_create_signer(home, "inferaudit-runner")
+    signer = load_or_create_signer(home, DEFAULT_SIGNER_NAME)
     with open_ledger(db_url(options.db_url, home), home) as ledger:
         return seal_run(run_dir, signer, ledger)
 
