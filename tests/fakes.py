@@ -45,8 +45,9 @@ class Behaviour:
 
 @dataclass
 class Seen:
-    """What the server saw: request count, bodies, headers, peak concurrency."""
+    """What the server saw: connections, request count, bodies, headers, peak concurrency."""
 
+    connections: int = 0
     requests: int = 0
     completions: int = 0
     in_flight: int = 0
@@ -95,6 +96,8 @@ class FakeServer:
             task = asyncio.current_task()
             assert task is not None
             handlers.add(task)
+            with self._lock:
+                self.seen.connections += 1
             try:
                 await self._connection(r, w)
             except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):

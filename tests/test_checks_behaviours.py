@@ -36,7 +36,11 @@ def test_behaviour_is_caught(
 
 def test_role_first_chunk_over_chat(tmp_path: Path) -> None:
     # Chat: an honest role-only delta comes with the first token; this one comes at once.
-    verdicts = run_checks(tmp_path, ("role-first-chunk",), checks=["first-token"], api=Api.chat)
+    # A slow first token (200 ms) keeps every early chunk far past the check's 50% / 5 ms bar,
+    # even when a busy machine delays the empty chunk by tens of milliseconds.
+    verdicts = run_checks(
+        tmp_path, ("role-first-chunk",), checks=["first-token"], api=Api.chat, ttft_ms=200
+    )
     v = assert_fails(verdicts, "first-token")
     assert v.numbers["early_empty_chunks"] == 20
 

@@ -17,11 +17,11 @@ from inferaudit.tokenizer import load_tokenizer
 from inferaudit.twin.launch import start_twin
 
 MODEL = "twin-m"
-FAST = ["--ttft-ms", "30", "--tpot-ms", "5", "--model", MODEL]
+FAST = ["--tpot-ms", "5", "--model", MODEL]
 
 
-def twin_args(*behave: str) -> list[str]:
-    args = list(FAST)
+def twin_args(*behave: str, ttft_ms: int = 30) -> list[str]:
+    args = [*FAST, "--ttft-ms", str(ttft_ms)]
     for b in behave:
         args += ["--behave", b]
     return args
@@ -49,8 +49,9 @@ def run_checks(
     tokenizer: Path | None = None,
     fingerprint: Path | None = None,
     api: Api = Api.completions,
+    ttft_ms: int = 30,
 ) -> dict[str, Verdict]:
-    with start_twin(twin_args(*behave)) as twin:
+    with start_twin(twin_args(*behave, ttft_ms=ttft_ms)) as twin:
         spec = make_spec(twin.base_url, seed=seed, api=api)
         options = RunOptions(
             checks=checks, sign=False, tokenizer=tokenizer, fingerprint=fingerprint

@@ -76,6 +76,21 @@ def test_closed_loop_never_exceeds_concurrency(tmp_path: Path) -> None:
     assert result.mode == "closed" and result.finished == 26
 
 
+def test_connections_are_open_before_the_clock(tmp_path: Path) -> None:
+    # Closed loop: each slot's connection is opened (GET /models) before the epoch and every
+    # measured request reuses one, so none pays a handshake.
+    with FakeServer(Behaviour(delay_s=0.01)) as srv:
+        result = run_load(spec(srv.base_url, Load(concurrency=3, requests=12)), tmp_path / "r")
+        seen = srv.seen
+    assert [w.connections_opened for w in result.workers] == [2, 1]
+    assert (seen.connections, seen.requests - seen.completions, seen.completions) == (3, 3, 12)
+    # Open loop: up to OPEN_LOOP_CONNECTIONS per worker, never more than it has requests.
+    with FakeServer() as srv:
+        load = Load(rate=200.0, requests=5, arrivals="constant")
+        result = run_load(spec(srv.base_url, load), tmp_path / "o")
+    assert [w.connections_opened for w in result.workers] == [3, 2]
+
+
 def test_closed_loop_schedules_when_the_slot_frees(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     with FakeServer(Behaviour(delay_s=0.005)) as srv:

@@ -57,10 +57,12 @@ __all__ = [
     "fetch_models",
     "make_session",
     "model_ids",
+    "open_connections",
     "send_plans",
 ]
 
 ERROR_MESSAGE_CHARS = 200
+OPEN_TIMEOUT_S = 10.0  # open_connections: a GET that takes longer is given up
 _ERROR_BODY_BYTES = 65536
 _DONE = b"[DONE]"
 
@@ -74,6 +76,7 @@ class Target:
     """Everything constant across the requests of a run, computed once."""
 
     url: str
+    models_url: str
     headers: Mapping[str, str]
     model: str
     chat: bool
@@ -96,6 +99,7 @@ class Target:
         wl = workload or Workload()
         return cls(
             url=f"{endpoint.base_url}/{'chat/completions' if chat else 'completions'}",
+            models_url=f"{endpoint.base_url}/models",
             headers=headers,
             model=endpoint.model,
             chat=chat,
@@ -163,6 +167,31 @@ def make_session(limit: int = 0) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         skip_auto_headers=("User-Agent",),
     )
+
+
+async def open_connections(session: aiohttp.ClientSession, target: Target, n: int) -> int:
+    """Open ``n`` keep-alive connections before the clock starts: ``n`` concurrent
+    ``GET {base}/models``, read to the end, so their connections go back to the pool.
+
+    Without it the first measured requests pay the TCP (and TLS) handshake and aiohttp's
+    first-call costs, which show as client lag and a higher TTFT. Returns how many answered;
+    failures are left for the measured requests to meet and record.
+    """
+
+    headers = {k: v for k, v in target.headers.items() if k == "Authorization"}
+
+    async def one() -> bool:
+        try:
+            async with (
+                asyncio.timeout(OPEN_TIMEOUT_S),
+                session.get(target.models_url, headers=headers) as resp,
+            ):
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    return sum(await asyncio.gather(*(one() for _ in range(n))))
 
 
 def _error_message(body: bytes) -> str:

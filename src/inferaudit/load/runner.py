@@ -3,9 +3,11 @@
     1. The parent builds the request plans' source (reading any dataset once), the target and,
        for open loop, the full arrival schedule (``schedule.arrival_offsets_ns``).
     2. It spawns ``spec.workers`` processes (fewer when there is less work than workers). Each
-       runs its own event loop (uvloop where installed) and one aiohttp session, and reports
-       ready; the parent measures each worker's clock offset (ping/pong on ``perf_counter_ns``;
-       on one host CLOCK_MONOTONIC is shared, so the offset is recorded, never applied).
+       runs its own event loop (uvloop where installed) and one aiohttp session, opens its
+       keep-alive connections (closed loop: one per slot; open loop: up to
+       ``OPEN_LOOP_CONNECTIONS``) with ``GET /models``, and reports ready; the parent
+       measures each worker's clock offset (ping/pong on ``perf_counter_ns``; on one host
+       CLOCK_MONOTONIC is shared, so the offset is recorded, never applied).
     3. The parent fixes the epoch (a ``perf_counter_ns`` value shortly ahead) and sends it.
        Open loop: worker ``w`` sends schedule positions ``w, w + W, ...`` at their absolute
        times. Closed loop: each worker runs its share of the slots; a slot takes the next
@@ -48,7 +50,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferaudit.load.client import Target, api_key_for, build_body, execute, make_session
+from inferaudit.load.client import (
+    Target,
+    api_key_for,
+    build_body,
+    execute,
+    make_session,
+    open_connections,
+)
 from inferaudit.load.schedule import arrival_offsets_ns, split_concurrency
 from inferaudit.protocol import RunSpec
 from inferaudit.records import RecordWriter
@@ -57,6 +66,7 @@ from inferaudit.workload import Planner, RequestPlan
 __all__ = ["LoadResult", "WorkerInfo", "run_load"]
 
 EPOCH_LEAD_NS = 50_000_000  # the epoch is set this far ahead of "go" so every worker has it
+OPEN_LOOP_CONNECTIONS = 16  # open loop: connections each worker opens before the clock
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 30.0  # after a stop, workers that have not ended by then are terminated
 _POLL_S = 0.05
@@ -70,6 +80,7 @@ class WorkerInfo:
     finished: int  # records written
     cancelled: int  # in flight when the run was stopped (no record)
     max_in_flight: int
+    connections_opened: int  # keep-alive connections opened before the epoch
     cpu_s: float  # user + system CPU of the worker process, start-up included
     cpu_run_s: float  # the part of it spent from the epoch to the end
     clock_offset_ns: int  # worker perf_counter_ns minus parent's, measured at start
@@ -311,6 +322,7 @@ class _Parent:
             finished=s.get("finished", 0),
             cancelled=s.get("cancelled", 0),
             max_in_flight=s.get("max_in_flight", 0),
+            connections_opened=s.get("connections_opened", 0),
             cpu_s=s.get("cpu_s", 0.0),
             cpu_run_s=s.get("cpu_run_s", 0.0),
             clock_offset_ns=clock[0],
@@ -453,10 +465,14 @@ class _Worker:
         self.transport = transport
         cancelled = 0
         cpu0: float | None = None
-        limit = 0 if self.a.offsets is not None else self.a.slots
+        if self.a.offsets is not None:
+            limit, connections = 0, min(len(self.a.offsets), OPEN_LOOP_CONNECTIONS)
+        else:
+            limit = connections = self.a.slots
         async with make_session(limit) as self.session:
             if self.a.plans is None or self.a.plans:  # warm the code paths before the clock
                 build_body(self._plan(0), self.a.target)
+            opened = await open_connections(self.session, self.a.target, connections)
             self.ctrl.send(("ready", os.getpid()))
             if self._await_go():
                 cpu0 = _cpu_s()
@@ -485,6 +501,7 @@ class _Worker:
             "finished": self.finished,
             "cancelled": cancelled,
             "max_in_flight": self.max_in_flight,
+            "connections_opened": opened,
         }
 
     def _await_go(self) -> bool:
