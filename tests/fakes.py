@@ -200,6 +200,25 @@ class FakeServer:
                 return {"index": 0, "delta": delta, "finish_reason": finish}
             return {"index": 0, "text": content or "", "finish_reason": finish}
 
+        def logprobs(first: int, n: int) -> dict[str, Any]:
+            # token k: chosen " w{k}" at -0.1k, runner-up " v{k}" at -0.1k - 0.2
+            toks = [
+                (f" {b.word}{k}", -0.1 * k, f" v{k}", -0.1 * k - 0.2)
+                for k in range(first, first + n)
+            ]
+            if chat:
+                content = []
+                for t, lp, a, alp in toks:
+                    top = [{"token": t, "logprob": lp}, {"token": a, "logprob": alp}]
+                    content.append({"token": t, "logprob": lp, "top_logprobs": top})
+                return {"content": content}
+            return {
+                "tokens": [t for t, *_ in toks],
+                "token_logprobs": [lp for _, lp, *_ in toks],
+                "top_logprobs": [{a: alp} for _, _, a, alp in toks],  # chosen token left out
+                "text_offset": [0] * n,
+            }
+
         kind = "chat.completion.chunk" if chat else "text_completion"
         if b.stream_error:
             out.append(ev({"error": {"message": "engine overloaded", "code": 503}}))
@@ -215,7 +234,10 @@ class FakeServer:
             if b.malformed_at == k:
                 out.append(ev('{"choices": [{"text": "oops"'))
                 continue
-            out.append(ev({**base, "object": kind, "choices": [choice(text, None)]}))
+            c = choice(text, None)
+            if req.get("logprobs"):
+                c["logprobs"] = logprobs(word - n, n)
+            out.append(ev({**base, "object": kind, "choices": [c]}))
             if b.comments:
                 out.append(f": keep-alive{nl}".encode())
         if b.no_done:

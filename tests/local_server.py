@@ -159,6 +159,7 @@ def llama_server(
     n_ctx: int = 2048,
     threads: int | None = None,
     chat_format: str = "gemma",
+    logits_all: bool = False,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> Iterator[LocalServer]:
     """Run ``python -m llama_cpp.server`` on 127.0.0.1 for the duration of the block."""
@@ -173,7 +174,9 @@ def llama_server(
         "--n_threads", str(n_threads),
         "--n_threads_batch", str(n_threads),
         "--chat_format", chat_format,
-        "--logits_all", "False",  # no logprobs needed; keeps prefill lean
+        # logprobs need the logits of every position (n_ctx x 262,144 floats: keep n_ctx small);
+        # without them prefill stays lean and a request for logprobs breaks off its stream
+        "--logits_all", str(logits_all),
         "--use_mlock", "False",
         "--verbose", "True",  # per-request timings in the log: see server_timings
         # The default (True) aborts the stream in flight whenever another request arrives, so

@@ -91,6 +91,22 @@ def test_no_key_no_authorization_header_and_extra_body_last() -> None:
     assert rec["content_chunks"] == 2
 
 
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize("per_chunk", [1, 2])
+def test_top_logprobs_are_kept_per_token(api: str, per_chunk: int) -> None:
+    with FakeServer(Behaviour(tokens_per_chunk=per_chunk)) as srv:
+        asked, plain = send(
+            srv.base_url, [plan(0, 3, extra_body={"logprobs": 2}), plan(1, 3)], api=api
+        )
+    assert asked["top_logprobs"] == [
+        {" w0": -0.0, " v0": -0.2},
+        {" w1": -0.1, " v1": pytest.approx(-0.3)},
+        {" w2": -0.2, " v2": pytest.approx(-0.4)},
+    ]
+    assert plain["top_logprobs"] is None  # not asked, not kept
+    Record.model_validate(asked)
+
+
 def test_output_length_not_enforced_and_no_max_tokens() -> None:
     with FakeServer(Behaviour(tokens=3)) as srv:
         workload = Workload(enforce_output_length=False, keep_output_text=False)

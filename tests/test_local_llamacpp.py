@@ -261,7 +261,20 @@ def fingerprint_run(endpoint: str, model: str, fp: Path, out: Path) -> dict[str,
     return verdict
 
 
-def test_fingerprint_matches_itself_and_not_the_twin(server: LocalServer, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def logprob_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """A second server that can answer logprobs (``logits_all``; a small context keeps its
+    all-position logits, n_ctx x 262,144 floats, at 268 MB)."""
+    model = assemble_model(tmp_path_factory.mktemp("gguf-lp"))
+    log = tmp_path_factory.mktemp("llama-server-lp") / "server.log"
+    with llama_server(model, log, logits_all=True, n_ctx=256) as srv:
+        yield srv
+
+
+def test_fingerprint_matches_itself_and_not_the_twin(
+    logprob_server: LocalServer, tmp_path: Path
+) -> None:
+    server = logprob_server
     fp = tmp_path / "gemma.fingerprint.json"
     record = subprocess.run(
         [sys.executable, "-m", "inferaudit", "fingerprint", "record",
@@ -270,6 +283,10 @@ def test_fingerprint_matches_itself_and_not_the_twin(server: LocalServer, tmp_pa
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )  # fmt: skip
     assert record.returncode == 0, record.stdout + record.stderr
+    # The reference answered with its top alternatives, one set per streamed token.
+    entries = orjson.loads(fp.read_bytes())["entries"]
+    assert all(len(e["top_logprobs"]) == len(e["token_ends"]) for e in entries)
+    assert all(top for e in entries for top in e["top_logprobs"])
     same = fingerprint_run(server.base_url, server.model, fp, tmp_path / "self")
     assert same["verdict"] == "pass", same
     with start_twin(["--ttft-ms", "5", "--tpot-ms", "1"]) as twin:

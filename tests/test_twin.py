@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -220,6 +221,51 @@ def test_non_streaming_and_determinism(api: str) -> None:
     assert a.body is not None and a.body["object"] == (
         "text_completion" if api == "completions" else "chat.completion"
     )
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_logprobs_follow_the_zipf_model(api: str) -> None:
+    ask = {"logprobs": 3} if api == "completions" else {"logprobs": True, "top_logprobs": 3}
+    path, body = completion_body(api, PROMPT, max_tokens=6, temperature=0, ignore_eos=True, **ask)
+
+    async def fn(session: aiohttp.ClientSession, url: str) -> tuple[Reply, Reply, Reply]:
+        streamed = await call(session, url, path, {**body, "stream": True})
+        whole = await call(session, url, path, body)
+        plain = await call(session, url, *completion_body(api, PROMPT, max_tokens=2))
+        return streamed, whole, plain
+
+    streamed, whole, plain = with_twin(fixed(tokens_per_chunk=2), fn)
+    words = text.complete(MODEL, PROMPT, seed=0, temperature=0, max_tokens=6, ignore_eos=True).words
+    h = sum(1 / (r + 1) for r in range(text.VOCAB_SIZE))  # the Zipf law's normaliser
+    ranking = text._word_map(MODEL)
+    top3 = [" " + w for w in ranking[:3]]
+
+    def per_token(reply: Reply) -> list[tuple[str, float, dict[str, float]]]:
+        fields = [c["logprobs"] for _, e in reply.events for c in e["choices"] if c["logprobs"]]
+        if reply.body is not None:
+            fields = [reply.body["choices"][0]["logprobs"]]
+        out = []
+        for f in fields:
+            if api == "chat":
+                for item in f["content"]:
+                    alts = {t["token"]: t["logprob"] for t in item["top_logprobs"]}
+                    out.append((item["token"], item["logprob"], alts))
+            else:
+                out.extend(zip(f["tokens"], f["token_logprobs"], f["top_logprobs"], strict=True))
+        return out
+
+    for reply in (streamed, whole):
+        got = per_token(reply)
+        assert [t for t, _, _ in got] == [" " + w for w in words]
+        for t, lp, alts in got:
+            assert list(alts)[:3] == top3  # the same three best tokens at every position
+            best = [-math.log(r + 1) - math.log(h) for r in range(3)]
+            assert list(alts.values())[:3] == pytest.approx(best, rel=1e-12)
+            rank = ranking.index(t[1:])
+            assert lp == pytest.approx(-math.log(rank + 1) - math.log(h), rel=1e-12)
+            assert api == "chat" or alts[t] == lp  # completions also list the chosen token
+    assert per_token(streamed) == per_token(whole)
+    assert plain.body is not None and plain.body["choices"][0]["logprobs"] is None
 
 
 def test_stop_without_ignore_eos_and_min_tokens() -> None:

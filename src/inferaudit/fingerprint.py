@@ -22,9 +22,19 @@ reference tokens the replayed request asked for (its ``max_tokens``, at most the
 Greedy outputs diverge for good after one different token, so this is the exact-token agreement
 up to the first divergence.
 
+Near-ties: the stored (first) round asks the reference for its top ``TOP_LOGPROBS``
+alternatives per token, where the server offers logprobs (when that round fails with them, it
+is asked again without). When a replay diverges on a token the reference scored within
+``NEAR_TIE_NATS`` (0.25) of its best, and the reference's own choice was as close, the same
+model broke a near-tie the other way: float rounding differs with batch shape and KV-cache
+state, and one flipped token early in a short answer would otherwise read as a different model.
+That token counts as reproduced and the rest of that answer is not compared. A different model
+rarely diverges on the reference's near-ties: it picks tokens the reference ranked far lower.
+Replays never ask for logprobs, so they still look like any other request.
+
 File format (JSON, ``inferaudit.fingerprint/v1``): model, api, seed, created, self_agreement,
 threshold, calibration (text), and ``entries`` (id, prompt, max_tokens, text, token_ends,
-output_sha256). Top logprobs are not stored: the load client does not keep them.
+output_sha256, top_logprobs: per token ``{text: logprob}`` or null).
 """
 
 from __future__ import annotations
@@ -32,22 +42,24 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
 from inferaudit.errors import ConfigError, EndpointError
-from inferaudit.protocol import Endpoint, Load, RunSpec, Workload
+from inferaudit.protocol import Api, Endpoint, Load, RunSpec, Workload
 from inferaudit.records import Record
 from inferaudit.workload import SALT_WORDS, Planner, RequestPlan, salt_key, synthetic_prompt
 
 VERSION = "inferaudit.fingerprint/v1"
 CALIBRATION_FACTOR = 0.9
 GREEDY_SEED = 1234
+TOP_LOGPROBS = 5  # alternatives per token asked of the reference (OpenAI's limit for completions)
+NEAR_TIE_NATS = 0.25  # tokens this close to the reference's best are a near-tie
 TAG = "fingerprint:"
 
 
@@ -59,6 +71,8 @@ class Entry:
     text: str
     token_ends: tuple[int, ...]
     output_sha256: str
+    # the reference's alternatives per token {text: logprob}; None where the server gave none
+    top_logprobs: tuple[dict[str, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ def load_fingerprint(path: Path) -> Fingerprint:
                 text=str(e["text"]),
                 token_ends=tuple(int(x) for x in e["token_ends"]),
                 output_sha256=str(e["output_sha256"]),
+                top_logprobs=_top(e.get("top_logprobs")),
             )
             for e in data["entries"]
         )
@@ -123,18 +138,51 @@ def load_fingerprint(path: Path) -> Fingerprint:
     return fp
 
 
+def _top(value: Any) -> tuple[dict[str, float], ...] | None:
+    if value is None:
+        return None
+    return tuple({str(k): float(v) for k, v in d.items()} for d in value)
+
+
+def _aligned_top(r: Record) -> tuple[dict[str, float], ...] | None:
+    """The record's top logprobs when there is one entry per stream event (else unusable)."""
+    if r.top_logprobs is None or len(r.top_logprobs) != len(r.chunk_chars):
+        return None
+    return tuple(r.top_logprobs)
+
+
 def token_ends(chunk_chars: Sequence[int]) -> tuple[int, ...]:
     """End offsets of each stream event's text within the whole output."""
     return tuple(int(x) for x in np.cumsum(np.asarray(chunk_chars, dtype=np.int64)))
 
 
+class Agreement(NamedTuple):
+    matched: int  # reference tokens reproduced
+    compared: int  # reference tokens compared
+    tie: bool  # the candidate diverged on a near-tie of the reference (see ``agreement``)
+
+
 def agreement(
-    ref_text: str, ends: Sequence[int], candidate: str, limit: int | None = None
-) -> tuple[int, int]:
-    """(reference tokens reproduced, reference tokens compared).
+    ref_text: str,
+    ends: Sequence[int],
+    candidate: str,
+    limit: int | None = None,
+    *,
+    top: Sequence[Mapping[str, float]] | None = None,
+    candidate_ends: Sequence[int] = (),
+) -> Agreement:
+    """How far ``candidate`` reproduces the reference's tokens.
 
     ``limit``: tokens the candidate request asked for (its ``max_tokens``); only the first
     ``limit`` reference tokens are compared. A candidate that stops early loses the rest.
+
+    ``top`` (the reference's per-token alternatives, aligned with ``ends``) and
+    ``candidate_ends`` (the candidate's token ends) let a divergence be judged: when both the
+    reference's token and the candidate's are ones the reference scored within
+    ``NEAR_TIE_NATS`` of its best, the two broke a near-tie differently (float rounding
+    differs between batch shapes and cache states). That token counts as reproduced and the
+    tokens after it are not compared: greedy continuations of different tokens differ by
+    construction.
     """
     common = 0
     for a, b in zip(ref_text, candidate, strict=False):
@@ -143,7 +191,18 @@ def agreement(
         common += 1
     room = len(ends) if limit is None else min(len(ends), limit)
     matched = sum(1 for e in ends[:room] if e <= common)
-    return matched, room
+    if matched < room and top is not None and len(top) == len(ends):
+        start = ends[matched - 1] if matched else 0
+        following = [e for e in candidate_ends if e > start]
+        if following and (start == 0 or start in candidate_ends):
+            alternatives = top[matched]
+            mine = ref_text[start : ends[matched]]
+            theirs = candidate[start : following[0]]
+            best = max(alternatives.values(), default=0.0)
+            near = [alternatives.get(t) for t in (mine, theirs)]
+            if theirs != mine and all(x is not None and best - x <= NEAR_TIE_NATS for x in near):
+                return Agreement(matched + 1, matched + 1, True)
+    return Agreement(matched, room, False)
 
 
 def hidden_prompts(n: int, words: int, key: bytes) -> list[str]:
@@ -178,13 +237,15 @@ def record_fingerprint(
     check_endpoint(endpoint, api_key)
     key = secrets.token_bytes(32)
     texts = hidden_prompts(prompts, prompt_words, salt_key(int.from_bytes(key[:6], "big")))
-    body = {"temperature": 0, "seed": GREEDY_SEED}
+    greedy: dict[str, Any] = {"temperature": 0, "seed": GREEDY_SEED}
+    asked: dict[str, Any]  # the stored round also asks for logprobs
+    if endpoint.api == Api.chat:
+        asked = {**greedy, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+    else:
+        asked = {**greedy, "logprobs": TOP_LOGPROBS}
     workload = Workload(enforce_output_length=True, keep_output_text=True)
-    rounds: list[list[Record]] = []
-    for rep in range(repeats):
-        conc = 1 if rep % 2 == 0 else prompts
-        if on_progress is not None:
-            on_progress(f"round {rep + 1}/{repeats}: {prompts} prompts, {conc} at a time")
+
+    def send(conc: int, body: dict[str, Any]) -> list[Record]:
         plans = [
             RequestPlan(k, "fingerprint", t, max_tokens, prompt_words, f"{TAG}{k}", body)
             for k, t in enumerate(texts)
@@ -199,7 +260,18 @@ def record_fingerprint(
                 timeout_s=timeout_s,
             )
         )
-        recs = [Record.model_validate(r) for r in rows]
+        return [Record.model_validate(r) for r in rows]
+
+    rounds: list[list[Record]] = []
+    for rep in range(repeats):
+        conc = 1 if rep % 2 == 0 else prompts
+        if on_progress is not None:
+            on_progress(f"round {rep + 1}/{repeats}: {prompts} prompts, {conc} at a time")
+        recs = send(conc, greedy if rounds else asked)
+        if not rounds and any(not r.ok for r in recs):
+            # Servers refuse logprobs in several ways (HTTP 400, or a stream that breaks
+            # off, as llama-cpp-python without logits_all does): ask again without them.
+            recs = send(conc, greedy)
         bad = [r for r in recs if not r.ok]
         if bad:
             raise EndpointError(
@@ -208,10 +280,17 @@ def record_fingerprint(
             )
         rounds.append(recs)
     ref = rounds[0]
+    tops = [_aligned_top(r) for r in ref]
     got = room = 0
     for again in rounds[1:]:
-        for a, b in zip(ref, again, strict=True):
-            m, n = agreement(a.output_text or "", token_ends(a.chunk_chars), b.output_text or "")
+        for a, top, b in zip(ref, tops, again, strict=True):
+            m, n, _ = agreement(
+                a.output_text or "",
+                token_ends(a.chunk_chars),
+                b.output_text or "",
+                top=top,
+                candidate_ends=token_ends(b.chunk_chars),
+            )
             got += m
             room += n
     self_agreement = got / room if room else 0.0
@@ -224,8 +303,9 @@ def record_fingerprint(
             text=r.output_text or "",
             token_ends=token_ends(r.chunk_chars),
             output_sha256=r.output_sha256,
+            top_logprobs=top,
         )
-        for r in ref
+        for r, top in zip(ref, tops, strict=True)
     )
     return Fingerprint(
         model=endpoint.model,
@@ -236,7 +316,13 @@ def record_fingerprint(
         threshold=threshold,
         calibration=(
             f"threshold = {CALIBRATION_FACTOR} x self-agreement {self_agreement:.6f} of the "
-            f"reference over {repeats} rounds (alternately 1 and {prompts} requests in flight)"
+            f"reference over {repeats} rounds (alternately 1 and {prompts} requests in flight); "
+            + (
+                f"near-ties judged from the reference's top-{TOP_LOGPROBS} logprobs "
+                f"(within {NEAR_TIE_NATS} nats)"
+                if all(t is not None for t in tops)
+                else "no usable logprobs from the reference: every divergence counts"
+            )
         ),
         entries=entries,
     )

@@ -24,6 +24,8 @@ Field meanings:
   input_tokens           prompt length the workload intended (tokens)
   max_tokens             output tokens asked for
   output_text            the generated text (None when the protocol does not keep it)
+  top_logprobs           per output token, the server's top alternatives ``{text: logprob}``
+                         (chosen token included); only on requests that asked for logprobs
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Record(BaseModel):
     input_tokens: int | None = None
     max_tokens: int | None = None
     output_text: str | None = None
+    top_logprobs: list[dict[str, float]] | None = None
 
     @property
     def ok(self) -> bool:

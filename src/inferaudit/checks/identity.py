@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from inferaudit.checks.counting import MEASURE
 from inferaudit.checks.verdict import Outcome, Verdict, pct
-from inferaudit.fingerprint import TAG, Fingerprint, agreement
+from inferaudit.fingerprint import TAG, Fingerprint, agreement, token_ends
 from inferaudit.records import Record
 from inferaudit.stats import round_sig
 
@@ -27,17 +27,24 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
     }
     if not done:
         return Verdict(NAME, Outcome.inconclusive, "no fingerprint prompt completed", numbers)
-    got = room = 0
-    exact = 0
+    got = room = exact = ties = 0
     per: list[float] = []
     for r in done:
         e = fp.entry(r.tag[len(TAG) :]) if r.tag else None
         if e is None:
             continue
-        m, n = agreement(e.text, e.token_ends, r.output_text or "", r.max_tokens)
+        m, n, tie = agreement(
+            e.text,
+            e.token_ends,
+            r.output_text or "",
+            r.max_tokens,
+            top=e.top_logprobs,
+            candidate_ends=token_ends(r.chunk_chars),
+        )
         got += m
         room += n
-        exact += int(m == n)
+        exact += int(m == n and not tie)
+        ties += int(tie)
         per.append(m / n if n else 1.0)
     if not room:
         return Verdict(
@@ -50,6 +57,7 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
             "tokens_compared": room,
             "tokens_agreeing": got,
             "prompts_fully_agreeing": exact,
+            "near_tie_divergences": ties,
             "per_prompt_min": round_sig(min(per)),
         }
     )
@@ -65,6 +73,8 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
         NAME,
         Outcome.passed,
         f"greedy outputs agree with the {fp.model} reference on {pct(rate)} of tokens "
-        f"({exact} of {len(per)} prompts exactly; threshold {pct(fp.threshold)})",
+        f"({exact} of {len(per)} prompts exactly"
+        + (f", {ties} parted on a near-tie" if ties else "")
+        + f"; threshold {pct(fp.threshold)})",
         numbers,
     )

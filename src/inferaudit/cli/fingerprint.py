@@ -60,6 +60,7 @@ def record(
     fp.save(out)
     console.print(
         f"fingerprint of {fp.model}: {len(fp.entries)} prompts, reference self-agreement "
-        f"{fp.self_agreement:.4f}, threshold {fp.threshold:.4f} -> {out}",
+        f"{fp.self_agreement:.4f}, threshold {fp.threshold:.4f}, "
+        f"{'with' if all(e.top_logprobs for e in fp.entries) else 'no'} logprobs -> {out}",
         highlight=False,
     )

@@ -159,6 +159,31 @@ def _load_events(events: list[bytes]) -> tuple[list[Any], bytes | None]:
     return out, None
 
 
+def _top_logprobs(lp: Any, chat: bool) -> list[dict[str, float]]:
+    """Per token, the alternatives the server scored, chosen token included: ``{text: logprob}``.
+
+    Chat: ``logprobs.content[] = {token, logprob, top_logprobs: [{token, logprob}]}``;
+    completions: parallel lists ``tokens``, ``token_logprobs``, ``top_logprobs: [{text: lp}]``.
+    """
+    if chat:
+        return [
+            {
+                item["token"]: item["logprob"],
+                **{t["token"]: t["logprob"] for t in item.get("top_logprobs") or ()},
+            }
+            for item in lp.get("content") or ()
+        ]
+    out: list[dict[str, float]] = []
+    tokens = lp.get("tokens") or ()
+    chosen = lp.get("token_logprobs") or ()
+    for k, alternatives in enumerate(lp.get("top_logprobs") or ()):
+        entry = dict(alternatives or {})
+        if k < len(tokens) and k < len(chosen) and chosen[k] is not None:
+            entry.setdefault(tokens[k], chosen[k])
+        out.append(entry)
+    return out
+
+
 def make_session(limit: int = 0) -> aiohttp.ClientSession:
     """One session per event loop; ``limit`` 0 means no connection limit (open loop)."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
@@ -242,6 +267,7 @@ async def execute(
     usage_prompt: int | None = None
     usage_completion: int | None = None
     empty_before = 0
+    top: list[dict[str, float]] = []
     got_done = False
     chat = target.chat
     loop = asyncio.get_running_loop()
@@ -291,6 +317,9 @@ async def execute(
                                 fr = choice.get("finish_reason")
                                 if fr is not None:
                                     finish_reason = fr
+                                lp = choice.get("logprobs")
+                                if lp:
+                                    top.extend(_top_logprobs(lp, chat))
                             else:
                                 text = None
                                 err = obj.get("error")
@@ -381,6 +410,7 @@ async def execute(
         "input_tokens": plan.input_tokens,
         "max_tokens": plan.max_tokens,
         "output_text": text_out if target.keep_output_text else None,
+        "top_logprobs": top or None,  # only requests that asked for logprobs get them
     }
 
 

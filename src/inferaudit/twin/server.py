@@ -4,7 +4,9 @@ Endpoints: ``GET /health`` (200, no key needed, as vLLM), ``GET /v1/models``,
 ``POST /v1/completions``, ``POST /v1/chat/completions``, streaming (SSE ``data: {...}``
 events, then ``data: [DONE]``) and not. Honoured: ``max_tokens`` (chat also
 ``max_completion_tokens``), ``min_tokens``, ``ignore_eos``, ``seed``, ``temperature``,
-``stream_options.include_usage`` (usage in a last chunk with empty ``choices``); other sampling
+``stream_options.include_usage`` (usage in a last chunk with empty ``choices``), ``logprobs``
+(completions: top-k count; chat: ``logprobs``/``top_logprobs``; values from the twin's own
+Zipf model, ``text.token_logprobs``); other sampling
 parameters (``stop``, ``top_p``, ...) are accepted and ignored, ``n`` must be 1. Chat streams
 begin with a role-only delta sent with the first token, as vLLM does; the chunk holding the last
 token carries ``finish_reason``. Every response carries the header ``X-Inferaudit-Twin:
@@ -32,11 +34,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import math
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +55,7 @@ from inferaudit.twin.engine import BatchEngine, EngineConfig, FixedEngine, Job
 SIMULATION_HEADER = "X-Inferaudit-Twin"
 OWNED_BY = "inferaudit-twin (simulation)"
 SWAP_SUFFIX = "#swapped"
+MAX_TOP_LOGPROBS = 20  # as vLLM's default max_logprobs
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class _Params:
     temperature: float
     stream: bool
     include_usage: bool
+    top_logprobs: int | None = None  # None: logprobs not asked for
 
 
 def _int(body: dict[str, Any], key: str, default: int | None, lo: int) -> int | None:
@@ -207,6 +212,15 @@ def parse_params(api: str, body: dict[str, Any], max_model_len: int) -> _Params:
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise _bad("stream_options.include_usage must be a boolean", "stream_options")
+    if api == "chat":
+        wanted = body.get("logprobs", False)
+        if not isinstance(wanted, bool):
+            raise _bad("logprobs must be a boolean", "logprobs")
+        top = _int(body, "top_logprobs", 0, 0) if wanted else None
+    else:
+        top = _int(body, "logprobs", None, 0)
+    if top is not None and top > MAX_TOP_LOGPROBS:
+        raise _bad(f"at most {MAX_TOP_LOGPROBS} top logprobs, asked {top}", "logprobs")
     return _Params(
         api=api,
         prompt=prompt,
@@ -218,6 +232,7 @@ def parse_params(api: str, body: dict[str, Any], max_model_len: int) -> _Params:
         temperature=float(temperature),
         stream=stream,
         include_usage=include_usage and stream,
+        top_logprobs=top,
     )
 
 
@@ -589,17 +604,27 @@ class Twin:
     # --- writers --------------------------------------------------------------------------
 
     def _chunk(
-        self, out: _Outcome, content: str | None, finish: str | None, role: bool = False
+        self,
+        out: _Outcome,
+        content: str | None,
+        finish: str | None,
+        role: bool = False,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         choice: dict[str, Any]
         if out.api == "chat":
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if content is not None:
                 delta["content"] = content
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             kind = "chat.completion.chunk"
         else:
-            choice = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+            choice = {
+                "index": 0,
+                "text": content or "",
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
             kind = "text_completion"
         return {
             "id": out.rid,
@@ -607,6 +632,44 @@ class Twin:
             "created": self.created,
             "model": self.config.model_name,
             "choices": [choice],
+        }
+
+    @staticmethod
+    def _logprobs(
+        out: _Outcome, p: _Params, words: Sequence[str], offset: int = 0
+    ) -> dict[str, Any] | None:
+        """The ``logprobs`` field for these words (None when the request did not ask):
+        completions' parallel lists, or chat's ``content`` list, each with ``p.top_logprobs``
+        alternatives per token (vLLM's shapes)."""
+        if p.top_logprobs is None or not words:
+            return None
+        tokens = [" " + w for w in words]
+        per = text.token_logprobs(out.identity, words, p.top_logprobs)
+        chosen = [d.get(t, min(d.values())) for t, d in zip(tokens, per, strict=True)]
+        tops = [dict(list(d.items())[: p.top_logprobs]) for d in per]
+        if out.api == "chat":
+            return {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": lp,
+                        "bytes": list(t.encode()),
+                        "top_logprobs": [
+                            {"token": a, "logprob": alp, "bytes": list(a.encode())}
+                            for a, alp in top.items()
+                        ],
+                    }
+                    for t, lp, top in zip(tokens, chosen, tops, strict=True)
+                ]
+            }
+        ends = list(itertools.accumulate(len(t) for t in tokens))
+        return {
+            "tokens": tokens,
+            "token_logprobs": chosen,
+            "top_logprobs": [
+                {**top, t: lp} for t, lp, top in zip(tokens, chosen, tops, strict=True)
+            ],
+            "text_offset": [offset + e - len(t) for t, e in zip(tokens, ends, strict=True)],
         }
 
     def _usage(self, out: _Outcome) -> dict[str, int]:
@@ -647,7 +710,7 @@ class Twin:
                 empty = self._chunk(out, None if chat else "", None, role=chat)
                 await response.write(_sse(empty))
                 role_sent = True
-            index = start = 0
+            index = start = offset = 0
             async with contextlib.aclosing(engine.generate(job)) as produced:
                 async for t_ns in produced:
                     out.token_ns.append(t_ns)
@@ -661,7 +724,9 @@ class Twin:
                     if out.api == "chat" and not role_sent:
                         pending.append(_sse(self._chunk(out, None, None, role=True)))
                         role_sent = True
-                    pending.append(_sse(self._chunk(out, piece, finish)))
+                    lps = self._logprobs(out, p, words[start:index], offset)
+                    offset += len(piece)
+                    pending.append(_sse(self._chunk(out, piece, finish, logprobs=lps)))
                     pending_tokens += index - start
                     start = index
                     held = b.burst is not None and index > 1 and not last
@@ -704,12 +769,13 @@ class Twin:
             async for t_ns in produced:
                 out.token_ns.append(t_ns)
         content = "".join(" " + w for w in words[: job.output_tokens])
+        logprobs = self._logprobs(out, p, words[: job.output_tokens])
         choice: dict[str, Any]
         if out.api == "chat":
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": out.finish_reason,
             }
             kind = "chat.completion"
@@ -717,7 +783,7 @@ class Twin:
             choice = {
                 "index": 0,
                 "text": content,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": out.finish_reason,
             }
             kind = "text_completion"

@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -142,3 +143,26 @@ def complete(
     if stop_at >= max_tokens:
         return Completion(words, "length")
     return Completion(words[:stop_at], "stop")
+
+
+@lru_cache(maxsize=16)
+def _ranks(identity: str) -> dict[str, int]:
+    return {w: r for r, w in enumerate(_word_map(identity))}
+
+
+def token_logprobs(identity: str, words: Sequence[str], top: int) -> list[dict[str, float]]:
+    """Per word: the ``top`` most likely tokens and the word itself, ``{" " + word: logprob}``.
+
+    The twin's next-token distribution is the same Zipf law at every position (weight
+    ``1 / (rank + 1)``, the distribution greedy text is drawn from), so a word's logprob is
+    ``-log(rank + 1) - log(H)`` with ``H`` the sum of all weights. A word another identity
+    chose has its rank under this identity: a "different model" picks tokens this one ranks low.
+    """
+    log_h = math.log(_cum_weights(1.0)[-1])
+    word_map, ranks = _word_map(identity), _ranks(identity)
+
+    def lp(rank: int) -> float:
+        return -math.log(rank + 1) - log_h
+
+    best = {" " + word_map[r]: lp(r) for r in range(min(top, VOCAB_SIZE))}
+    return [{**best, " " + w: lp(ranks[w])} if w in ranks else dict(best) for w in words]
