@@ -645,7 +645,7 @@ class Twin:
             return None
         tokens = [" " + w for w in words]
         per = text.token_logprobs(out.identity, words, p.top_logprobs)
-        chosen = [d.get(t, min(d.values())) for t, d in zip(tokens, per, strict=True)]
+        chosen = [d[t] for t, d in zip(tokens, per, strict=True)]
         tops = [dict(list(d.items())[: p.top_logprobs]) for d in per]
         if out.api == "chat":
             return {

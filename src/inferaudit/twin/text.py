@@ -165,4 +165,4 @@ def token_logprobs(identity: str, words: Sequence[str], top: int) -> list[dict[s
         return -math.log(rank + 1) - log_h
 
     best = {" " + word_map[r]: lp(r) for r in range(min(top, VOCAB_SIZE))}
-    return [{**best, " " + w: lp(ranks[w])} if w in ranks else dict(best) for w in words]
+    return [{**best, " " + w: lp(ranks[w])} for w in words]
