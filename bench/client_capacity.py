@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inferaudit.load.runner import run_load
-from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.records import read_records
+from inferaudit.measure.load.runner import run_load
+from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.records import read_records
 
 CHUNKS = 128
 MODEL = "bench-model"

@@ -25,15 +25,15 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from inferaudit.evidence import seal_run
 from inferaudit.home import make_engine
-from inferaudit.keys import Signer, TrustPolicy
-from inferaudit.ledger import merkle
-from inferaudit.ledger.store import Ledger
-from inferaudit.metrics import summarize
-from inferaudit.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
-from inferaudit.records import Record, write_records
-from inferaudit.verify import verify_run
+from inferaudit.measure.metrics import summarize
+from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
+from inferaudit.measure.records import Record, write_records
+from inferaudit.seal.evidence import seal_run
+from inferaudit.seal.keys import Signer, TrustPolicy
+from inferaudit.seal.ledger import merkle
+from inferaudit.seal.ledger.store import Ledger
+from inferaudit.seal.verify import verify_run
 
 LOG = Signer(name="bench.test/log", seed=bytes(range(32)))
 MS = 1_000_000

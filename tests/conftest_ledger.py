@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 
-from inferaudit.checks.suite import recheck
-from inferaudit.metrics import summarize
-from inferaudit.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
-from inferaudit.records import Record, write_records
+from inferaudit.judge.suite import recheck
+from inferaudit.measure.metrics import summarize
+from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
+from inferaudit.measure.records import Record, write_records
 
 MS = 1_000_000
 

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.records import read_records
-from inferaudit.runs import RunOptions, execute
+from inferaudit.audit.run import RunOptions, execute
+from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.records import read_records
 from inferaudit.twin.launch import start_twin
 
 TTFT_MS, TPOT_MS, OUTPUT = 50.0, 10.0, 128

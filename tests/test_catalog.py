@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inferaudit import catalog
 from inferaudit.errors import ConfigError
+from inferaudit.intent import catalog
 
 
 def test_h100_figures_as_published() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inferaudit.checks.verdict import Outcome
-from inferaudit.protocol import Api
+from inferaudit.judge.verdict import Outcome
+from inferaudit.measure.protocol import Api
 from test_checks_twin import assert_fails, run_checks
 
 CASES = [

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from inferaudit.checks.first_token import check_first_token
-from inferaudit.checks.fluidity import bursts, check_fluidity
-from inferaudit.checks.output_length import check_output_length
-from inferaudit.checks.shedding import check_errors
-from inferaudit.checks.token_accounting import check_token_accounting
-from inferaudit.checks.verdict import Outcome, Verdict, format_verdict
-from inferaudit.protocol import Endpoint, Load, RunSpec, Workload
-from inferaudit.records import Record
-from inferaudit.tokenizer import load_tokenizer
+from inferaudit.judge.first_token import check_first_token
+from inferaudit.judge.fluidity import bursts, check_fluidity
+from inferaudit.judge.output_length import check_output_length
+from inferaudit.judge.shedding import check_errors
+from inferaudit.judge.token_accounting import check_token_accounting
+from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
+from inferaudit.measure.protocol import Endpoint, Load, RunSpec, Workload
+from inferaudit.measure.records import Record
+from inferaudit.measure.tokenizer import load_tokenizer
 
 MS = 1_000_000
 

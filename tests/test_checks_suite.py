@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inferaudit.checks.suite import ALL_CHECKS, plan_checks
 from inferaudit.errors import ConfigError
-from inferaudit.protocol import Endpoint, Load, RunSpec
+from inferaudit.judge.suite import ALL_CHECKS, plan_checks
+from inferaudit.measure.protocol import Endpoint, Load, RunSpec
 
 
 def spec(checks: tuple[str, ...] = ()) -> RunSpec:

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from inferaudit.errors import ConfigError
-from inferaudit.tokenizer import _gguf_bpe, load_tokenizer
+from inferaudit.measure.tokenizer import _gguf_bpe, load_tokenizer
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from inferaudit.checks.suite import recheck
-from inferaudit.checks.verdict import Outcome, Verdict, format_verdict
-from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.records import read_records
-from inferaudit.runs import RunOptions, execute
-from inferaudit.tokenizer import load_tokenizer
+from inferaudit.audit.run import RunOptions, execute
+from inferaudit.judge.suite import recheck
+from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
+from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.records import read_records
+from inferaudit.measure.tokenizer import load_tokenizer
 from inferaudit.twin.launch import start_twin
 
 MODEL = "twin-m"

@@ -9,7 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from inferaudit import home
-from inferaudit.claims import (
+from inferaudit.cli import app
+from inferaudit.errors import ClaimsError, ConfigError
+from inferaudit.intent.claims import (
     Claim,
     ClaimImportError,
     ClaimStore,
@@ -21,8 +23,6 @@ from inferaudit.claims import (
     read_claims,
     seed_claims,
 )
-from inferaudit.cli import app
-from inferaudit.errors import ClaimsError, ConfigError
 
 XINING = "xining-unicom-cctv-2025-09-16-signed"
 

@@ -10,10 +10,10 @@ import pytest
 
 from fakes import Behaviour, FakeServer, closed_port
 from inferaudit.errors import ConfigError, EndpointError
-from inferaudit.load.client import api_key_for, check_endpoint, send_plans
-from inferaudit.protocol import Endpoint, Workload
-from inferaudit.records import Record
-from inferaudit.workload import RequestPlan
+from inferaudit.measure.load.client import api_key_for, check_endpoint, send_plans
+from inferaudit.measure.protocol import Endpoint, Workload
+from inferaudit.measure.records import Record
+from inferaudit.measure.workload import RequestPlan
 
 MODEL = "fake-model"
 

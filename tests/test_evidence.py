@@ -13,7 +13,7 @@ import rfc8785
 
 from conftest_ledger import make_run_dir
 from inferaudit.errors import ConfigError, VerificationError
-from inferaudit.evidence import (
+from inferaudit.seal.evidence import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     build_statement,
@@ -24,16 +24,16 @@ from inferaudit.evidence import (
     seal_run,
     sign_envelope,
 )
-from inferaudit.keys import (
+from inferaudit.seal.keys import (
     Signer,
     generate_key,
     key_paths,
     load_or_create_signer,
     parse_signer,
 )
-from inferaudit.ledger import merkle
-from inferaudit.ledger.note import open_checkpoint, parse_tlog_proof
-from inferaudit.ledger.store import open_ledger
+from inferaudit.seal.ledger import merkle
+from inferaudit.seal.ledger.note import open_checkpoint, parse_tlog_proof
+from inferaudit.seal.ledger.store import open_ledger
 
 
 def test_pae_vector() -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from inferaudit.checks.identity import check_identity
-from inferaudit.checks.verdict import Outcome, Verdict, format_verdict
+from inferaudit.audit.run import RunOptions, execute
 from inferaudit.errors import ConfigError
-from inferaudit.fingerprint import (
+from inferaudit.judge.identity import check_identity
+from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
+from inferaudit.measure.fingerprint import (
     Entry,
     Fingerprint,
     agreement,
@@ -21,9 +22,8 @@ from inferaudit.fingerprint import (
     replay_plans,
     token_ends,
 )
-from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.records import Record
-from inferaudit.runs import RunOptions, execute
+from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.records import Record
 from inferaudit.twin.launch import start_twin
 
 MODEL = "twin-m"

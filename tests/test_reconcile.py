@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from inferaudit import metrics
-from inferaudit.claims import Claim, build_claim, seed_claims
 from inferaudit.errors import ConfigError
-from inferaudit.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
-from inferaudit.reconcile import (
+from inferaudit.intent.claims import Claim, build_claim, seed_claims
+from inferaudit.intent.reconcile import (
     Status,
     load_evidence,
     provenance_bucket,
@@ -21,8 +19,10 @@ from inferaudit.reconcile import (
     rollups,
     roofline_check,
 )
-from inferaudit.records import Record, write_records
-from inferaudit.roofline import Plausibility
+from inferaudit.intent.roofline import Plausibility
+from inferaudit.measure import metrics
+from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
+from inferaudit.measure.records import Record, write_records
 
 MS = 1_000_000
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from inferaudit.errors import ConfigError
-from inferaudit.records import Record, RecordWriter, read_records
+from inferaudit.measure.records import Record, RecordWriter, read_records
 
 
 def rec(i: int, **kw: object) -> Record:

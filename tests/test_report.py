@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from inferaudit import report
-from inferaudit.claims import seed_claims
 from inferaudit.cli import app
 from inferaudit.errors import ConfigError
-from inferaudit.reconcile import Status, load_evidence, reconcile
+from inferaudit.intent.claims import seed_claims
+from inferaudit.intent.reconcile import Status, load_evidence, reconcile
+from inferaudit.present import report
 from test_reconcile import make_run, tps_claim
 
 

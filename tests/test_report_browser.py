@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inferaudit import report
-from inferaudit.claims import seed_claims
+from inferaudit.intent.claims import seed_claims
+from inferaudit.present import report
 from test_reconcile import make_run, tps_claim
 
 CHROMIUM = "/usr/bin/chromium"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from inferaudit import catalog, roofline
-from inferaudit.catalog import ModelSpec
 from inferaudit.errors import ConfigError
-from inferaudit.roofline import Plausibility, RooflineUnknownError, Technique
+from inferaudit.intent import catalog, roofline
+from inferaudit.intent.catalog import ModelSpec
+from inferaudit.intent.roofline import Plausibility, RooflineUnknownError, Technique
 
 H100 = catalog.accelerator("H100-SXM")
 LLAMA8 = catalog.model("llama-3.1-8b")

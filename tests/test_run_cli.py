@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from fakes import Behaviour, FakeServer, closed_port
-from inferaudit.records import read_records
+from inferaudit.measure.records import read_records
 from inferaudit.twin.launch import start_twin
 
 BASE = ["--concurrency", "2", "--requests", "6", "--input-tokens", "16", "--output-tokens", "4"]

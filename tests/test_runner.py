@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from fakes import Behaviour, FakeServer
-from inferaudit.load.runner import LoadResult, run_load
-from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.records import read_records
-from inferaudit.workload import RequestPlan
+from inferaudit.measure.load.runner import LoadResult, run_load
+from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.records import read_records
+from inferaudit.measure.workload import RequestPlan
 
 MODEL = "fake-model"
 
@@ -55,7 +55,7 @@ def test_open_loop_two_workers_write_every_record_once(tmp_path: Path) -> None:
     assert [w.exitcode for w in result.workers] == [0, 0]
     assert sum(w.finished for w in result.workers) == 65
     # the schedule is absolute: scheduled times are the seeded arrival offsets
-    from inferaudit.load.schedule import arrival_offsets_ns
+    from inferaudit.measure.load.schedule import arrival_offsets_ns
 
     offsets = arrival_offsets_ns(s.load, s.seed).tolist()
     assert {r.id: r.scheduled_ns for r in records} == dict(enumerate(offsets))
@@ -163,8 +163,8 @@ def test_signal_keeps_every_finished_record(tmp_path: Path, signum: int, group: 
             import sys
             from pathlib import Path
             import orjson
-            from inferaudit.load.runner import run_load
-            from inferaudit.protocol import Endpoint, Load, RunSpec
+            from inferaudit.measure.load.runner import run_load
+            from inferaudit.measure.protocol import Endpoint, Load, RunSpec
 
             if __name__ == "__main__":
                 spec = RunSpec(

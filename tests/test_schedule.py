@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from inferaudit.load.schedule import arrival_offsets_ns, split_concurrency, worker_share
-from inferaudit.protocol import Load
+from inferaudit.measure.load.schedule import arrival_offsets_ns, split_concurrency, worker_share
+from inferaudit.measure.protocol import Load
 
 
 def test_constant_spacing_is_exact() -> None:

@@ -14,11 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from inferaudit.cli.run import build_specs
-from inferaudit.errors import ConfigError
-from inferaudit.protocol import Api, Arrivals
-from inferaudit.runs import RunOptions
-from inferaudit.search import (
+from inferaudit.audit.run import RunOptions
+from inferaudit.audit.search import (
     PointResult,
     SearchPlan,
     execute_search,
@@ -27,6 +24,9 @@ from inferaudit.search import (
     result_line,
     search_result,
 )
+from inferaudit.cli.run import build_specs
+from inferaudit.errors import ConfigError
+from inferaudit.measure.protocol import Api, Arrivals
 from inferaudit.twin.engine import EngineConfig
 from inferaudit.twin.launch import start_twin
 

@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 from fakes import FakeServer, closed_port
+from inferaudit.audit.run import RunOptions, execute
 from inferaudit.errors import ClientOverloadError
-from inferaudit.load.sse import SSEParser
-from inferaudit.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.runs import RunOptions, execute
-from inferaudit.selftest import run_self_test, sse_events
+from inferaudit.measure.load.sse import SSEParser
+from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.selftest import run_self_test, sse_events
 
 
 def spec(

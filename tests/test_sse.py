@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from inferaudit.load.sse import SSEParser, parse_all
+from inferaudit.measure.load.sse import SSEParser, parse_all
 
 
 def feed_in_pieces(stream: bytes, cuts: list[int]) -> list[bytes]:

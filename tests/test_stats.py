@@ -1,4 +1,4 @@
-"""Known-answer tests for inferaudit.stats (percentiles, MLPerf early stopping, t-interval)."""
+"""Known-answer tests for measure.stats (percentiles, MLPerf early stopping, t-interval)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inferaudit import stats
+from inferaudit.measure import stats
 
 # -- rounding and distributions -----------------------------------------------------------------
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import orjson
 
+from inferaudit.audit.run import RunOptions, execute_sweep
 from inferaudit.cli.run import build_specs
-from inferaudit.protocol import Api, Arrivals
-from inferaudit.rundir import load_run
-from inferaudit.runs import RunOptions, execute_sweep
+from inferaudit.measure.protocol import Api, Arrivals
+from inferaudit.measure.rundir import load_run
 from inferaudit.twin.launch import start_twin
 
 

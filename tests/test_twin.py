@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 import pytest
 
-from inferaudit import catalog, roofline
 from inferaudit.errors import ConfigError
+from inferaudit.intent import catalog, roofline
 from inferaudit.twin import text
 from inferaudit.twin.behaviours import Behaviours, parse_behaviours
 from inferaudit.twin.engine import BatchEngine, EngineConfig, FixedEngine

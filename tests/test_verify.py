@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest_ledger import make_run_dir
-from inferaudit.evidence import seal_run
-from inferaudit.keys import Signer, TrustPolicy, load_or_create_signer
-from inferaudit.ledger.store import open_ledger
-from inferaudit.verify import Report, summary_diffs, verify_run
+from inferaudit.seal.evidence import seal_run
+from inferaudit.seal.keys import Signer, TrustPolicy, load_or_create_signer
+from inferaudit.seal.ledger.store import open_ledger
+from inferaudit.seal.verify import Report, summary_diffs, verify_run
 
 STEPS = [
     "envelope signature",
@@ -234,7 +234,7 @@ def test_cli_keys_ledger_verify(tmp_path: Path) -> None:
 
 
 def test_out_of_domain_statement_is_a_failure_not_a_crash(tmp_path: Path) -> None:
-    from inferaudit.evidence import sign_envelope
+    from inferaudit.seal.evidence import sign_envelope
 
     run = make_run_dir(tmp_path / "run", n=5)
     signer = Signer(name="inferaudit-runner", seed=bytes(range(32)))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from inferaudit.errors import ConfigError
-from inferaudit.protocol import Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.workload import (
+from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.workload import (
     SALT_WORDS,
     VOCAB,
     Planner,

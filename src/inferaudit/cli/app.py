@@ -12,5 +12,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line is never broken at the console width (scripts parse these lines, and an
+# error message must stay one line even when stdout is not a terminal).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from inferaudit import catalog
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError
+from inferaudit.intent import catalog
 
 catalog_app = typer.Typer(
     help="Accelerators (published peak figures) and models (config.json shapes).",

@@ -9,11 +9,11 @@ from typing import Annotated, Any, NoReturn, get_args
 import typer
 from rich.table import Table
 
-from inferaudit import claims as C
 from inferaudit import home
 from inferaudit.cli.app import app, console, err_console
 from inferaudit.errors import ClaimsError, ConfigError
-from inferaudit.reconcile import roofline_check
+from inferaudit.intent import claims as C
+from inferaudit.intent.reconcile import roofline_check
 
 claims_app = typer.Typer(
     help="The capacity-claims registry (immutable claims; corrections supersede).",
@@ -38,8 +38,8 @@ CLAIMS_KEY = "inferaudit-claims"
 
 def _sign(store: C.ClaimStore, ids: list[str], data_dir: Path | None, db: str | None) -> None:
     """Append the new claims to the ledger as signed statements (key ``inferaudit-claims``)."""
-    from inferaudit.keys import load_or_create_signer
-    from inferaudit.ledger.store import open_ledger
+    from inferaudit.seal.keys import load_or_create_signer
+    from inferaudit.seal.ledger.store import open_ledger
 
     if not ids:
         return

@@ -22,7 +22,7 @@ def demo(
     db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
 ) -> None:
     """Run a short verification against a simulated H100 serving Llama 3.1 8B, end to end."""
-    from inferaudit.demo import ACCELERATOR, MODEL, run_demo
+    from inferaudit.audit.demo import ACCELERATOR, MODEL, run_demo
 
     run_dir = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     console.print(

@@ -9,7 +9,7 @@ import typer
 
 from inferaudit.cli.app import app, console, err_console
 from inferaudit.errors import ConfigError
-from inferaudit.protocol import Api, Endpoint
+from inferaudit.measure.protocol import Api, Endpoint
 
 fingerprint_app = typer.Typer(
     help="Model-identity fingerprints: greedy outputs of a trusted reference on hidden prompts.",
@@ -38,8 +38,8 @@ def record(
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds")] = 120.0,
 ) -> None:
     """Record greedy (temperature 0, fixed seed) outputs and calibrate the agreement threshold."""
-    from inferaudit.fingerprint import record_fingerprint
-    from inferaudit.load.client import api_key_for
+    from inferaudit.measure.fingerprint import record_fingerprint
+    from inferaudit.measure.load.client import api_key_for
 
     if out.exists():
         raise ConfigError(f"--out {out}: file exists (will not overwrite a fingerprint)")

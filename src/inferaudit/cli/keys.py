@@ -9,7 +9,7 @@ import typer
 
 from inferaudit.cli.app import app, console
 from inferaudit.home import data_dir
-from inferaudit.keys import (
+from inferaudit.seal.keys import (
     DEFAULT_SIGNER_NAME,
     TrustPolicy,
     generate_key,
@@ -72,7 +72,7 @@ def trust(
     data: DataDir = None,
 ) -> None:
     """Write a trust policy for `inferaudit verify --trust` from keys in the data directory."""
-    from inferaudit.ledger.store import DEFAULT_LOG_NAME
+    from inferaudit.seal.ledger.store import DEFAULT_LOG_NAME
 
     home = data_dir(data)
     policy = TrustPolicy(

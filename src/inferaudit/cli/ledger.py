@@ -10,11 +10,11 @@ import typer
 
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError, LedgerError
-from inferaudit.evidence import envelope_leaf, parse_envelope
 from inferaudit.home import data_dir, db_url
-from inferaudit.ledger import merkle
-from inferaudit.ledger.store import Ledger, open_ledger
-from inferaudit.ledger.tiles import export_tiles
+from inferaudit.seal.evidence import envelope_leaf, parse_envelope
+from inferaudit.seal.ledger import merkle
+from inferaudit.seal.ledger.store import Ledger, open_ledger
+from inferaudit.seal.ledger.tiles import export_tiles
 
 ledger_app = typer.Typer(
     help="The transparency log of signed evidence (RFC 9162, C2SP checkpoints).",

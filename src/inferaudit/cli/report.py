@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from inferaudit import report as R
-from inferaudit.claims import Claim, read_claims, seed_claims
 from inferaudit.cli.app import app, console
 from inferaudit.cli.claims import DataDir, DbUrl, open_store
 from inferaudit.errors import ConfigError
-from inferaudit.reconcile import DEFAULT_TOLERANCE
+from inferaudit.intent.claims import Claim, read_claims, seed_claims
+from inferaudit.intent.reconcile import DEFAULT_TOLERANCE
+from inferaudit.present import report as R
 
 
 @app.command("report")

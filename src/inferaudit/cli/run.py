@@ -16,12 +16,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError, validation_message
-from inferaudit.evidence import file_sha256
-from inferaudit.protocol import SLO, Api, Arrivals, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.protocol import (
+    SLO,
+    Api,
+    Arrivals,
+    Endpoint,
+    Length,
+    Load,
+    RunSpec,
+    Workload,
+)
+from inferaudit.seal.evidence import file_sha256
 
 if TYPE_CHECKING:
-    from inferaudit.runs import RunOutcome
-    from inferaudit.search import SearchOutcome
+    from inferaudit.audit.run import RunOutcome
+    from inferaudit.audit.search import SearchOutcome
 
 
 def _positive_list(text: str, what: str, cast: type) -> list[Any]:
@@ -193,8 +202,8 @@ def stop_flag() -> threading.Event:
 
 
 def print_outcomes(outcomes: list[RunOutcome]) -> None:
-    from inferaudit.checks.verdict import Verdict, format_verdict
     from inferaudit.cli.tables import summary_table, sweep_table
+    from inferaudit.judge.verdict import Verdict, format_verdict
 
     for outcome in outcomes:
         console.print(summary_table(outcome.summary))
@@ -227,8 +236,8 @@ def print_search(found: SearchOutcome) -> int:
     from rich import box
     from rich.table import Table
 
+    from inferaudit.audit.search import SEARCH_FILE, result_line
     from inferaudit.cli.tables import fmt
-    from inferaudit.search import SEARCH_FILE, result_line
 
     table = Table(title="SLO search", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("point", "rate", "verdict", "req/s", "tok/s", "TTFT p99", "TPOT p99", "why"):
@@ -324,8 +333,8 @@ def run(
     ] = True,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
-    from inferaudit.load.client import api_key_for
-    from inferaudit.runs import RunOptions, execute, execute_sweep
+    from inferaudit.audit.run import RunOptions, execute, execute_sweep
+    from inferaudit.measure.load.client import api_key_for
 
     check_names = (
         None if checks is None else tuple(c.strip() for c in checks.split(",") if c.strip())
@@ -334,7 +343,7 @@ def run(
         check_names = ()
     plan = None
     if search is not None:
-        from inferaudit.search import SearchPlan
+        from inferaudit.audit.search import SearchPlan
 
         if sweep or rate is not None or concurrency is not None:
             raise ConfigError("--search picks the rates: drop --rate, --concurrency and --sweep")
@@ -366,7 +375,7 @@ def run(
     run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     flag = stop_flag()
     if plan is not None:
-        from inferaudit.search import execute_search
+        from inferaudit.audit.search import execute_search
 
         with LiveProgress() as live:
             found = execute_search(specs[0], run_dir, plan, options, live, flag.is_set)

@@ -10,12 +10,18 @@ import typer
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError
 from inferaudit.home import data_dir
-from inferaudit.keys import DEFAULT_SIGNER_NAME, TrustPolicy, key_paths, load_trust, load_verifier
-from inferaudit.verify import verify_run
+from inferaudit.seal.keys import (
+    DEFAULT_SIGNER_NAME,
+    TrustPolicy,
+    key_paths,
+    load_trust,
+    load_verifier,
+)
+from inferaudit.seal.verify import verify_run
 
 
 def _local_trust(home: Path) -> TrustPolicy:
-    from inferaudit.ledger.store import DEFAULT_LOG_NAME
+    from inferaudit.seal.ledger.store import DEFAULT_LOG_NAME
 
     def have(name: str) -> bool:
         priv, pub = key_paths(home, name)

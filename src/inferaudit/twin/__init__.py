@@ -6,6 +6,6 @@
 - ``server.py``: the aiohttp app, its SSE writer and the truth file;
 - ``launch.py``: ``start_twin(args)`` runs ``python -m inferaudit twin`` as a child process.
 
-It imports only ``catalog``, ``roofline`` and ``errors`` from inferaudit: it shares no code with
-the load client it is used to test.
+It imports only ``intent.catalog``, ``intent.roofline`` and ``errors`` from inferaudit: it shares
+no code with the load client it is used to test.
 """

@@ -37,9 +37,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from inferaudit import catalog, roofline
-from inferaudit.catalog import Accelerator, ModelSpec
 from inferaudit.errors import ConfigError
+from inferaudit.intent import catalog, roofline
+from inferaudit.intent.catalog import Accelerator, ModelSpec
 
 _LATE_NS = 10_000_000
 _FAILED = -1  # queued instead of a token time when a replica's scheduler task has crashed

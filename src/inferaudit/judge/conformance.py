@@ -1,0 +1,199 @@
+"""Conformance probes, before the run: does the endpoint do what the protocol relies on?
+
+Probes (phase ``"probe"``, fresh salted prompts, all appended to ``records.jsonl``):
+  1. the model is listed by ``GET /v1/models``;
+  2. ``max_tokens`` + ``ignore_eos``/``min_tokens``: ``LENGTH_PROBES`` requests asking for
+     ``length`` tokens must each return exactly that many with ``finish_reason == "length"``.
+     More tokens means ``max_tokens`` is ignored; fewer with ``"stop"`` means ``ignore_eos`` /
+     ``min_tokens`` are ignored (the model reached EOS). A model that happens not to reach EOS
+     cannot show that, so a pass reads "not contradicted" for these two;
+  3. ``seed``: one prompt at temperature 1 sent twice with the same seed must give the same
+     text, and once with another seed a different text (identical text for different seeds
+     means the seed does nothing, e.g. greedy regardless); sent one at a time, after (2);
+  4. ``stream_options.include_usage``: every probe's stream carries ``usage``;
+  5. the stream reassembles: content lengths add up to the final text.
+A parameter silently ignored is a finding, never a crash; a probe that errors makes its item
+inconclusive with the error class. Items the measurement relies on (1, 2, 5) fail the check when
+ignored: lengths or the model would not be what the protocol says. ``seed`` and
+``include_usage`` are capabilities, not cheats: when ignored the check still passes, with a note
+saying what is weaker (replays are not reproducible; token accounting falls back to bounds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from inferaudit.errors import EndpointError
+from inferaudit.judge.counting import bounds
+from inferaudit.judge.verdict import Outcome, Verdict
+from inferaudit.measure.load.client import check_endpoint
+from inferaudit.measure.probes import OnRecord, fresh_plan, send_phase
+from inferaudit.measure.protocol import RunSpec
+from inferaudit.measure.records import Record
+from inferaudit.measure.tokenizer import Tokenizer
+from inferaudit.measure.workload import Planner
+
+NAME = "conformance"
+PHASE = "probe"
+BLOCK = 1
+LENGTH_PROBES = 6
+LENGTH = 128
+SEED_TOKENS = 16
+SEED = 4242
+# Ignored: a note on a pass, with what it weakens. Every other item fails the check.
+ADVISORY = {
+    "seed": "replayed prompts are not reproducible",
+    "include_usage": "token accounting falls back to bounds",
+}
+
+
+def run_conformance(
+    spec: RunSpec,
+    *,
+    api_key: str | None,
+    records_path: Path | None,
+    tokenizer: Tokenizer | None = None,
+    on_record: OnRecord | None = None,
+    length: int = LENGTH,
+) -> Verdict:
+    planner = Planner.from_spec(spec)
+    try:
+        check_endpoint(spec.endpoint, api_key)
+        listed = "honoured"
+    except EndpointError as exc:
+        listed = f"ignored: {exc.diagnostics()}"
+    plans = [
+        fresh_plan(planner, BLOCK, k, phase=PHASE, tag="probe:length", max_tokens=length)
+        for k in range(LENGTH_PROBES)
+    ]
+    seed_prompt = fresh_plan(planner, BLOCK, LENGTH_PROBES, phase=PHASE, max_tokens=SEED_TOKENS)
+    seeded = []
+    for k, (tag, seed) in enumerate((("a", SEED), ("b", SEED), ("c", SEED + 1))):
+        own = fresh_plan(
+            planner,
+            BLOCK,
+            LENGTH_PROBES + 1 + k,
+            phase=PHASE,
+            tag=f"probe:seed-{tag}",
+            max_tokens=SEED_TOKENS,
+            extra_body={"temperature": 1.0, "seed": seed},
+        )
+        # Same prompt for all three: only the seed differs.
+        seeded.append(
+            dataclasses.replace(
+                own, prompt=seed_prompt.prompt, input_tokens=seed_prompt.input_tokens
+            )
+        )
+    records: list[Record] = []
+    # Length probes together; seed probes one at a time, so that a server serving one request at
+    # a time, or sampling differently inside a batch, is not mistaken for one ignoring the seed.
+    for batch, conc in ((plans, len(plans)), (seeded, 1)):
+        records += send_phase(
+            spec,
+            batch,
+            api_key=api_key,
+            concurrency=conc,
+            records_path=records_path,
+            on_record=on_record,
+        )
+    return check_conformance(records, spec, tokenizer=tokenizer, model_listed=listed)
+
+
+def check_conformance(
+    records: Sequence[Record],
+    spec: RunSpec,
+    *,
+    tokenizer: Tokenizer | None = None,
+    model_listed: str = "not re-checked (needs the endpoint)",
+) -> Verdict:
+    """The conformance verdict from the ``probe`` records (and the model-listing outcome)."""
+    records = sorted((r for r in records if r.phase == PHASE), key=lambda r: r.id)
+    if not records:
+        return Verdict(NAME, Outcome.inconclusive, "no probe requests recorded", {})
+    items: dict[str, str] = {"model_listed": model_listed}
+    length_recs = [r for r in records if r.tag == "probe:length"]
+    seed_recs = {r.tag: r for r in records if r.tag and r.tag.startswith("probe:seed-")}
+    length = max((r.max_tokens or 0 for r in length_recs), default=0)
+    items.update(_length_items(length_recs, length, tokenizer, spec.workload.enforce_output_length))
+    items["seed"] = _seed_item(seed_recs)
+    items["include_usage"] = _usage_item(records)
+    items["stream_reassembles"] = _reassembly_item(records)
+    ignored = sorted(k for k, v in items.items() if v.startswith("ignored"))
+    unknown = sorted(k for k, v in items.items() if v.startswith("inconclusive"))
+    notes = [f"{k} {items[k]} ({ADVISORY[k]})" for k in ignored if k in ADVISORY]
+    numbers = {"probes": len(records), "items": items, "notes": notes}
+    if failed := [k for k in ignored if k not in ADVISORY]:
+        detail = "; ".join(f"{k} {items[k]}" for k in failed)
+        return Verdict(NAME, Outcome.failed, f"parameters silently ignored: {detail}", numbers)
+    if relied_unknown := [k for k in unknown if k not in ADVISORY]:
+        detail = "; ".join(f"{k} {items[k]}" for k in relied_unknown)
+        return Verdict(NAME, Outcome.inconclusive, f"probes could not decide: {detail}", numbers)
+    honoured = [k for k, v in items.items() if v.startswith("honoured")]
+    summary = f"{', '.join(honoured)} honoured"
+    if notes:
+        summary += "; notes: " + "; ".join(notes)
+    return Verdict(NAME, Outcome.passed, summary, numbers)
+
+
+def _length_items(
+    recs: Sequence[Record], length: int, tokenizer: Tokenizer | None, enforced: bool
+) -> dict[str, str]:
+    ok = [r for r in recs if r.ok]
+    if not ok:
+        errors = ",".join(sorted({str(r.error_class) for r in recs})) or "none sent"
+        msg = f"inconclusive: length probes failed ({errors})"
+        return {"max_tokens": msg, "ignore_eos": msg}
+    counted = [bounds(r, tokenizer) for r in ok]
+    over = [lo for lo, _, _ in counted if lo > length]
+    out = {
+        "max_tokens": (
+            f"ignored: asked {length}, got up to {max(over)} tokens" if over else "honoured"
+        )
+    }
+    short = [
+        (hi, r.finish_reason) for (_, hi, _), r in zip(counted, ok, strict=True) if hi < length
+    ]
+    if not enforced:
+        out["ignore_eos"] = "not sent (protocol does not enforce lengths)"
+    elif short:
+        got = sorted(n for n, _ in short)
+        reasons = ", ".join(sorted({str(fr) for _, fr in short}))
+        out["ignore_eos"] = (
+            f"ignored: asked {length} with ignore_eos+min_tokens, got {got[0]}-{got[-1]} "
+            f"tokens on {len(short)} of {len(ok)} probes (finish {reasons})"
+        )
+    else:
+        not_length = [r.finish_reason for r in ok if r.finish_reason != "length"]
+        out["ignore_eos"] = (
+            f"ignored: finish_reason {not_length[0]!r} at the full length"
+            if not_length
+            else "honoured (not contradicted)"
+        )
+    return out
+
+
+def _seed_item(recs: dict[str, Record]) -> str:
+    a, b, c = (recs.get(f"probe:seed-{t}") for t in "abc")
+    if a is None or b is None or c is None or not (a.ok and b.ok and c.ok):
+        return "inconclusive: a seed probe failed"
+    if a.output_sha256 != b.output_sha256:
+        return "ignored or not reproducible: the same seed gave different text"
+    if a.output_sha256 == c.output_sha256:
+        return "ignored: different seeds gave the same text at temperature 1"
+    return "honoured"
+
+
+def _usage_item(recs: Sequence[Record]) -> str:
+    ok = [r for r in recs if r.ok]
+    if not ok:
+        return "inconclusive: no probe completed"
+    missing = sum(1 for r in ok if r.usage_completion_tokens is None)
+    return f"ignored: no usage on {missing} of {len(ok)} streams" if missing else "honoured"
+
+
+def _reassembly_item(recs: Sequence[Record]) -> str:
+    ok = [r for r in recs if r.ok]
+    bad = sum(1 for r in ok if sum(r.chunk_chars) != r.output_chars)
+    return f"ignored: {bad} streams do not reassemble" if bad else "honoured"

@@ -1,0 +1,401 @@
+"""Records -> summary: the metrics of one measurement point, as a pure function.
+
+``summarize(records, spec)`` is what ``inferaudit run`` writes to ``summary.json`` and what
+``inferaudit verify`` recomputes and compares for equality, so it is deterministic: the result
+does not depend on record order, integers stay integers, every computed float is rounded to 6
+significant digits (``stats.round_sig``), and a JSON round trip gives back the same object.
+
+Only records with ``phase == "measure"`` count. The definitions follow vLLM ``bench serve`` and
+MLPerf LoadGen and are stated next to the numbers, in the summary's ``definitions``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferaudit.errors import ConfigError
+from inferaudit.measure import stats
+from inferaudit.measure.protocol import RunSpec
+from inferaudit.measure.records import Record
+
+MEASURE_PHASE = "measure"
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+CI_MAX_SUBWINDOWS = 10
+CI_MIN_REQUESTS_PER_SUBWINDOW = 5
+
+DEFINITIONS: dict[str, str] = {
+    "requests": "Measured requests (phase 'measure'); warm-up and check phases are excluded.",
+    "completed": "Measured requests that ended without an error class.",
+    "failed": "Measured requests that ended with an error class (see errors).",
+    "duration_s": (
+        "Measurement window: first measured request's scheduled send to the last measured "
+        "request's done time (last byte or error)."
+    ),
+    "output_tokens": (
+        "Output tokens of completed requests, per request the server's usage.completion_tokens "
+        "when reported, else its count of content chunks; throughput uses this count."
+    ),
+    "output_tokens_by_source": (
+        "The same tokens counted from usage and from content chunks, with per-request "
+        "disagreements; client re-tokenization is not part of the summary (checks do it)."
+    ),
+    "request_throughput_rps": "Completed requests divided by the measurement window.",
+    "output_throughput_tok_s": "Output tokens of completed requests divided by the window.",
+    "output_throughput_ci": (
+        "Window split into equal sub-windows, output tokens of requests completed (done time) "
+        "in each divided by its length; Student-t 95% interval of the mean of these rates."
+    ),
+    "arrival_rate": (
+        "Requested rate from the protocol; scheduled and achieved rates are (n - 1) over the "
+        "span of scheduled and of actual send times."
+    ),
+    "ttft_ms": (
+        "TTFT: scheduled send -> first chunk carrying generated content (role-only or empty "
+        "chunks are not tokens), completed requests."
+    ),
+    "ttft_from_sent_ms": "TTFT from the actual send: first content chunk minus actual send time.",
+    "tpot_ms": (
+        "TPOT per request: (done - first content) / (output tokens - 1), i.e. (E2E - TTFT) / "
+        "(tokens - 1); requests with one output token are excluded."
+    ),
+    "itl_ms": (
+        "ITL: gaps between consecutive content chunks, pooled over completed requests; a chunk "
+        "holding k tokens gives k samples of gap/k; tokens of the first chunk give none."
+    ),
+    "tokens_per_chunk": (
+        "When usage exceeds the content-chunk count, usage tokens are spread over chunks in "
+        "proportion to chunk characters (largest remainder, at least 1 each); else 1 per chunk."
+    ),
+    "e2e_ms": "E2E: scheduled send -> done time (last byte), completed requests.",
+    "percentiles": (
+        "Percentiles by numpy linear interpolation (as vLLM); mean is the exact sum over n."
+    ),
+    "goodput_rps": (
+        "Completed requests meeting every SLO bound (own value <= bound; an undefined value, "
+        "e.g. TPOT of a 1-token reply, meets it) per second of window; null without bounds."
+    ),
+    "goodput_tok_s": "Output tokens of the requests counted in goodput per second of window.",
+    "slo": (
+        "MLPerf early stopping (99% confidence): a pXX bound holds iff P[X <= k] <= 0.01 for "
+        "X ~ Binomial(n, 1 - XX/100), n measured requests, k violations, failed ones included."
+    ),
+    "slo_estimate_ms": (
+        "MLPerf early-stopping percentile estimate: the t-th highest per-request value, t the "
+        "most violations n requests could absorb; null when n is too small or it is a failure."
+    ),
+    "slo_additional_requests_needed": (
+        "For a bound not (yet) proven: more requests needed if every further one met the bound "
+        "(MLPerf's recommendation); meaningless when the violation rate exceeds 1 - XX/100."
+    ),
+    "client_lag_ms": (
+        "Client lag: actual send - scheduled send per measured request; the run is invalid "
+        "when its p99 exceeds the protocol's max_client_lag_p99_ms."
+    ),
+    "errors": "Measured requests per error class.",
+    "empty_chunks_before_content": (
+        "Events before the first content chunk (role-only, empty deltas), summed over measured "
+        "requests; they never count as the first token."
+    ),
+    "rounding": "Computed floats are rounded to 6 significant digits; counts are exact integers.",
+}
+
+
+@dataclass
+class _Request:
+    """Per-request values derived from one measured record (times in ns, unrounded)."""
+
+    ok: bool
+    output_tokens: int  # usage when reported, else content chunks
+    ttft_ns: int | None = None
+    ttft_sent_ns: int | None = None
+    e2e_ns: int | None = None
+    tpot_ms: float | None = None
+    itl_ms: list[float] = field(default_factory=list)
+
+
+def tokens_per_chunk(record: Record) -> list[int]:
+    """Tokens attributed to each content chunk of ``record`` (see ``tokens_per_chunk`` def)."""
+    m = len(record.chunk_ns)
+    usage = record.usage_completion_tokens
+    if m and usage is not None and usage > m:
+        return stats.allocate(usage, record.chunk_chars)
+    return [1] * m
+
+
+def itl_samples_ms(record: Record) -> list[float]:
+    """ITL samples of one record in ms: each gap spread evenly over its chunk's tokens."""
+    times = record.chunk_ns
+    tokens = tokens_per_chunk(record)
+    out: list[float] = []
+    for i in range(1, len(times)):
+        gap = times[i] - times[i - 1]
+        k = tokens[i]
+        out.extend([gap / (k * NS_PER_MS)] * k)
+    return out
+
+
+def _output_tokens(record: Record) -> int:
+    if record.usage_completion_tokens is not None:
+        return record.usage_completion_tokens
+    return record.content_chunks
+
+
+def _check(record: Record) -> None:
+    if len(record.chunk_ns) != len(record.chunk_chars):
+        raise ConfigError(
+            f"record {record.id}: chunk_ns has {len(record.chunk_ns)} entries but chunk_chars "
+            f"has {len(record.chunk_chars)}"
+        )
+    if record.chunk_ns and len(record.chunk_ns) != record.content_chunks:
+        raise ConfigError(
+            f"record {record.id}: content_chunks is {record.content_chunks} but "
+            f"{len(record.chunk_ns)} chunk times were recorded"
+        )
+    if any(b < a for a, b in zip(record.chunk_ns, record.chunk_ns[1:], strict=False)):
+        raise ConfigError(f"record {record.id}: chunk times go backwards")
+    if any(c < 0 for c in record.chunk_chars):
+        raise ConfigError(f"record {record.id}: negative chunk_chars")
+    if record.usage_completion_tokens is not None and record.usage_completion_tokens < 0:
+        raise ConfigError(f"record {record.id}: negative usage_completion_tokens")
+
+
+def _derive(record: Record) -> _Request:
+    _check(record)
+    req = _Request(ok=record.ok, output_tokens=_output_tokens(record))
+    if not record.ok:
+        return req
+    first = record.first_content_ns
+    if first is not None:
+        req.ttft_ns = first - record.scheduled_ns
+        if record.sent_ns is not None:
+            req.ttft_sent_ns = first - record.sent_ns
+    if record.done_ns is not None:
+        req.e2e_ns = record.done_ns - record.scheduled_ns
+        if first is not None and req.output_tokens > 1:
+            req.tpot_ms = (record.done_ns - first) / ((req.output_tokens - 1) * NS_PER_MS)
+    req.itl_ms = itl_samples_ms(record)
+    return req
+
+
+def _ms(ns: int) -> float:
+    return ns / NS_PER_MS
+
+
+def _slo_value(req: _Request, metric: str, pct: float) -> float | None:
+    """The request's own value for an SLO metric in ms; None when undefined for it."""
+    if metric == "ttft":
+        return None if req.ttft_ns is None else _ms(req.ttft_ns)
+    if metric == "e2e":
+        return None if req.e2e_ns is None else _ms(req.e2e_ns)
+    if metric == "tpot":
+        return req.tpot_ms
+    assert metric == "itl", f"unknown SLO metric {metric}"
+    return stats.percentile(sorted(req.itl_ms), pct) if req.itl_ms else None
+
+
+def _slo(requests: list[_Request], bounds: dict[str, float]) -> tuple[dict[str, Any], list[bool]]:
+    """Early-stopping verdict per bound, and per request whether it met every bound."""
+    meets_all = [r.ok for r in requests]
+    out: dict[str, Any] = {}
+    for key in sorted(bounds):
+        bound = bounds[key]
+        metric, _, pct_name = key.partition("_")
+        pct = float(pct_name[1:])
+        ranked: list[float] = []  # failed -> +inf, undefined -> -inf (meets any bound)
+        violations = 0
+        for i, req in enumerate(requests):
+            if not req.ok:
+                ranked.append(math.inf)
+                violations += 1
+                continue
+            value = _slo_value(req, metric, pct)
+            ranked.append(-math.inf if value is None else value)
+            if value is not None and value > bound:
+                violations += 1
+                meets_all[i] = False
+        ranked.sort()
+        n = len(requests)
+        es = stats.early_stopping(n, violations, pct / 100.0)
+        estimate = None
+        if es.estimate_rank is not None:
+            estimate = stats.round_sig(ranked[n - es.estimate_rank])
+        out[key] = {
+            "metric": metric,
+            "percentile": pct,
+            "bound_ms": bound,
+            "n": n,
+            "violations": violations,
+            "verdict": es.verdict,
+            "confidence": stats.EARLY_STOPPING_CONFIDENCE,
+            "min_requests_zero_violations": es.min_requests_zero_violations,
+            "min_requests_for_estimate": es.min_requests_for_estimate,
+            "additional_requests_needed": es.additional_requests_needed,
+            "estimate_ms": estimate,
+        }
+    return out, meets_all
+
+
+def _rate(count: int, span_ns: int | None) -> float | None:
+    if span_ns is None or span_ns <= 0:
+        return None
+    return stats.round_sig(count * NS_PER_S / span_ns)
+
+
+def _span_rate(times: list[int]) -> float | None:
+    """(n - 1) events over the span of their times, per second."""
+    if len(times) < 2:
+        return None
+    return _rate(len(times) - 1, max(times) - min(times))
+
+
+def _throughput_ci(
+    done_tokens: list[tuple[int, int]], start: int, span_ns: int | None
+) -> dict[str, Any]:
+    """t-interval of output tokens/s over equal sub-windows; tokens counted at done time."""
+    k = min(CI_MAX_SUBWINDOWS, len(done_tokens) // CI_MIN_REQUESTS_PER_SUBWINDOW)
+    out: dict[str, Any] = {
+        "method": (
+            "equal sub-windows of the measurement window; output tokens of requests done in "
+            "each / sub-window length; Student-t interval of the mean"
+        ),
+        "confidence": stats.CI_CONFIDENCE,
+        "subwindows": None,
+        "mean": None,
+        "low": None,
+        "high": None,
+    }
+    if span_ns is None or span_ns <= 0 or k < 2:
+        return out
+    tokens = [0] * k
+    for done, n_tok in done_tokens:
+        tokens[min(k - 1, (done - start) * k // span_ns)] += n_tok
+    rates = [t * k * NS_PER_S / span_ns for t in tokens]
+    interval = stats.t_interval(rates)
+    assert interval is not None
+    mean, low, high = interval
+    out.update(
+        subwindows=k,
+        mean=stats.round_sig(mean),
+        low=stats.round_sig(low),
+        high=stats.round_sig(high),
+    )
+    return out
+
+
+def _lag(records: list[Record]) -> dict[str, float | None]:
+    lags = sorted(_ms(r.lag_ns) for r in records if r.lag_ns is not None)
+    if not lags:
+        return {"p50": None, "p99": None, "max": None}
+    return {
+        "p50": stats.round_sig(stats.percentile(lags, 50.0)),
+        "p99": stats.round_sig(stats.percentile(lags, 99.0)),
+        "max": stats.round_sig(lags[-1]),
+    }
+
+
+def _token_sources(records: list[Record]) -> dict[str, Any]:
+    """Output tokens of completed requests counted from usage and from content chunks."""
+    done = [r for r in records if r.ok]
+    with_usage = [r for r in done if r.usage_completion_tokens is not None]
+    usage_sum = sum(r.usage_completion_tokens or 0 for r in with_usage)
+    return {
+        "usage": usage_sum if with_usage else None,
+        "content_chunks": sum(r.content_chunks for r in done),
+        "requests_with_usage": len(with_usage),
+        "requests_without_usage": len(done) - len(with_usage),
+        "usage_equals_chunks": sum(
+            1 for r in with_usage if r.usage_completion_tokens == r.content_chunks
+        ),
+        "usage_above_chunks": sum(
+            1 for r in with_usage if (r.usage_completion_tokens or 0) > r.content_chunks
+        ),
+        "usage_below_chunks": sum(
+            1 for r in with_usage if (r.usage_completion_tokens or 0) < r.content_chunks
+        ),
+        "throughput_uses": "usage when reported, else content chunks (per request)",
+    }
+
+
+def summarize(records: Sequence[Record], spec: RunSpec) -> dict[str, Any]:
+    """The summary of one measurement point: pure, deterministic, JSON-ready (see module doc)."""
+    measured = sorted(
+        (r for r in records if r.phase == MEASURE_PHASE),
+        key=lambda r: (r.id, r.worker, r.scheduled_ns),
+    )
+    excluded = Counter(r.phase for r in records if r.phase != MEASURE_PHASE)
+    derived = [_derive(r) for r in measured]
+    done_reqs = [d for d in derived if d.ok]
+    n, completed = len(measured), len(done_reqs)
+
+    start = min((r.scheduled_ns for r in measured), default=None)
+    end = max((r.done_ns for r in measured if r.done_ns is not None), default=None)
+    span = None if start is None or end is None else end - start
+    output_tokens = sum(d.output_tokens for d in done_reqs)
+
+    bounds = dict(spec.slo.bounds_ms)
+    slo, meets_all = _slo(derived, bounds)
+    good = [d for d, ok in zip(derived, meets_all, strict=True) if ok]
+
+    lag = _lag(measured)
+    reasons: list[str] = []
+    if n == 0:
+        reasons.append("no measured requests")
+    elif completed == 0:
+        reasons.append("no measured request completed")
+    lag_p99 = lag["p99"]
+    if lag_p99 is not None and lag_p99 > spec.max_client_lag_p99_ms:
+        reasons.append(
+            f"client fell behind its schedule: lag p99 {lag_p99:.1f} ms > "
+            f"{spec.max_client_lag_p99_ms:g} ms — the client, not the endpoint, was the "
+            "bottleneck"
+        )
+
+    def dist(values: list[int | None]) -> dict[str, float | int | None]:
+        return stats.distribution([_ms(v) for v in values if v is not None])
+
+    done_tokens = [
+        (r.done_ns, d.output_tokens)
+        for r, d in zip(measured, derived, strict=True)
+        if d.ok and r.done_ns is not None
+    ]
+    return {
+        "load": spec.load.label(),
+        "requests": n,
+        "completed": completed,
+        "failed": n - completed,
+        "excluded": dict(sorted(excluded.items())),
+        "duration_s": None if span is None else stats.round_sig(span / NS_PER_S),
+        "output_tokens": output_tokens,
+        "output_tokens_by_source": _token_sources(measured),
+        "request_throughput_rps": _rate(completed, span),
+        "output_throughput_tok_s": _rate(output_tokens, span),
+        "output_throughput_ci": _throughput_ci(done_tokens, start or 0, span),
+        "arrival_rate": {
+            "requested_rps": spec.load.rate,
+            "scheduled_rps": _span_rate([r.scheduled_ns for r in measured]),
+            "achieved_rps": _span_rate([r.sent_ns for r in measured if r.sent_ns is not None]),
+        },
+        "ttft_ms": dist([d.ttft_ns for d in done_reqs]),
+        "ttft_from_sent_ms": dist([d.ttft_sent_ns for d in done_reqs]),
+        "tpot_ms": stats.distribution([d.tpot_ms for d in done_reqs if d.tpot_ms is not None]),
+        "itl_ms": stats.distribution([x for d in done_reqs for x in d.itl_ms]),
+        "e2e_ms": dist([d.e2e_ns for d in done_reqs]),
+        "goodput_rps": _rate(len(good), span) if bounds else None,
+        "goodput_tok_s": _rate(sum(d.output_tokens for d in good), span) if bounds else None,
+        "goodput_requests": len(good) if bounds else None,
+        "slo": slo,
+        "client_lag_ms": lag,
+        "errors": dict(sorted(Counter(r.error_class for r in measured if not r.ok).items())),
+        "empty_chunks_before_content": sum(r.empty_chunks_before_content for r in measured),
+        "requests_with_empty_chunks_before_content": sum(
+            1 for r in measured if r.empty_chunks_before_content > 0
+        ),
+        "valid": not reasons,
+        "invalid_reasons": reasons,
+        "definitions": dict(DEFINITIONS),
+    }

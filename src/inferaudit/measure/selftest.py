@@ -1,0 +1,312 @@
+"""Client self-test (DESIGN §6.2): before a run, can this client keep up with 2x its load?
+
+    1. A fast SSE server starts in its own process on 127.0.0.1 (port 0): a raw asyncio
+       HTTP/1.1 server (keep-alive) that answers ``GET /v1/models`` with the run's model and
+       every completion with one pre-built stream of the run's longest output length, one write
+       per event, an event every ``SELF_TEST_TPOT_MS`` (a fast engine), so that requests stay in
+       flight as they would against a real server.
+    2. The real load runner (``load.runner.run_load``) drives it with the run's workers,
+       workload, API flavour and arrival process, at 2x the planned rate (open loop) or 2x the
+       planned concurrency (closed loop), for ``duration_s`` seconds.
+    3. The client lag p99 (actual send minus scheduled send, ``metrics.summarize``) is compared
+       with the protocol's ``max_client_lag_p99_ms``: over it, ``ClientOverloadError``.
+
+The server's own CPU time is measured and reported beside the client's, to show which side was
+busy. The self-test's records are scratch (a temporary directory); its result, not its records,
+is part of a run's evidence (``meta.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import resource
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferaudit.measure.load.runner import run_load
+from inferaudit.measure.metrics import summarize
+from inferaudit.measure.protocol import Api, Load, RunSpec
+from inferaudit.measure.records import read_records
+from inferaudit.measure.rundir import RECORDS_FILE
+
+__all__ = [
+    "DEFAULT_DURATION_S",
+    "LOAD_FACTOR",
+    "SELF_TEST_TPOT_MS",
+    "SelfTestResult",
+    "run_self_test",
+    "sse_events",
+]
+
+LOAD_FACTOR = 2  # DESIGN §6.2: the self-test runs at twice the planned load
+DEFAULT_DURATION_S = 2.0
+SELF_TEST_TPOT_MS = 2.0  # the fast server's time between events
+SERVER_START_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class SelfTestResult:
+    """What the self-test measured; ``to_json`` goes into ``meta.json``."""
+
+    mode: str  # "open" | "closed"
+    planned: float  # planned rate (req/s) or concurrency
+    tested: float  # LOAD_FACTOR x planned
+    workers: int
+    duration_s: float
+    output_tokens: int  # per request, from the fast server
+    requests: int
+    failed: int
+    achieved_rps: float | None
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    lag_max_ms: float | None
+    max_lag_p99_ms: float  # the protocol's bound
+    client_cpu_s: float  # all workers, from the epoch to the end
+    client_cpu_share_max: float  # busiest worker's CPU time / elapsed (1.0 = one core saturated)
+    server_cpu_s: float
+    server_cpu_share: float  # fast server's CPU time / elapsed (one process, one core at most)
+    elapsed_s: float
+    passed: bool
+
+    def load_label(self) -> str:
+        if self.mode == "open":
+            return f"{self.tested:g} req/s"
+        return f"concurrency {self.tested:g}"
+
+    def message(self) -> str:
+        """One line: the verdict and the numbers behind it."""
+        lag = "n/a" if self.lag_p99_ms is None else f"{self.lag_p99_ms:.3g} ms"
+        head = f"client self-test: at {LOAD_FACTOR}x the planned load ({self.load_label()})"
+        if self.passed:
+            return f"{head} client lag p99 was {lag} <= {self.max_lag_p99_ms:g} ms"
+        if self.failed:
+            return (
+                f"{head} {self.failed} of {self.requests} requests to the local fast server "
+                "failed; the client cannot be trusted on this machine"
+            )
+        return (
+            f"{head} client lag p99 was {lag} > {self.max_lag_p99_ms:g} ms; "
+            "use more --workers or a bigger client machine"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["load_factor"] = LOAD_FACTOR
+        data["server_tpot_ms"] = SELF_TEST_TPOT_MS
+        data["message"] = self.message()
+        return data
+
+
+def sse_events(model: str, chat: bool, tokens: int) -> list[bytes]:
+    """The fast server's stream: ``tokens`` content events, a finish event, usage, ``[DONE]``."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choice: dict[str, Any] | None, usage: dict[str, int] | None = None) -> bytes:
+        obj: dict[str, Any] = {"id": "selftest", "object": kind, "model": model}
+        obj["choices"] = [] if choice is None else [{"index": 0, **choice}]
+        if usage is not None:
+            obj["usage"] = usage
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    def content(text: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"delta": {"content": text}} if chat else {"text": text}
+        return {**body, "finish_reason": None}
+
+    events = [event(content(f" w{i}")) for i in range(tokens)]
+    finish: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+    events.append(event({**finish, "finish_reason": "length"}))
+    usage = {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
+    events.append(event(None, usage))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+# --- the fast server (its own process) -------------------------------------------------------
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+class _FastServer:
+    def __init__(self, model: str, chat: bool, tokens: int, tpot_ms: float) -> None:
+        events = sse_events(model, chat, tokens)
+        self.events = events
+        self.stream_head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Content-Length: " + str(sum(map(len, events))).encode() + b"\r\n\r\n"
+        )
+        models = orjson.dumps({"object": "list", "data": [{"id": model, "object": "model"}]})
+        self.models = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(models)).encode() + b"\r\n\r\n" + models
+        )
+        self.tpot_s = tpot_ms / 1000.0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = _content_length(head)
+                if length:
+                    await reader.readexactly(length)
+                if head.startswith(b"GET "):
+                    writer.write(self.models)
+                    continue
+                writer.write(self.stream_head)
+                due = loop.time()
+                for event in self.events:
+                    due += self.tpot_s
+                    delay = due - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    writer.write(event)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed its connection: the normal end of a keep-alive session
+        finally:
+            writer.close()
+
+
+def _serve(conn: Connection, model: str, chat: bool, tokens: int, tpot_ms: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve_main(conn, _FastServer(model, chat, tokens, tpot_ms)))
+    conn.close()
+
+
+async def _serve_main(conn: Connection, server: _FastServer) -> None:
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_reader(conn.fileno(), stop.set)
+    cpu0 = _cpu_s()
+    conn.send(("ready", port))
+    await stop.wait()
+    loop.remove_reader(conn.fileno())
+    conn.recv()
+    conn.send(("cpu", _cpu_s() - cpu0))
+    listener.close()
+
+
+# --- the self-test ---------------------------------------------------------------------------
+
+
+def _test_spec(spec: RunSpec, base_url: str, duration_s: float) -> tuple[RunSpec, str, float]:
+    load = spec.load
+    if load.rate is not None:
+        mode, planned = "open", float(load.rate)
+        new_load = Load(
+            rate=planned * LOAD_FACTOR,
+            arrivals=load.arrivals,
+            duration_s=duration_s,
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
+    else:
+        assert load.concurrency is not None, "a Load is open or closed loop"
+        mode, planned = "closed", float(load.concurrency)
+        new_load = Load(
+            concurrency=load.concurrency * LOAD_FACTOR,
+            duration_s=duration_s,
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
+    endpoint = spec.endpoint.model_copy(update={"base_url": base_url, "api_key_env": None})
+    test = spec.model_copy(update={"endpoint": endpoint, "load": new_load, "checks": ()})
+    return test, mode, planned
+
+
+def run_self_test(
+    spec: RunSpec,
+    *,
+    duration_s: float = DEFAULT_DURATION_S,
+    tpot_ms: float = SELF_TEST_TPOT_MS,
+    should_stop: Callable[[], bool] | None = None,
+) -> SelfTestResult:
+    """Measure whether the client keeps up with ``LOAD_FACTOR`` x ``spec``'s load (no raise)."""
+    tokens = spec.workload.output_tokens.hi
+    ctx = mp.get_context("spawn")
+    conn, child = ctx.Pipe(duplex=True)
+    proc = ctx.Process(
+        target=_serve,
+        args=(child, spec.endpoint.model, spec.endpoint.api == Api.chat, tokens, tpot_ms),
+        name="inferaudit-selftest-server",
+        daemon=True,
+    )
+    proc.start()
+    child.close()
+    server_cpu = 0.0
+    try:
+        if not conn.poll(SERVER_START_TIMEOUT_S):
+            raise RuntimeError("self-test server did not start")
+        kind, port = conn.recv()
+        assert kind == "ready", f"unexpected self-test server message {kind!r}"
+        test, mode, planned = _test_spec(spec, f"http://127.0.0.1:{port}/v1", duration_s)
+        with tempfile.TemporaryDirectory(prefix="inferaudit-selftest-") as tmp:
+            path = Path(tmp) / RECORDS_FILE
+            result = run_load(test, path, api_key=None, should_stop=should_stop)
+            summary = summarize(read_records(path), test)
+        conn.send(("stop",))
+        if conn.poll(10.0):
+            server_cpu = float(conn.recv()[1])
+    finally:
+        proc.join(timeout=5)
+        if proc.exitcode is None:
+            proc.terminate()
+            proc.join(timeout=5)
+        conn.close()
+    elapsed = max(result.elapsed_s, 1e-9)
+    lag = summary["client_lag_ms"]
+    failed = summary["failed"]
+    passed = (
+        failed == 0
+        and summary["requests"] > 0
+        and (lag["p99"] is None or lag["p99"] <= spec.max_client_lag_p99_ms)
+    )
+    return SelfTestResult(
+        mode=mode,
+        planned=planned,
+        tested=planned * LOAD_FACTOR,
+        workers=len(result.workers),
+        duration_s=duration_s,
+        output_tokens=tokens,
+        requests=summary["requests"],
+        failed=failed,
+        achieved_rps=summary["arrival_rate"]["achieved_rps"],
+        lag_p50_ms=lag["p50"],
+        lag_p99_ms=lag["p99"],
+        lag_max_ms=lag["max"],
+        max_lag_p99_ms=spec.max_client_lag_p99_ms,
+        client_cpu_s=round(sum(w.cpu_run_s for w in result.workers), 3),
+        client_cpu_share_max=round(max((w.cpu_run_s for w in result.workers), default=0.0)
+                                   / elapsed, 3),
+        server_cpu_s=round(server_cpu, 3),
+        server_cpu_share=round(server_cpu / elapsed, 3),
+        elapsed_s=round(elapsed, 3),
+        passed=passed,
+    )  # fmt: skip
