@@ -29,10 +29,10 @@ from inferaudit.home import make_engine
 from inferaudit.measure.metrics import summarize
 from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
 from inferaudit.measure.records import Record, write_records
-from inferaudit.seal.evidence import seal_run
 from inferaudit.seal.keys import Signer, TrustPolicy
 from inferaudit.seal.ledger import merkle
 from inferaudit.seal.ledger.store import Ledger
+from inferaudit.seal.publish import seal_run
 from inferaudit.seal.verify import verify_run
 
 LOG = Signer(name="bench.test/log", seed=bytes(range(32)))

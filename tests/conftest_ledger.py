@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -68,15 +69,38 @@ def make_records(n: int, seed: int = 3, chunks: int = 16) -> list[Record]:
 CHECKS = ("output-length", "first-token", "fluidity", "errors")
 
 
-def make_run_dir(run_dir: Path, n: int = 40, chunks: int = 16) -> Path:
-    """spec.json, records.jsonl, summary.json (with verdicts) and meta.json, as `run` writes."""
+SEED = bytes(range(100, 132))  # a fixed 32-byte run seed for the commitment tests
+
+
+def make_run_dir(
+    run_dir: Path,
+    n: int = 40,
+    chunks: int = 16,
+    *,
+    layout: str = "v2",
+    seed: bytes | None = None,
+) -> Path:
+    """spec.json, records.jsonl, summary.json and meta.json, as `run` writes them.
+
+    ``layout="v2"``: the verdicts in verdicts.json and summary.json without ``checks``;
+    ``layout="v1"``: the verdicts in summary.json under ``checks`` (inferaudit 0.1).
+    With ``seed``, the spec commits to it (contract C5) and seed.json reveals it.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = make_spec(n).model_copy(update={"checks": CHECKS})
+    update: dict[str, object] = {"checks": CHECKS}
+    if seed is not None:
+        update["seed_commitment"] = hashlib.sha256(b"inferaudit.seed/v1\n" + seed).hexdigest()
+    spec = make_spec(n).model_copy(update=update)
     records = make_records(n, chunks=chunks)
     (run_dir / "spec.json").write_bytes(canonical_bytes(spec))
     write_records(run_dir / "records.jsonl", records)
-    summary = summarize(records, spec)
-    summary["checks"] = [v.to_json() for v in recheck(records, spec, names=CHECKS)]
+    summary = summarize(records, spec).to_json()
+    health = None if layout == "v1" else []  # v1: the frozen v1 rules; v2: no health windows
+    verdicts = [v.to_json() for v in recheck(records, spec, names=CHECKS, health=health)]
+    if layout == "v1":
+        summary["checks"] = verdicts
+    else:
+        (run_dir / "verdicts.json").write_bytes(orjson.dumps(verdicts, option=orjson.OPT_INDENT_2))
     (run_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     meta = {
         "environment": {"tool": "inferaudit", "python": "3.11", "host": "test"},
@@ -84,4 +108,6 @@ def make_run_dir(run_dir: Path, n: int = 40, chunks: int = 16) -> Path:
         "models": {"object": "list", "data": [{"id": "tiny-model", "object": "model"}]},
     }
     (run_dir / "meta.json").write_bytes(orjson.dumps(meta))
+    if seed is not None:
+        (run_dir / "seed.json").write_bytes(orjson.dumps({"seed": seed.hex()}))
     return run_dir

@@ -32,6 +32,10 @@ class Behaviour:
     error_status: int = 429
     malformed_at: int | None = None  # content event index replaced by invalid JSON
     drop_after: int | None = None  # abort the connection after this many content events
+    stall_after: int | None = None  # after this many content events, hold the stream silent
+    endless: bool = False  # content events without end (pace them with delay_s)
+    big_chunks: int = 0  # > 0: this many content events of chunk_bytes characters each
+    chunk_bytes: int = 1024
     no_done: bool = False  # end the body without finish_reason and [DONE]
     stream_error: bool = False  # send {"error": ...} as the first event
     delay_s: float = 0.0  # before each content event
@@ -181,6 +185,17 @@ class FakeServer:
             with self._lock:
                 self.seen.in_flight -= 1
 
+    def content_event(self, chat: bool, text: str, model: str | None) -> bytes:
+        """One content event (for endless and big streams)."""
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        c: dict[str, Any] = (
+            {"index": 0, "delta": {"content": text}, "finish_reason": None}
+            if chat
+            else {"index": 0, "text": text, "finish_reason": None}
+        )
+        obj = {"id": "cmpl-1", "created": 1, "model": model, "object": kind, "choices": [c]}
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
     def events(self, req: dict[str, Any], chat: bool) -> list[bytes]:
         """The SSE events (complete, with terminators) of a normal stream for ``req``."""
         b = self.behaviour
@@ -260,6 +275,23 @@ class FakeServer:
 
         if b.first_delay_s:
             await asyncio.sleep(b.first_delay_s)
+        if b.endless:  # " w0", " w1", ... every delay_s until the client goes away
+            n = 0
+            while True:
+                await asyncio.sleep(b.delay_s)
+                chunk(self.content_event(chat, f" {b.word}{n}", req.get("model")))
+                await w.drain()
+                n += 1
+        if b.big_chunks:  # a long answer: big_chunks events of chunk_bytes "x" each
+            event = self.content_event(chat, "x" * b.chunk_bytes, req.get("model"))
+            for _ in range(b.big_chunks):
+                chunk(event)
+            tail = self.events({**req, "max_tokens": 1}, chat)[-3:]  # finish, usage, [DONE]
+            for e in tail:
+                chunk(e)
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+            return True
         content_sent = 0
         for event in self.events(req, chat):
             marker = json.dumps(f" {b.word}", ensure_ascii=False)[:-1].encode()  # b'" w'
@@ -268,6 +300,9 @@ class FakeServer:
             if is_content and b.drop_after is not None and content_sent >= b.drop_after:
                 await w.drain()
                 return False  # abort: connection dropped mid-stream
+            if is_content and b.stall_after is not None and content_sent >= b.stall_after:
+                await w.drain()
+                await asyncio.Event().wait()  # silent until the client goes (or the server stops)
             if is_content and b.delay_s:
                 await asyncio.sleep(b.delay_s)
             if b.split:

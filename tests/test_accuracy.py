@@ -11,10 +11,11 @@ import numpy as np
 import orjson
 import pytest
 
-from inferaudit.audit.run import RunOptions, execute
+from inferaudit.audit.run import RunOptions, run_verification
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.measure.records import read_records
 from inferaudit.twin.launch import start_twin
+from inferaudit.twin.options import TwinOptions
 
 TTFT_MS, TPOT_MS, OUTPUT = 50.0, 10.0, 128
 
@@ -27,7 +28,7 @@ def within(measured: float, truth: float) -> bool:
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_ttft_tpot_match_twin_truth(tmp_path: Path, api: str) -> None:
     truth_path = tmp_path / "truth.jsonl"
-    args = ["--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS), "--truth", str(truth_path)]
+    args = TwinOptions(ttft_ms=TTFT_MS, tpot_ms=TPOT_MS, truth=truth_path)
     with start_twin(args) as twin:
         spec = RunSpec(
             endpoint=Endpoint(base_url=twin.base_url, model="inferaudit-twin", api=api),
@@ -37,7 +38,7 @@ def test_ttft_tpot_match_twin_truth(tmp_path: Path, api: str) -> None:
             load=Load(concurrency=8, requests=48, warmup=8),
             workers=2,
         )
-        outcome = execute(spec, tmp_path / "run", RunOptions(checks=(), sign=False))
+        outcome = run_verification(spec, tmp_path / "run", RunOptions(checks=(), sign=False))
 
     records = [r for r in read_records(tmp_path / "run" / "records.jsonl") if r.phase == "measure"]
     assert len(records) == 48 and all(r.ok for r in records)
@@ -54,11 +55,11 @@ def test_ttft_tpot_match_twin_truth(tmp_path: Path, api: str) -> None:
     assert {t["tokens_generated"] for t in truth} == {OUTPUT}
 
     summary = outcome.summary
-    assert summary["output_tokens"] == 48 * OUTPUT
+    assert summary.output_tokens == 48 * OUTPUT
     # The twin's truth is itself close to its nominal settings...
     assert within(true_ttft, TTFT_MS) and within(true_tpot, TPOT_MS)
     # ...and the client measures what the twin really did.
-    assert within(summary["ttft_from_sent_ms"]["p50"], true_ttft), (summary["ttft_ms"], true_ttft)
-    assert within(summary["ttft_ms"]["p50"], true_ttft)
-    assert within(summary["tpot_ms"]["p50"], true_tpot), (summary["tpot_ms"], true_tpot)
-    assert within(summary["itl_ms"]["p50"], true_tpot)
+    assert within(summary.ttft_from_sent_ms.p50, true_ttft), (summary.ttft_ms, true_ttft)
+    assert within(summary.ttft_ms.p50, true_ttft)
+    assert within(summary.tpot_ms.p50, true_tpot), (summary.tpot_ms, true_tpot)
+    assert within(summary.itl_ms.p50, true_tpot)

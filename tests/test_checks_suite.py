@@ -22,14 +22,17 @@ def spec(checks: tuple[str, ...] = ()) -> RunSpec:
 def test_defaults_are_all_but_identity_without_fingerprint() -> None:
     suite = plan_checks(spec())
     assert suite.names == tuple(n for n in ALL_CHECKS if n != "identity")
-    assert suite.injected_plans() == {}
+    traffic = suite.traffic(spec())
+    assert traffic.injected == {}  # 10 requests: too short to carry the audit inside
+    assert len(traffic.before) == 6 and len(traffic.after) == 64
 
 
 def test_selection_keeps_canonical_order_and_empty_means_none() -> None:
     assert plan_checks(spec(), selected=["errors", "fluidity"]).names == ("fluidity", "errors")
     none = plan_checks(spec(), selected=[])
     assert none.names == ()
-    assert none.before_run(None) == []
+    traffic = none.traffic(spec())
+    assert (traffic.injected, traffic.before, traffic.after) == ({}, (), ())
     assert plan_checks(spec(("caching",))).names == ("caching",)
 
 

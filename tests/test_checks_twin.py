@@ -8,31 +8,36 @@ from pathlib import Path
 
 import pytest
 
-from inferaudit.audit.run import RunOptions, execute
+from inferaudit.audit.run import RunOptions
+from inferaudit.audit.run import run_verification as execute
 from inferaudit.judge.suite import recheck
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
+from inferaudit.measure.health import read_health
 from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.measure.records import read_records
 from inferaudit.measure.tokenizer import load_tokenizer
 from inferaudit.twin.launch import start_twin
+from inferaudit.twin.options import TwinOptions
 
 MODEL = "twin-m"
-FAST = ["--tpot-ms", "5", "--model", MODEL]
 
 
-def twin_args(*behave: str, ttft_ms: int = 30) -> list[str]:
-    args = [*FAST, "--ttft-ms", str(ttft_ms)]
-    for b in behave:
-        args += ["--behave", b]
-    return args
+def twin_args(*behave: str, ttft_ms: int = 30, tpot_ms: int = 5) -> TwinOptions:
+    return TwinOptions(tpot_ms=tpot_ms, model=MODEL, ttft_ms=ttft_ms, behave=behave)
 
 
 def make_spec(
-    base_url: str, *, seed: int = 0, requests: int = 20, api: Api = Api.completions
+    base_url: str,
+    *,
+    seed: int = 0,
+    requests: int = 20,
+    api: Api = Api.completions,
+    output_tokens: int = 32,
 ) -> RunSpec:
+    out = Length(lo=output_tokens, hi=output_tokens)
     return RunSpec(
         endpoint=Endpoint(base_url=base_url, model=MODEL, api=api),
-        workload=Workload(input_tokens=Length(lo=32, hi=32), output_tokens=Length(lo=32, hi=32)),
+        workload=Workload(input_tokens=Length(lo=32, hi=32), output_tokens=out),
         load=Load(concurrency=4, requests=requests),
         seed=seed,
         workers=1,
@@ -50,14 +55,16 @@ def run_checks(
     fingerprint: Path | None = None,
     api: Api = Api.completions,
     ttft_ms: int = 30,
+    output_tokens: int = 32,
+    tpot_ms: int = 5,
 ) -> dict[str, Verdict]:
-    with start_twin(twin_args(*behave, ttft_ms=ttft_ms)) as twin:
-        spec = make_spec(twin.base_url, seed=seed, api=api)
+    with start_twin(twin_args(*behave, ttft_ms=ttft_ms, tpot_ms=tpot_ms)) as twin:
+        spec = make_spec(twin.base_url, seed=seed, api=api, output_tokens=output_tokens)
         options = RunOptions(
             checks=checks, sign=False, tokenizer=tokenizer, fingerprint=fingerprint
         )
         outcome = execute(spec, tmp_path / "run", options)
-    verdicts = [Verdict.from_json(v) for v in outcome.summary["checks"]]
+    verdicts = list(outcome.verdicts)
     return {v.check: v for v in verdicts}
 
 
@@ -84,7 +91,7 @@ def test_response_cache_numbers(tmp_path: Path) -> None:
 
 def test_early_stop_is_also_a_conformance_finding(tmp_path: Path) -> None:
     v = assert_fails(run_checks(tmp_path, ("early-stop",), checks=["conformance"]), "conformance")
-    assert v.numbers["items"]["ignore_eos"].startswith("ignored: asked 128")
+    assert v.numbers["items"]["ignore_eos"].startswith("ignored: asked 32")  # the workload's
     assert v.numbers["items"]["max_tokens"] == "honoured"
 
 
@@ -124,14 +131,17 @@ def test_honest_twin_passes_every_check(tmp_path: Path, word_tokenizer: Path) ->
         names=list(verdicts),
         tokenizer=load_tokenizer(word_tokenizer),
         model_listed="honoured",
+        health=read_health(tmp_path / "run" / "health.jsonl"),
     )
     assert [v.to_json() for v in again] == [v.to_json() for v in verdicts.values()]
     phases = {r.phase for r in records}
-    assert phases == {"probe", "measure", "cache-unique", "cache-repeat"} | {
-        "prefix-prime",
-        "prefix-hit",
-        "prefix-miss",
-    }
+    assert phases == {"probe", "measure", "audit"}  # the audit requests go inside the load
+    # the timing checks judged with the run's client health windows, when it wrote them
+    recorded = (tmp_path / "run" / "health.jsonl").is_file()
+    for name in ("first-token", "fluidity"):
+        assert verdicts[name].numbers["client_health"] == (
+            "health windows" if recorded else "not recorded: every request judged"
+        )
 
 
 @pytest.mark.slow
@@ -141,5 +151,11 @@ def test_honest_twin_no_false_alarm_over_seeds(
 ) -> None:
     verdicts = run_checks(tmp_path, seed=seed, tokenizer=word_tokenizer)
     assert len(verdicts) == 8
-    bad = [format_verdict(v) for v in verdicts.values() if v.verdict is not Outcome.passed]
+    # Never a FAIL; on a busy shared machine a timing check may say the client was busy.
+    bad = [
+        format_verdict(v)
+        for v in verdicts.values()
+        if v.verdict is Outcome.failed
+        or (v.verdict is Outcome.inconclusive and "the client was busy" not in v.summary)
+    ]
     assert not bad, bad

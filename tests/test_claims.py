@@ -14,6 +14,7 @@ from inferaudit.errors import ClaimsError, ConfigError
 from inferaudit.intent.claims import (
     Claim,
     ClaimImportError,
+    ClaimInput,
     ClaimStore,
     Provenance,
     build_claim,
@@ -48,7 +49,7 @@ def simple(claim_id: str, value: float = 1.0, **kw: object) -> Claim:
         "created": "2026-11-28",
     }
     args.update(kw)
-    return build_claim(**args)  # type: ignore[arg-type]
+    return build_claim(ClaimInput.model_validate(args))
 
 
 def test_seed_loads_all_sixteen_claims() -> None:
@@ -112,7 +113,7 @@ def test_jsonl_and_csv_errors_name_their_line(tmp_path: Path) -> None:
     with pytest.raises(ClaimImportError, match=r"line 3 \(claim-2\): field certainty"):
         parse_claims(text, "jsonl")
     csv_text = dump_claims([simple(f"claim-{i}") for i in range(3)], "csv")
-    broken = csv_text.replace("claim-1,", "claim 1,", 1)
+    broken = csv_text.replace('"claim-1",', '"claim 1",', 1)
     with pytest.raises(ClaimImportError, match=r"line 3 \(claim 1\): field claim_id"):
         parse_claims(broken, "csv")
     with pytest.raises(ClaimsError, match="line 2: invalid JSON"):

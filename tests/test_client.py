@@ -29,12 +29,12 @@ def send(
     plans: list[RequestPlan] | None = None,
     api: str = "completions",
     **kw: Any,
-) -> list[dict[str, Any]]:
+) -> list[Record]:
     endpoint = Endpoint(base_url=base_url, model=MODEL, api=api)
     return asyncio.run(send_plans(endpoint, plans or [plan()], **kw))
 
 
-def one(behaviour: Behaviour, api: str = "completions", **kw: Any) -> dict[str, Any]:
+def one(behaviour: Behaviour, api: str = "completions", **kw: Any) -> Record:
     with FakeServer(behaviour) as srv:
         return send(srv.base_url, api=api, **kw)[0]
 
@@ -45,24 +45,23 @@ def test_normal_stream_record(api: str) -> None:
         rec = send(srv.base_url, [plan(7, tag="t1")], api=api, api_key="sk-secret")[0]
         body = srv.seen.bodies[0]
         headers = srv.seen.headers[-1]
-    assert list(rec) == list(Record.model_fields)  # exactly the Record fields, in order
-    Record.model_validate(rec)
-    assert rec["error_class"] is None and rec["error_message"] is None
-    assert rec["id"] == 7 and rec["tag"] == "t1" and rec["phase"] == "measure"
-    assert rec["status"] == 200
-    assert rec["output_text"] == " w0 w1 w2 w3"
-    assert rec["content_chunks"] == 4 and rec["chunk_chars"] == [3, 3, 3, 3]
-    assert rec["output_chars"] == 12
-    assert rec["empty_chunks_before_content"] == 0
-    assert rec["finish_reason"] == "length" and rec["model"] == MODEL
-    assert (rec["usage_prompt_tokens"], rec["usage_completion_tokens"]) == (7, 4)
-    assert rec["prompt_sha256"] == hashlib.sha256(b"hello there").hexdigest()
-    assert rec["output_sha256"] == hashlib.sha256(b" w0 w1 w2 w3").hexdigest()
-    assert (rec["input_tokens"], rec["max_tokens"]) == (2, 4)
+    assert isinstance(rec, Record)
+    assert rec.error_class is None and rec.error_message is None
+    assert rec.id == 7 and rec.tag == "t1" and rec.phase == "measure"
+    assert rec.status == 200
+    assert rec.output_text == " w0 w1 w2 w3"
+    assert rec.content_chunks == 4 and rec.chunk_chars == [3, 3, 3, 3]
+    assert rec.output_chars == 12
+    assert rec.empty_chunks_before_content == 0
+    assert rec.finish_reason == "length" and rec.model == MODEL
+    assert (rec.usage_prompt_tokens, rec.usage_completion_tokens) == (7, 4)
+    assert rec.prompt_sha256 == hashlib.sha256(b"hello there").hexdigest()
+    assert rec.output_sha256 == hashlib.sha256(b" w0 w1 w2 w3").hexdigest()
+    assert (rec.input_tokens, rec.max_tokens) == (2, 4)
     t = rec
-    assert t["scheduled_ns"] <= t["sent_ns"] <= t["first_chunk_ns"] <= t["first_content_ns"]
-    assert t["chunk_ns"] == sorted(t["chunk_ns"]) and t["chunk_ns"][0] == t["first_content_ns"]
-    assert t["chunk_ns"][-1] <= t["done_ns"]
+    assert t.scheduled_ns <= t.sent_ns <= t.first_chunk_ns <= t.first_content_ns
+    assert t.chunk_ns == sorted(t.chunk_ns) and t.chunk_ns[0] == t.first_content_ns
+    assert t.chunk_ns[-1] <= t.done_ns
     # the body asks for streaming with usage and enforces the output length
     expected = {
         "model": MODEL,
@@ -88,7 +87,7 @@ def test_no_key_no_authorization_header_and_extra_body_last() -> None:
         assert "authorization" not in srv.seen.headers[-1]
         body = srv.seen.bodies[0]
     assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.0, 3, 2)
-    assert rec["content_chunks"] == 2
+    assert rec.content_chunks == 2
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])
@@ -98,13 +97,12 @@ def test_top_logprobs_are_kept_per_token(api: str, per_chunk: int) -> None:
         asked, plain = send(
             srv.base_url, [plan(0, 3, extra_body={"logprobs": 2}), plan(1, 3)], api=api
         )
-    assert asked["top_logprobs"] == [
+    assert asked.top_logprobs == [
         {" w0": -0.0, " v0": -0.2},
         {" w1": -0.1, " v1": pytest.approx(-0.3)},
         {" w2": -0.2, " v2": pytest.approx(-0.4)},
     ]
-    assert plain["top_logprobs"] is None  # not asked, not kept
-    Record.model_validate(asked)
+    assert plain.top_logprobs is None  # not asked, not kept
 
 
 def test_output_length_not_enforced_and_no_max_tokens() -> None:
@@ -114,42 +112,42 @@ def test_output_length_not_enforced_and_no_max_tokens() -> None:
         first, second = srv.seen.bodies
     assert "ignore_eos" not in first and "min_tokens" not in first and first["max_tokens"] == 5
     assert "max_tokens" not in second
-    assert recs[0]["output_text"] is None and recs[0]["output_chars"] == 15
-    assert recs[1]["content_chunks"] == 3
+    assert recs[0].output_text is None and recs[0].output_chars == 15
+    assert recs[1].content_chunks == 3
 
 
 def test_chat_role_only_first_delta_is_not_content() -> None:
     rec = one(Behaviour(role_first=True), api="chat")
-    assert rec["empty_chunks_before_content"] == 1
-    assert rec["content_chunks"] == 4 and rec["output_text"] == " w0 w1 w2 w3"
-    assert rec["first_chunk_ns"] <= rec["first_content_ns"]
+    assert rec.empty_chunks_before_content == 1
+    assert rec.content_chunks == 4 and rec.output_text == " w0 w1 w2 w3"
+    assert rec.first_chunk_ns <= rec.first_content_ns
 
 
 def test_multi_token_chunks_are_one_event_each() -> None:
     rec = one(Behaviour(tokens_per_chunk=3), plans=[plan(max_tokens=7)])
-    assert rec["content_chunks"] == 3
-    assert rec["chunk_chars"] == [9, 9, 3]
-    assert rec["output_text"] == " w0 w1 w2 w3 w4 w5 w6"
-    assert rec["usage_completion_tokens"] == 7
+    assert rec.content_chunks == 3
+    assert rec.chunk_chars == [9, 9, 3]
+    assert rec.output_text == " w0 w1 w2 w3 w4 w5 w6"
+    assert rec.usage_completion_tokens == 7
 
 
 def test_byte_by_byte_crlf_stream_with_comments() -> None:
     rec = one(Behaviour(split=1, crlf=True, comments=True), api="chat")
-    assert rec["error_class"] is None
-    assert rec["output_text"] == " w0 w1 w2 w3" and rec["content_chunks"] == 4
+    assert rec.error_class is None
+    assert rec.output_text == " w0 w1 w2 w3" and rec.content_chunks == 4
 
 
 def test_utf8_split_between_reads_counts_characters_not_bytes() -> None:
     rec = one(Behaviour(split=1, word="é€😀", tokens_per_chunk=2), plans=[plan(max_tokens=3)])
-    assert rec["error_class"] is None
-    assert rec["output_text"] == " é€😀0 é€😀1 é€😀2"
-    assert rec["chunk_chars"] == [10, 5]  # characters, though each "é€😀" is 9 bytes
-    assert rec["output_chars"] == 15
+    assert rec.error_class is None
+    assert rec.output_text == " é€😀0 é€😀1 é€😀2"
+    assert rec.chunk_chars == [10, 5]  # characters, though each "é€😀" is 9 bytes
+    assert rec.output_chars == 15
 
 
 def test_slow_stream_chunks_are_stamped_as_they_arrive() -> None:
     rec = one(Behaviour(delay_s=0.05))  # the server waits 50 ms before each of 4 events
-    stamps = rec["chunk_ns"]
+    stamps = rec.chunk_ns
     assert stamps == sorted(stamps) and len(set(stamps)) >= 3  # separate reads, separate times
     assert stamps[-1] - stamps[0] >= 100_000_000  # 150 ms of server waits, less a late start
 
@@ -169,23 +167,22 @@ def test_slow_stream_chunks_are_stamped_as_they_arrive() -> None:
 )
 def test_error_classes(behaviour: Behaviour, error_class: str, message: str | None) -> None:
     rec = one(behaviour)
-    Record.model_validate(rec)
-    assert rec["error_class"] == error_class
+    assert rec.error_class == error_class
     if message is not None:
-        assert rec["error_message"].startswith(message)
-    assert rec["done_ns"] >= rec["sent_ns"]
+        assert rec.error_message.startswith(message)
+    assert rec.done_ns >= rec.sent_ns
 
 
 def test_dropped_connection_keeps_the_chunks_before_the_drop() -> None:
     rec = one(Behaviour(drop_after=2))
-    assert rec["status"] == 200
-    assert rec["content_chunks"] == 2 and rec["output_text"] == " w0 w1"
+    assert rec.status == 200
+    assert rec.content_chunks == 2 and rec.output_text == " w0 w1"
 
 
 def test_every_third_request_429() -> None:
     with FakeServer(Behaviour(error_every=3)) as srv:
         recs = send(srv.base_url, [plan(i) for i in range(7)])
-    assert [r["error_class"] for r in recs] == [
+    assert [r.error_class for r in recs] == [
         None,
         None,
         "http_429",
@@ -199,7 +196,7 @@ def test_every_third_request_429() -> None:
 def test_404_on_a_wrong_base_path() -> None:
     with FakeServer() as srv:
         rec = send(srv.base_url.replace("/v1", "/v2"))[0]
-    assert (rec["error_class"], rec["status"], rec["error_message"]) == (
+    assert (rec.error_class, rec.status, rec.error_message) == (
         "http_404",
         404,
         "Not Found",
@@ -208,15 +205,15 @@ def test_404_on_a_wrong_base_path() -> None:
 
 def test_connection_refused_is_connect() -> None:
     rec = send(f"http://127.0.0.1:{closed_port()}/v1")[0]
-    assert rec["error_class"] == "connect" and rec["status"] is None
-    assert rec["sent_ns"] is not None and rec["content_chunks"] == 0
+    assert rec.error_class == "connect" and rec.status is None
+    assert rec.sent_ns is not None and rec.content_chunks == 0
 
 
 def test_timeout_from_the_scheduled_time() -> None:
     rec = one(Behaviour(delay_s=0.5), timeout_s=0.2)
-    assert rec["error_class"] == "timeout"
+    assert rec.error_class == "timeout"
     # cut at 0.2 s: long before the 2 s the server needs for the whole answer
-    assert 200_000_000 <= rec["done_ns"] - rec["scheduled_ns"] < 1_500_000_000
+    assert 200_000_000 <= rec.done_ns - rec.scheduled_ns < 1_500_000_000
 
 
 def test_concurrency_limit_of_send_plans() -> None:
@@ -262,12 +259,46 @@ def test_api_key_for_reads_the_named_variable(monkeypatch: pytest.MonkeyPatch) -
 
 def test_malformed_event_keeps_the_content_before_it_aligned() -> None:
     rec = one(Behaviour(malformed_at=2))
-    assert rec["error_class"] == "sse_malformed"
-    assert rec["output_text"] == " w0 w1"
-    assert rec["content_chunks"] == len(rec["chunk_ns"]) == len(rec["chunk_chars"]) == 2
+    assert rec.error_class == "sse_malformed"
+    assert rec.output_text == " w0 w1"
+    assert rec.content_chunks == len(rec.chunk_ns) == len(rec.chunk_chars) == 2
 
 
 def test_check_endpoint_other_status_is_one_line() -> None:
     with FakeServer() as srv, pytest.raises(EndpointError) as info:
         check_endpoint(Endpoint(base_url=srv.base_url.replace("/v1", "/v2"), model=MODEL), None)
     assert str(info.value) == f"GET {srv.base_url[:-3]}/v2/models answered HTTP 404: Not Found"
+
+
+def test_first_byte_timeout_is_the_endpoints_failure() -> None:
+    # headers at once, then no body byte: a first-byte timeout long before the total timeout
+    from inferaudit.measure.load.deadline import Timeouts
+
+    limit = 0.3
+    rec = one(Behaviour(first_delay_s=30.0), timeouts=Timeouts(600.0, limit, 30.0))
+    assert rec.error_class == "first_byte_timeout" and rec.status == 200
+    assert rec.error_message == "no response byte within 0.3 s of the send"
+    assert rec.content_chunks == 0 and rec.first_chunk_ns is None
+    assert rec.done_ns is not None and rec.sent_ns is not None
+    assert 1.0 <= (rec.done_ns - rec.sent_ns) / (limit * 1e9) < 10.0
+
+
+def test_stall_after_some_chunks_keeps_them() -> None:
+    from inferaudit.measure.load.deadline import Timeouts
+
+    rec = one(Behaviour(stall_after=2), timeouts=Timeouts(600.0, 60.0, 0.3))
+    assert (rec.error_class, rec.content_chunks, rec.output_text) == ("stall_timeout", 2, " w0 w1")
+    assert rec.done_ns is not None
+    assert 1.0 <= (rec.done_ns - rec.chunk_ns[-1]) / 0.3e9 < 10.0
+
+
+def test_text_is_cut_at_a_character_boundary_and_digested_whole() -> None:
+    # " é€😀0 é€😀1 é€😀2": each word is 11 UTF-8 bytes; keep at most 16 bytes of it
+    with FakeServer(Behaviour(word="é€😀", tokens_per_chunk=3)) as srv:
+        workload = Workload(max_text_bytes=16)
+        rec = send(srv.base_url, [plan(max_tokens=3)], workload=workload)[0]
+    full = " é€😀0 é€😀1 é€😀2"
+    assert rec.output_chars == len(full) == 15
+    assert rec.output_sha256 == hashlib.sha256(full.encode()).hexdigest()
+    assert rec.output_text == " é€😀0 é"  # 11 + 3 bytes; the next character (€) would make 17
+    assert not rec.text_complete

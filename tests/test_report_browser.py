@@ -9,7 +9,7 @@ import pytest
 
 from inferaudit.intent.claims import seed_claims
 from inferaudit.present import report
-from test_reconcile import make_run, tps_claim
+from test_reconcile import make_run, runs_of, tps_claim
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -33,14 +33,18 @@ pytestmark = [
 
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    run = make_run(tmp_path / "twin-run", claim="tps-claim", deployment="twin-h100", jitter=True)
+    home = tmp_path / "home"
+    run = make_run(
+        tmp_path / "twin-run", home, claim="tps-claim", deployment="twin-h100", jitter=True
+    )
     for i, interval in enumerate((100.0, 50.0, 25.0)):
-        make_run(tmp_path / "sweep" / f"point-{i:03d}", interval_ms=interval, jitter=True)
+        make_run(tmp_path / "sweep" / f"point-{i:03d}", home, interval_ms=interval, jitter=True)
     (tmp_path / "sweep" / "sweep.json").write_text('{"points": []}')
-    data = report.build([*seed_claims(), tps_claim()], [run, tmp_path / "sweep"])
+    runs = runs_of(home, run, tmp_path / "sweep")
+    data = report.build([*seed_claims(), tps_claim()], runs)
     out = tmp_path / "report.html"
     out.write_text(report.render(data), encoding="utf-8")
-    expected_charts = 2 * len(data.runs) + len(data.sweeps) + len(report._capacity_charts(data)) + 1
+    expected_charts = 2 * len(data.runs) + len(data.sweeps) + len(report.capacity_charts(data)) + 1
 
     outside: list[str] = []
     with sync_api.sync_playwright() as p:
@@ -63,7 +67,7 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
                 for series in drawn:
                     sbox = series.bounding_box()
                     assert sbox is not None and sbox["width"] > 0 and sbox["height"] > 0
-            cdf = charts[len(report._capacity_charts(data)) + 1 + len(data.sweeps)]
+            cdf = charts[len(report.capacity_charts(data)) + 1 + len(data.sweeps)]
             assert cdf.get_attribute("data-series") == "2"  # TTFT and E2E
             title = page.title()
             ARTIFACTS.mkdir(exist_ok=True)

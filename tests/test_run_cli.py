@@ -17,6 +17,7 @@ import pytest
 from fakes import Behaviour, FakeServer, closed_port
 from inferaudit.measure.records import read_records
 from inferaudit.twin.launch import start_twin
+from inferaudit.twin.options import TwinOptions
 
 BASE = ["--concurrency", "2", "--requests", "6", "--input-tokens", "16", "--output-tokens", "4"]
 
@@ -73,7 +74,7 @@ def test_unreachable_endpoint(tmp_path: Path, home: Path) -> None:
 
 
 def test_wrong_model_and_missing_credentials(tmp_path: Path, home: Path) -> None:
-    with start_twin(["--ttft-ms", "5", "--tpot-ms", "1", "--api-key", "s3cret"]) as twin:
+    with start_twin(TwinOptions(ttft_ms=5, tpot_ms=1, api_key="s3cret")) as twin:
         out = str(tmp_path / "a")
         proc = cli("--endpoint", twin.base_url, "--model", "inferaudit-twin", *BASE, "--out", out,
                    home=home)  # fmt: skip
@@ -86,7 +87,7 @@ def test_wrong_model_and_missing_credentials(tmp_path: Path, home: Path) -> None
 
 def test_key_is_used_but_never_written(tmp_path: Path, home: Path) -> None:
     secret = "sk-test-7f3a9c0e"
-    with start_twin(["--ttft-ms", "5", "--tpot-ms", "1", "--api-key", secret]) as twin:
+    with start_twin(TwinOptions(ttft_ms=5, tpot_ms=1, api_key=secret)) as twin:
         proc = cli("--endpoint", twin.base_url, "--model", "inferaudit-twin", *BASE,
                    "--api-key-env", "IA_KEY", "--checks", "none", "--max-lag-ms", "100",
                    "--out", str(tmp_path / "r"),
@@ -129,7 +130,7 @@ def test_errors_mid_run_are_recorded_and_the_run_goes_on(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_keeps_finished_records(tmp_path: Path, home: Path, sig: int) -> None:
     out = tmp_path / "r"
-    with start_twin(["--ttft-ms", "20", "--tpot-ms", "20"]) as twin:
+    with start_twin(TwinOptions(ttft_ms=20, tpot_ms=20)) as twin:
         proc = subprocess.Popen(
             [sys.executable, "-m", "inferaudit", "run", "--endpoint", twin.base_url,
              "--model", "inferaudit-twin", "--concurrency", "4", "--requests", "1000",

@@ -16,9 +16,10 @@ import orjson
 import pytest
 
 from fakes import Behaviour, FakeServer
+from inferaudit.errors import WorkerError
 from inferaudit.measure.load.runner import LoadResult, run_load
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.measure.records import read_records
+from inferaudit.measure.records import Record, read_records
 from inferaudit.measure.workload import RequestPlan
 
 MODEL = "fake-model"
@@ -36,7 +37,7 @@ def spec(base_url: str, load: Load, workers: int = 2, **kw: Any) -> RunSpec:
 
 
 def test_open_loop_two_workers_write_every_record_once(tmp_path: Path) -> None:
-    seen: list[dict[str, Any]] = []
+    seen: list[Record] = []
     path = tmp_path / "records.jsonl"
     with FakeServer() as srv:
         s = spec(srv.base_url, Load(rate=300, requests=60, warmup=5))
@@ -49,7 +50,7 @@ def test_open_loop_two_workers_write_every_record_once(tmp_path: Path) -> None:
     assert {r.worker for r in records} == {0, 1}
     assert all(r.worker == r.id % 2 for r in records)  # round-robin positions
     assert len(set(prompts)) == 65
-    assert [r["id"] for r in seen] == [r.id for r in records]  # on_record in file order
+    assert [r.id for r in seen] == [r.id for r in records]  # on_record in file order
     assert (result.mode, result.planned, result.sent, result.finished) == ("open", 65, 65, 65)
     assert not result.interrupted and result.cancelled == 0
     assert [w.exitcode for w in result.workers] == [0, 0]
@@ -140,14 +141,16 @@ def test_errors_are_recorded_not_raised(tmp_path: Path) -> None:
 
 def test_should_stop_interrupts_and_keeps_finished_records(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
-    seen: list[dict[str, Any]] = []
+    seen: list[Record] = []
     with FakeServer(Behaviour(delay_s=0.01)) as srv:
         s = spec(srv.base_url, Load(rate=100, requests=10_000))
         result = run_load(s, path, on_record=seen.append, should_stop=lambda: len(seen) >= 5)
     records = read_records(path)
     assert result.interrupted
     assert 5 <= len(records) == result.finished < 10_000
-    assert result.sent == result.finished + result.cancelled
+    assert result.sent == result.finished  # the requests in flight are recorded, cancelled
+    assert sum(r.cancelled for r in records) == result.cancelled
+    assert all(r.error_message == "cancelled: the run was stopped" for r in records if r.cancelled)
 
 
 @pytest.mark.parametrize(
@@ -246,7 +249,7 @@ def test_api_key_from_the_named_variable_reaches_the_server(
 
 def test_a_worker_bug_raises_instead_of_hanging(tmp_path: Path) -> None:
     bad = RequestPlan(0, "probe", "p", 1, extra_body={"x": object()})  # not JSON-serialisable
-    with FakeServer() as srv, pytest.raises(RuntimeError, match="worker 0: TypeError"):
+    with FakeServer() as srv, pytest.raises(WorkerError, match="worker 0: TypeError"):
         run_load(
             spec(srv.base_url, Load(concurrency=1, requests=1), workers=1),
             tmp_path / "r",

@@ -82,3 +82,32 @@ def test_split_concurrency() -> None:
     assert split_concurrency(8, 3) == [3, 3, 2]
     assert split_concurrency(2, 4) == [1, 1, 0, 0]
     assert sum(split_concurrency(97, 5)) == 97
+
+
+@pytest.mark.parametrize("arrivals", ["constant", "poisson"])
+def test_rate_inf_schedules_every_request_at_zero(arrivals: str) -> None:
+    # vLLM's meaning of --request-rate inf: every request is sent at t=0
+    load = Load(rate=float("inf"), arrivals=arrivals, requests=5, warmup=2)
+    assert arrival_offsets_ns(load, seed=1).tolist() == [0] * 7
+    assert arrival_offsets_ns(load, seed=1, count=3).tolist() == [0] * 3
+
+
+def test_rate_inf_survives_canonical_json_and_infinite_durations_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from inferaudit.measure.protocol import Endpoint, RunSpec, canonical_bytes
+
+    spec = RunSpec(
+        endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m"),
+        load=Load(rate=float("inf"), requests=4),
+    )
+    data = canonical_bytes(spec)  # RFC 8785 has no infinity: the rate is the string "inf"
+    assert b'"rate":"inf"' in data
+    assert RunSpec.model_validate_json(data).load.rate == float("inf")
+    assert Load(rate=2.5, requests=1).model_dump(mode="json")["rate"] == 2.5
+    with pytest.raises(ValidationError, match="rate inf sends every request at t=0: give requests"):
+        Load(rate=float("inf"), duration_s=10)
+    with pytest.raises(ValidationError, match="duration_s must be finite"):
+        Load(concurrency=2, duration_s=float("inf"))
+    with pytest.raises(ValidationError, match="finite"):
+        Load(concurrency=2, requests=1, stall_timeout_s=float("inf"))

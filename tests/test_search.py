@@ -26,9 +26,11 @@ from inferaudit.audit.search import (
 )
 from inferaudit.cli.run import build_specs
 from inferaudit.errors import ConfigError
-from inferaudit.measure.protocol import Api, Arrivals
+from inferaudit.measure.protocol import Api, Arrivals, Endpoint, Load, RunSpec
+from inferaudit.measure.summary import Dist, Lag, SloBound, Summary
 from inferaudit.twin.engine import EngineConfig
 from inferaudit.twin.launch import start_twin
+from inferaudit.twin.options import TwinOptions
 
 
 def P(rate: float, status: str = "pass", bounds: Sequence[str] = ()) -> PointResult:
@@ -88,50 +90,93 @@ def test_result_line() -> None:
     assert result_line(result) == line
 
 
-def summary(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "requests": 200, "completed": 200, "failed": 0, "valid": True, "invalid_reasons": [],
-        "ttft_ms": {"p50": 100.0, "p99": 1900.0}, "tpot_ms": {"p50": 20.0, "p99": 40.0},
-        "client_lag_ms": {"p99": 0.5}, "output_throughput_tok_s": 1000.0,
-        "slo": {
-            "tpot_p99": {"metric": "tpot", "percentile": 99.0, "bound_ms": 100.0, "n": 200,
-                         "violations": 0, "verdict": "insufficient"},
-            "ttft_p99": {"metric": "ttft", "percentile": 99.0, "bound_ms": 2000.0, "n": 200,
-                         "violations": 2, "verdict": "insufficient"},
-        },
+FIXTURE_SUMMARY = Path(__file__).parent / "data" / "evidence-v1" / "summary.json"
+
+
+def dist(p50: float | None, p99: float | None) -> Dist:
+    n = 0 if p50 is None else 200
+    return Dist(n=n, mean=p50, p50=p50, p90=p99, p95=p99, p99=p99, p99_9=p99, max=p99)
+
+
+def bound(metric: str, bound_ms: float, violations: int) -> SloBound:
+    return SloBound(
+        metric=metric, percentile=99.0, bound_ms=bound_ms, n=200, violations=violations,
+        verdict="insufficient", confidence=0.99, min_requests_zero_violations=459,
+        min_requests_for_estimate=662, additional_requests_needed=259, estimate_ms=None,
+    )  # fmt: skip
+
+
+def summary(**over: Any) -> Summary:
+    """A 200-request summary: TTFT p99 1.9 s, TPOT p99 40 ms, lag p99 0.5 ms, two SLO bounds."""
+    base = Summary.from_json(orjson.loads(FIXTURE_SUMMARY.read_bytes()))
+    fields: dict[str, Any] = {
+        "requests": 200, "completed": 200, "failed": 0, "valid": True, "invalid_reasons": (),
+        "ttft_ms": dist(100.0, 1900.0), "ttft_from_sent_ms": dist(100.0, 1900.0),
+        "tpot_ms": dist(20.0, 40.0), "client_lag_ms": Lag(p50=0.1, p99=0.5, max=0.6),
+        "slo": {"tpot_p99": bound("tpot", 100.0, 0), "ttft_p99": bound("ttft", 2000.0, 2)},
     }  # fmt: skip
-    base.update(over)
-    return base
+    fields.update(over)
+    return base.model_copy(update=fields)
+
+
+def run_spec(max_lag_ms: float | None) -> RunSpec:
+    return RunSpec(
+        endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m"),
+        load=Load(rate=10.0, requests=200),
+        max_client_lag_p99_ms=max_lag_ms,
+    )
+
+
+FIXED5 = run_spec(5.0)
 
 
 def test_judge() -> None:
-    ok = judge(10.0, summary(), max_lag_p99_ms=5.0)
+    ok = judge(10.0, summary(), spec=FIXED5)
     assert ok.status == "pass" and ok.reasons == ()
     assert ok.metrics["bounds"]["ttft_p99"]["early_stopping"] == "insufficient"
-    slow = judge(10.0, summary(ttft_ms={"p50": 100.0, "p99": 2345.0}), max_lag_p99_ms=5.0)
+    assert ok.metrics["ttft_p99_ms"] == 1900.0 and ok.metrics["client_lag_p99_ms"] == 0.5
+    slow = judge(10.0, summary(ttft_ms=dist(100.0, 2345.0)), spec=FIXED5)
     assert slow.status == "fail" and slow.failed_bounds == ("ttft_p99",)
     assert slow.reasons == ("ttft_p99 2,345 ms > 2,000 ms",)
     # 3 of 200 violate (failed requests included) > 1%, although completed ones look fine
-    s = summary(failed=3)
-    s["slo"]["ttft_p99"]["violations"] = 3
-    failing = judge(10.0, s, max_lag_p99_ms=5.0)
+    s = summary(
+        failed=3, slo={"tpot_p99": bound("tpot", 100.0, 0), "ttft_p99": bound("ttft", 2000.0, 3)}
+    )
+    failing = judge(10.0, s, spec=FIXED5)
     assert failing.status == "fail" and failing.failed_bounds == ("ttft_p99",)
     assert failing.reasons == (
         "ttft_p99: 3 of 200 requests violate (failures included), more than 1%",
     )
-    behind = judge(10.0, summary(client_lag_ms={"p99": 9.0}), max_lag_p99_ms=5.0)
+    behind = judge(10.0, summary(client_lag_ms=Lag(p50=1.0, p99=9.0, max=9.0)), spec=FIXED5)
     assert behind.status == "invalid"
-    assert behind.reasons == ("client lag p99 9 ms > 5 ms: the client fell behind",)
-    assert judge(10.0, summary(client_lag_ms={"p99": 9.0}), max_lag_p99_ms=10.0).passed
+    assert behind.reasons == (
+        "client fell behind its schedule: lag p99 9.0 ms > 5 ms — the client, not the endpoint, "
+        "was the bottleneck",
+    )
+    lag9 = summary(client_lag_ms=Lag(p50=1.0, p99=9.0, max=9.0))
+    assert judge(10.0, lag9, spec=run_spec(10.0)).passed
     none = judge(
         10.0,
-        summary(valid=False, invalid_reasons=["no measured request completed"], ttft_ms={},
-                tpot_ms={}),
-        max_lag_p99_ms=5.0,
+        summary(valid=False, invalid_reasons=("no measured request completed",),
+                ttft_ms=dist(None, None), tpot_ms=dist(None, None)),
+        spec=FIXED5,
     )  # fmt: skip
     assert none.status == "fail" and set(none.failed_bounds) == {"ttft_p99", "tpot_p99"}
     assert none.reasons[0] == "no measured request completed"
-    assert judge(10.0, summary(), max_lag_p99_ms=5.0, interrupted=True).status == "invalid"
+    assert judge(10.0, summary(), spec=FIXED5, interrupted=True).status == "invalid"
+
+
+def test_judge_uses_the_error_budget() -> None:
+    # lag p99 9 ms: within 2% of a 500 ms TTFT p50 (10 ms), not of a 100 ms one (2 ms)
+    budget = run_spec(None)
+    lag9 = Lag(p50=1.0, p99=9.0, max=9.0)
+    slow = summary(client_lag_ms=lag9, ttft_from_sent_ms=dist(500.0, 1900.0))
+    assert judge(10.0, slow, spec=budget).passed
+    fast = judge(10.0, summary(client_lag_ms=lag9), spec=budget)
+    assert fast.status == "invalid"
+    assert fast.reasons[0].startswith(
+        "client fell behind its schedule: lag p99 9 ms > 2 ms allowed"
+    )
 
 
 @pytest.mark.parametrize(
@@ -165,8 +210,7 @@ def test_cli_refusals(tmp_path: Path, extra: list[str], needle: str) -> None:
 
 
 BATCH, INPUT, OUTPUT = 4, 16, 32
-TWIN = ["--accelerator", "H100-SXM", "--model", "llama-3.1-8b", "--max-batch", str(BATCH),
-        "--efficiency", "0.3"]  # fmt: skip
+TWIN = TwinOptions(accelerator="H100-SXM", model="llama-3.1-8b", max_batch=BATCH, efficiency=0.3)
 
 
 def twin_capacity() -> tuple[float, float]:

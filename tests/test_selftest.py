@@ -12,15 +12,23 @@ import orjson
 import pytest
 
 from fakes import FakeServer, closed_port
-from inferaudit.audit.run import RunOptions, execute
+from inferaudit.audit.run import RunOptions, run_verification
 from inferaudit.errors import ClientOverloadError
 from inferaudit.measure.load.sse import SSEParser
-from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.protocol import (
+    Api,
+    Endpoint,
+    ErrorBudget,
+    Length,
+    Load,
+    RunSpec,
+    Workload,
+)
 from inferaudit.measure.selftest import run_self_test, sse_events
 
 
 def spec(
-    url: str, load: Load, max_lag_ms: float, api: Api = Api.completions, model: str = "m"
+    url: str, load: Load, max_lag_ms: float | None, api: Api = Api.completions, model: str = "m"
 ) -> RunSpec:
     return RunSpec(
         endpoint=Endpoint(base_url=url, model=model, api=api),
@@ -75,11 +83,15 @@ def test_execute_refuses_when_the_client_cannot_keep_up(tmp_path: Path) -> None:
     with FakeServer() as srv:
         impossible = spec(srv.base_url, Load(rate=5.0, requests=3), 1e-6, model="fake-model")
         with pytest.raises(ClientOverloadError) as info:
-            execute(impossible, tmp_path / "r", RunOptions(sign=False, checks=(), self_test=True))
+            options = RunOptions(sign=False, checks=(), self_test=True)
+            run_verification(impossible, tmp_path / "r", options)
         assert srv.seen.completions == 0  # refused before any request reached the endpoint
     message = info.value.diagnostics()
     assert message.startswith("client self-test: at 2x the planned load (10 req/s) client lag")
-    assert message.endswith("> 1e-06 ms; use more --workers or a bigger client machine")
+    assert message.endswith(
+        "> 1e-06 ms (the protocol's max_client_lag_p99_ms); use more --workers or a bigger "
+        "client machine"
+    )
     meta = orjson.loads((tmp_path / "r" / "meta.json").read_bytes())
     assert meta["self_test"]["passed"] is False and meta["self_test"]["tested"] == 10.0
     assert meta["models"]["data"][0]["id"] == "fake-model"  # the preflight came first
@@ -100,3 +112,23 @@ def test_cli_refuses_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: client self-test: at 2x the planned load (10 req/s)")
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_budget_bound_follows_the_ttft_known_before_the_run() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    s = spec(url, Load(rate=5.0, requests=3), None)  # no fixed bound: the error budget rules
+    # a 1e9 ms TTFT allows 2e7 ms of lag: judged, and within it
+    wide = run_self_test(s, figure_ms=1e9, duration_s=1.0)
+    assert wide.passed and wide.max_lag_p99_ms == 2e7 and wide.figure_ms == 1e9
+    assert wide.bound_basis == "error budget 2% of TTFT p50 1e+09 ms, at least 1 ms"
+    # an impossible budget: a 1e-7 share with a 1e-6 ms floor of a 1 ms TTFT
+    tight = s.model_copy(update={"error_budget": ErrorBudget(share=1e-7, floor_ms=1e-6)})
+    refused = run_self_test(tight, figure_ms=1.0, duration_s=1.0)
+    assert not refused.passed and refused.max_lag_p99_ms == 1e-6
+    assert "(error budget 0% of TTFT p50 1 ms, at least 1e-06 ms)" in refused.message()
+    # no TTFT known: not judged here (the run's validity decides); says what TTFT it can carry
+    blind = run_self_test(tight, duration_s=1.0)
+    assert blind.passed and blind.max_lag_p99_ms is None
+    assert blind.lag_p99_ms is not None and blind.min_figure_ms is not None
+    assert blind.min_figure_ms == pytest.approx(blind.lag_p99_ms / 1e-7, rel=1e-3)
+    assert "no TTFT known before the run, so the run's own validity decides" in blind.message()

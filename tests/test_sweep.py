@@ -9,10 +9,11 @@ from inferaudit.cli.run import build_specs
 from inferaudit.measure.protocol import Api, Arrivals
 from inferaudit.measure.rundir import load_run
 from inferaudit.twin.launch import start_twin
+from inferaudit.twin.options import TwinOptions
 
 
 def test_concurrency_sweep(tmp_path: Path) -> None:
-    with start_twin(["--ttft-ms", "20", "--tpot-ms", "5"]) as twin:
+    with start_twin(TwinOptions(ttft_ms=20, tpot_ms=5)) as twin:
         specs = build_specs(
             endpoint=twin.base_url, model="inferaudit-twin", api=Api.completions,
             api_key_env=None, concurrency=None, rate=None, arrivals=Arrivals.poisson,

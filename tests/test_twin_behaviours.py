@@ -166,6 +166,36 @@ def test_role_first_chunk_is_instant_and_empty(tmp_path: Path) -> None:
     assert all("role-first-chunk" in ln["behaviours"] for ln in read_truth(truth))
 
 
+def test_usage_inflate_add_one_token(tmp_path: Path) -> None:
+    config, truth = twin(tmp_path, "usage-inflate:ratio=0,add=1")
+    (r,) = with_twin(config, lambda s, u: sequential(s, u, [stream_body()]))
+    assert len(r.text().split()) == 20 and r.usage()["completion_tokens"] == 21
+    assert [(ln["tokens_generated"], ln["tokens_reported"]) for ln in read_truth(truth)] == [
+        (20, 21)
+    ]
+
+
+def test_split_first_token_sends_a_fragment_at_once(tmp_path: Path) -> None:
+    config, truth = twin(tmp_path, "split-first-token:chars=2", ttft_ms=150.0)
+    replies = with_twin(
+        config, lambda s, u: sequential(s, u, [stream_body(), stream_body(api="chat")])
+    )
+    for r in replies:
+        content = [
+            (t, e["choices"][0].get("text") or e["choices"][0].get("delta", {}).get("content"))
+            for t, e in r.events
+            if e["choices"]
+            and (e["choices"][0].get("text") or e["choices"][0].get("delta", {}).get("content"))
+        ]
+        (t0, head), (t1, rest) = content[0], content[1]
+        words = r.text().split()
+        assert len(words) == 20 and len(content) == 21  # the fragment is an extra event
+        assert head == " " + words[0][:1] and head + rest == " " + words[0]
+        # the fragment at once, the rest of the first token after the real TTFT
+        assert (t0 - r.sent_ns) / 1e6 < 75.0 <= 150.0 <= (t1 - r.sent_ns) / 1e6
+    assert all("split-first-token" in ln["behaviours"] for ln in read_truth(truth))
+
+
 def test_burst_holds_tokens_and_flushes_together(tmp_path: Path) -> None:
     config, truth = twin(tmp_path, "burst:every=0", ttft_ms=20.0, tpot_ms=10.0)
     (r,) = with_twin(config, lambda s, u: sequential(s, u, [stream_body()]))

@@ -10,17 +10,20 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from conftest_ledger import make_run_dir
-from inferaudit.seal.evidence import seal_run
+from conftest_ledger import SEED, make_run_dir
 from inferaudit.seal.keys import Signer, TrustPolicy, load_or_create_signer
 from inferaudit.seal.ledger.store import open_ledger
+from inferaudit.seal.publish import seal_run
 from inferaudit.seal.verify import Report, summary_diffs, verify_run
 
 STEPS = [
     "envelope signature",
     "statement",
     "subjects",
+    "meta",
+    "seed",
     "checkpoint signature",
+    "checkpoint consistency",
     "inclusion",
     "summary",
     "summary file",
@@ -49,31 +52,45 @@ def failed(report: Report) -> dict[str, str]:
 def test_sealed_run_verifies(sealed: tuple[Path, TrustPolicy]) -> None:
     run, trust = sealed
     report = verify_run(run, trust)
-    assert [c.name for c in report.checks] == STEPS
+    assert [c.name for c in report.steps] == STEPS
     assert report.ok, failed(report)
-    details = {c.name: c.detail for c in report.checks}
+    details = {c.name: c.detail for c in report.steps}
     assert details["inclusion"] == "entry 37 of 38"
     assert details["summary"] == "recomputed from 40 records: equal"
     assert details["envelope signature"].startswith("signed by inferaudit-runner+")
     assert details["verdicts"] == "4 recomputed from the records: equal"
+    assert details["statement"] == "in-toto Statement v1, https://inferaudit.dev/inference-run/v2"
+    assert details["seed"] == "skipped: no commitment (v1 spec)"
+    assert details["checkpoint consistency"] == (
+        "not compared: this trust policy keeps no checkpoints"
+    )
+    assert report.verified is not None
+    assert report.verified.ledger_index == 37
+    assert report.verified.predicate_type == "https://inferaudit.dev/inference-run/v2"
 
 
-def test_a_verdict_signed_wrong_is_caught(tmp_path: Path) -> None:
-    """A signer who flips a verdict before signing: signature and digests hold, step 8 fails."""
+@pytest.mark.parametrize("layout", ["v2", "v1"])
+def test_a_verdict_signed_wrong_is_caught(tmp_path: Path, layout: str) -> None:
+    """A signer who flips a verdict before signing: signature and digests hold, the verdicts
+    step fails (v2: against verdicts.json; v1: against summary.json's checks)."""
     home = tmp_path / "home"
-    run = make_run_dir(tmp_path / "run", n=20)
-    summary = orjson.loads((run / "summary.json").read_bytes())
-    errors = next(c for c in summary["checks"] if c["check"] == "errors")
+    run = make_run_dir(tmp_path / "run", n=20, layout=layout)
+    where = run / ("verdicts.json" if layout == "v2" else "summary.json")
+    data = orjson.loads(where.read_bytes())
+    verdicts = data if layout == "v2" else data["checks"]
+    errors = next(c for c in verdicts if c["check"] == "errors")
     assert errors["verdict"] == "fail"  # make_records leaves one request failed
     errors["verdict"] = "pass"
-    (run / "summary.json").write_bytes(orjson.dumps(summary))
+    where.write_bytes(orjson.dumps(data))
     signer = load_or_create_signer(home, "inferaudit-runner")
     with open_ledger(f"sqlite:///{home / 'ledger.sqlite3'}", home) as ledger:
         seal_run(run, signer, ledger)
+        assert ledger.signer is not None
         trust = TrustPolicy(signers=(signer.verifier(),), logs=(ledger.signer.verifier(),))
     report = verify_run(run, trust)
     assert list(failed(report)) == ["verdicts"]
     assert failed(report)["verdicts"].startswith("verdict errors differs: signed pass")
+    assert report.verified is None
 
 
 def test_untrusted_keys(sealed: tuple[Path, TrustPolicy]) -> None:
@@ -86,6 +103,7 @@ def test_untrusted_keys(sealed: tuple[Path, TrustPolicy]) -> None:
     report = verify_run(run, TrustPolicy(signers=trust.signers, logs=(log_stranger,)))
     assert failed(report) == {
         "checkpoint signature": "checkpoint signature: unknown key",
+        "checkpoint consistency": "no trusted checkpoint to compare",
         "inclusion": "no trusted checkpoint to check the proof against",
     }
 
@@ -158,7 +176,8 @@ def test_flipping_proof_and_checkpoint_bytes(
             assert "checkpoint signature" in fails, (pos, fails)
         else:
             assert {"checkpoint signature", "inclusion"} & set(fails), (pos, fails)
-        assert set(fails) <= {"checkpoint signature", "inclusion"}, (pos, fails)
+        allowed = {"checkpoint signature", "checkpoint consistency", "inclusion"}
+        assert set(fails) <= allowed, (pos, fails)
     # Entry 36 is 37's sibling: same proof length, so only the root comparison can catch it.
     (copy / "entry.tlog-proof").write_bytes(original.replace(b"index 37\n", b"index 36\n"))
     assert failed(verify_run(copy, trust)) == {"inclusion": "inclusion proof does not reach root"}
@@ -214,8 +233,10 @@ def test_cli_keys_ledger_verify(tmp_path: Path) -> None:
         str(run / "entry.tlog-proof"), *h)  # fmt: skip
     assert cli("ledger", "prove", "0", *h) == (run / "entry.tlog-proof").read_text()
     cli("keys", "trust", "-o", str(tmp_path / "trust.txt"), *h)
-    out = cli("verify", str(run), "--trust", str(tmp_path / "trust.txt"))
-    assert out.count("ok ") == 8 and "verified" in out
+    out = cli("verify", str(run), "--trust", str(tmp_path / "trust.txt"), *h)
+    assert out.count("ok ") == len(STEPS) and "verified" in out
+    assert out.startswith("policy: trusting signer inferaudit-runner+")
+    assert f"(trust policy {tmp_path / 'trust.txt'})" in out.splitlines()[0]
 
     other = make_run_dir(tmp_path / "other", n=6)
     seal_run(other, load_or_create_signer(home, "inferaudit-runner"), None)
@@ -228,7 +249,7 @@ def test_cli_keys_ledger_verify(tmp_path: Path) -> None:
 
     records = run / "records.jsonl"
     records.write_bytes(records.read_bytes().replace(b'"id":3', b'"id":4', 1))
-    result = runner.invoke(app, ["verify", str(run), "--trust", str(tmp_path / "trust.txt")])
+    result = runner.invoke(app, ["verify", str(run), "--trust", str(tmp_path / "trust.txt"), *h])
     assert result.exit_code == 1
     assert "FAIL subjects: records.jsonl digest mismatch" in result.output
 
@@ -262,3 +283,93 @@ def test_flipping_every_byte(sealed: tuple[Path, TrustPolicy], tmp_path: Path, n
             assert set(fails) == {"statement", "summary"}, (pos, fails)
         else:
             assert {"envelope signature", "inclusion"} & set(fails), (pos, fails)
+
+
+def _sealed_copy(tmp_path: Path, **kw: object) -> tuple[Path, TrustPolicy]:
+    run = make_run_dir(tmp_path / "run", n=12, **kw)  # type: ignore[arg-type]
+    signer = Signer(name="inferaudit-runner", seed=bytes(range(32)))
+    seal_run(run, signer, None)
+    return run, TrustPolicy(signers=(signer.verifier(),))
+
+
+def _without_ledger(report: Report) -> dict[str, str]:
+    """The failures other than the ones every ledger-less run has (no proof file)."""
+    fails = failed(report)
+    for name in ("checkpoint signature", "checkpoint consistency", "inclusion"):
+        fails.pop(name)
+    return fails
+
+
+def test_meta_json_is_evidence_in_v2(tmp_path: Path) -> None:
+    run, trust = _sealed_copy(tmp_path)
+    assert _without_ledger(verify_run(run, trust)) == {}
+    original = (run / "meta.json").read_bytes()
+    (run / "meta.json").write_bytes(original.replace(b'"host":"test"', b'"host":"best"'))
+    fails = _without_ledger(verify_run(run, trust))
+    assert fails == {
+        "subjects": "meta.json digest mismatch",
+        "meta": "meta.json environment differs from the signed environment",
+    }
+    _flip(run / "meta.json", 3, original)
+    assert "meta.json digest mismatch" in _without_ledger(verify_run(run, trust))["subjects"]
+    (run / "meta.json").unlink()
+    assert _without_ledger(verify_run(run, trust)) == {
+        "subjects": "meta.json is missing",
+        "meta": "meta.json is missing (the statement binds it)",
+    }
+
+
+def test_meta_json_in_v1_is_compared_with_the_predicate(tmp_path: Path) -> None:
+    run, trust = _sealed_copy(tmp_path, layout="v1")
+    report = verify_run(run, trust)
+    assert _without_ledger(report) == {}
+    assert {s.name: s.detail for s in report.steps}["statement"].endswith("inference-run/v1")
+    meta = orjson.loads((run / "meta.json").read_bytes())
+    meta["models"]["data"][0]["id"] = "other-model"
+    (run / "meta.json").write_bytes(orjson.dumps(meta))
+    assert _without_ledger(verify_run(run, trust)) == {
+        "meta": "meta.json models differs from the signed models"
+    }
+    (run / "meta.json").unlink()
+    report = verify_run(run, trust)
+    assert _without_ledger(report) == {}
+    assert {s.name: s.detail for s in report.steps}["meta"] == (
+        "meta.json is missing: it is not evidence in v1 (the signed copy is)"
+    )
+
+
+def test_v2_files_added_or_edited_after_signing(tmp_path: Path) -> None:
+    run, trust = _sealed_copy(tmp_path)
+    (run / "health.jsonl").write_bytes(b"")  # no windows: only its binding can fail
+    assert _without_ledger(verify_run(run, trust)) == {
+        "subjects": "health.jsonl is present but not bound by the statement"
+    }
+    (run / "health.jsonl").unlink()
+    verdicts = orjson.loads((run / "verdicts.json").read_bytes())
+    verdicts[0]["summary"] = "all good"
+    (run / "verdicts.json").write_bytes(orjson.dumps(verdicts))
+    fails = _without_ledger(verify_run(run, trust))
+    assert fails["subjects"] == "verdicts.json digest mismatch"
+    assert fails["summary file"] == "verdicts.json differs from the signed verdicts"
+    assert fails["verdicts"].startswith(f"verdict {verdicts[0]['check']} differs: signed ")
+
+
+def test_seed_commitment(tmp_path: Path) -> None:
+    run, trust = _sealed_copy(tmp_path, seed=SEED)
+    report = verify_run(run, trust)
+    assert _without_ledger(report) == {}
+    assert {s.name: s.detail for s in report.steps}["seed"].startswith(
+        "seed.json matches the commitment "
+    )
+    (run / "seed.json").write_bytes(orjson.dumps({"seed": bytes(32).hex()}))
+    fails = _without_ledger(verify_run(run, trust))
+    assert fails["seed"] == "seed.json does not match the spec's seed_commitment"
+    (run / "seed.json").write_bytes(b'{"seed": "not hex"}')
+    assert _without_ledger(verify_run(run, trust))["seed"] == (
+        'seed.json must be {"seed": "<64 lowercase hex chars>"}'
+    )
+    (run / "seed.json").unlink()
+    assert _without_ledger(verify_run(run, trust)) == {
+        "subjects": "seed.json is missing",
+        "seed": "the spec commits to a seed but seed.json is missing",
+    }

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inferaudit.errors import ConfigError
-from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
+from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.workload import (
     SALT_WORDS,
     VOCAB,
     Planner,
     RequestPlan,
+    commit_seed,
+    fixed_seed,
     load_dataset,
+    load_seed,
     salt,
-    salt_key,
+    seed_commitment,
     synthetic_prompt,
+    write_seed,
 )
 
 
@@ -31,27 +36,68 @@ def spec(seed: int = 42, warmup: int = 0, **workload: object) -> RunSpec:
     )
 
 
-def unsalt(key: bytes, words: str) -> int:
-    """Inverse of the salt's Feistel network, written independently from the forward one."""
-    value = int.from_bytes(bytes(VOCAB.index(w) for w in words.split()), "big")
-    left, right = value >> 32, value & 0xFFFFFFFF
-    for r in reversed(range(4)):
-        f = hashlib.blake2b(left.to_bytes(4, "big") + bytes((r,)), key=key, digest_size=4)
-        left, right = right ^ int.from_bytes(f.digest(), "big"), left
-    return (left << 32) | right
+SECRET = bytes(range(32))
 
 
-def test_salt_known_answers() -> None:
-    key = salt_key(42)
-    assert salt(key, 0) == "fact first or such since study because its"
-    assert salt(key, 1) == "moment kind did will both they that moment"
-    assert salt(salt_key(0), 0) == "even happen men no education back read by"
+def test_salt_is_hmac_sha256_of_the_id() -> None:
+    # Written independently of the module: HMAC-SHA256(seed, "salt" 0x00 id64), first 8 bytes.
+    for i in (0, 1, 2**40, 2**63 + 12345):
+        mac = hmac.new(SECRET, b"salt\0" + i.to_bytes(8, "big"), hashlib.sha256).digest()
+        assert salt(SECRET, i) == " ".join(VOCAB[b] for b in mac[:8])
+    # pinned with `openssl dgst -sha256 -mac HMAC -macopt hexkey:0001..1f` over "salt\0" + 8 zeros
+    assert salt(SECRET, 0) == "paper can game lot create those paper center"
 
 
-@pytest.mark.parametrize("i", [0, 1, 2, 255, 256, 65_537, 2**32 - 1, 2**32, 2**63 + 12345])
-def test_salt_is_a_bijection_of_the_id(i: int) -> None:
-    key = salt_key(7)
-    assert unsalt(key, salt(key, i)) == i
+def test_seed_commitment_known_answer_and_round_trip(tmp_path: Path) -> None:
+    expected = hashlib.sha256(b"inferaudit.seed/v1\n" + SECRET).hexdigest()
+    assert seed_commitment(SECRET) == expected
+    committed = commit_seed(spec(), SECRET)
+    assert committed.seed_commitment == expected
+    # The secret is in memory only: not in the canonical JSON, not in the repr.
+    dumped = committed.model_dump_json()
+    assert SECRET.hex() not in dumped and "secret" not in dumped and "secret" not in repr(committed)
+    assert load_seed(tmp_path) is None
+    write_seed(tmp_path, SECRET)
+    assert (tmp_path / "seed.json").read_text() == f'{{"seed":"{SECRET.hex()}"}}\n'
+    assert load_seed(tmp_path) == SECRET
+
+
+@pytest.mark.parametrize(
+    "text", ['{"seed": "00"}', '{"seed": 5}', "[]", '{"seed": "' + "A" * 64 + '"}', "nope"]
+)
+def test_malformed_seed_file_is_one_line(tmp_path: Path, text: str) -> None:
+    (tmp_path / "seed.json").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_seed(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_planner_needs_the_secret_of_a_committed_spec() -> None:
+    committed = commit_seed(spec(), SECRET)
+    assert Planner(committed).plan(3) == Planner(commit_seed(spec(), SECRET)).plan(3)
+    assert Planner(committed).plan(3).prompt != Planner(spec()).plan(3).prompt
+    with pytest.raises(ConfigError, match="cannot be planned without it"):
+        Planner(committed.model_copy(update={"secret_seed": None}))
+    with pytest.raises(ConfigError, match="does not match"):
+        Planner(committed.model_copy(update={"secret_seed": bytes(32)}))
+    # a spec without a commitment plans under the public fixed seed of spec.seed
+    public = commit_seed(spec(seed=7), fixed_seed(7))
+    assert Planner(spec(seed=7)).plan(0) == Planner(public).plan(0)
+
+
+def test_sampling_keys_are_the_same_for_every_plan() -> None:
+    greedy = spec().model_copy(update={"sampling": Sampling()})
+    bodies = [Planner(greedy).plan(i).extra_body for i in range(20)]
+    assert all(b == {"temperature": 0.0, "top_p": 1.0} for b in bodies)
+    assert all(type(b["temperature"]) is float for b in bodies)
+    seeded = spec().model_copy(
+        update={"sampling": Sampling(temperature=0.7, top_p=0.9, seed_per_request=True)}
+    )
+    bodies = [Planner(seeded).plan(i).extra_body for i in range(200)]
+    assert {tuple(b) for b in bodies} == {("temperature", "top_p", "seed")}
+    seeds = [b["seed"] for b in bodies]
+    assert all(isinstance(x, int) and 0 <= x < 2**31 for x in seeds)
+    assert len(set(seeds)) == 200
 
 
 def test_no_two_prompts_share_a_prefix() -> None:
@@ -187,7 +233,7 @@ def test_planner_pickles_for_worker_processes() -> None:
 
 
 def test_synthetic_prompt_body_from_a_caller_generator() -> None:
-    key = salt_key(1)
+    key = fixed_seed(1)
     a = synthetic_prompt(key, 5, 20, np.random.default_rng(3))
     b = synthetic_prompt(key, 5, 20, np.random.default_rng(3))
     c = synthetic_prompt(key, 5, 20)

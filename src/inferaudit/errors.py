@@ -15,7 +15,19 @@ class InferauditError(Exception):
 
 
 class ConfigError(InferauditError):
-    """A flag, file or protocol value is wrong."""
+    """What the user asked for is wrong: a flag, an option, a protocol value, a path to read or
+    write (missing, unreadable, in the way), a name not in the catalog."""
+
+
+class DataError(InferauditError):
+    """Stored or received data is not what its format says: a file or message that does not
+    parse, has the wrong shape or encoding, or is not canonical (e.g. a summary, spec, claims
+    file, fingerprint, tokenizer file, statement). The data is at fault, not the command."""
+
+
+class RecordError(DataError):
+    """A request record is malformed, or inconsistent in itself or with the protocol (timings
+    out of order, counts that disagree with the chunks): ``records.jsonl`` or a worker's line."""
 
 
 class EndpointError(InferauditError):
@@ -24,6 +36,14 @@ class EndpointError(InferauditError):
 
 class ClientOverloadError(InferauditError):
     """The load client could not keep up with its own schedule."""
+
+
+class WorkerError(InferauditError):
+    """A load worker process failed or died; the records written before it are kept."""
+
+
+class StorageError(InferauditError):
+    """A run file cannot be written (disk full, permissions); what was written whole is kept."""
 
 
 class VerificationError(InferauditError):

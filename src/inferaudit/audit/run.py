@@ -3,13 +3,19 @@
     1. freeze: write the canonical RunSpec (``spec.json``) before the first request;
     2. preflight: the endpoint answers and lists the model (``meta.json`` keeps what it said);
     2b. client self-test (``RunOptions.self_test``): 2x the planned load against a local fast
-       server (``selftest.py``); its result goes into ``meta.json``; refused if it cannot keep
-       up (after the preflight, so a mistyped endpoint fails at once);
+       server (``selftest.py``), judged against the error budget (``measure.budget``) of
+       ``RunOptions.expected_ttft_ms`` when the caller knows the endpoint's TTFT, else reported
+       (the smallest TTFT it can carry) and left to the run's own validity rule; its result goes
+       into ``meta.json``; refused if it cannot keep up (after the preflight, so a mistyped
+       endpoint fails at once, and before any request reaches the endpoint);
     3. checks before the run (conformance probes);
     4. the load: records appended to ``records.jsonl`` as each request finishes;
     5. checks after the run (record checks, extra phases such as the caching audit);
-    6. summary: ``metrics.summarize`` over the records, plus the verdicts -> ``summary.json``;
+    6. summary: ``metrics.summarize`` over the records -> ``summary.json``; the verdicts ->
+       ``verdicts.json`` (contract C2: the statement binds both);
     7. evidence: statement + DSSE envelope, appended to the ledger, inclusion proof saved.
+
+``problems(outcome)`` states when a run does not pass (the CLI's exit status, the demo's).
 
 A sweep is one run directory per point under a parent directory, plus ``sweep.json``.
 The library never prints: ``RunObserver`` receives progress and the CLI renders it.
@@ -33,16 +39,30 @@ from inferaudit import __version__
 from inferaudit.errors import ClientOverloadError, ConfigError
 from inferaudit.home import data_dir, db_url
 from inferaudit.judge.suite import plan_checks
+from inferaudit.judge.verdict import Outcome, Verdict
+from inferaudit.measure.health import read_health
 from inferaudit.measure.load.client import check_endpoint
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
-from inferaudit.measure.protocol import RunSpec, canonical_bytes
-from inferaudit.measure.records import read_records
-from inferaudit.measure.rundir import META_FILE, RECORDS_FILE, SPEC_FILE, SUMMARY_FILE, SWEEP_FILE
+from inferaudit.measure.probes.send import model_listed, send_phase
+from inferaudit.measure.protocol import RunSpec, Sampling, canonical_bytes
+from inferaudit.measure.records import Record, read_records
+from inferaudit.measure.rundir import (
+    HEALTH_FILE,
+    META_FILE,
+    RECORDS_FILE,
+    SPEC_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    VERDICTS_FILE,
+)
 from inferaudit.measure.selftest import run_self_test
-from inferaudit.seal.evidence import file_sha256, seal_run
+from inferaudit.measure.summary import Summary
+from inferaudit.measure.workload import commit_seed, fresh_seed, write_seed
+from inferaudit.seal.evidence import file_sha256
 from inferaudit.seal.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
 from inferaudit.seal.ledger.store import open_ledger
+from inferaudit.seal.publish import seal_run
 
 
 class RunObserver(Protocol):
@@ -50,14 +70,14 @@ class RunObserver(Protocol):
 
     def phase(self, name: str, total: int | None) -> None: ...
 
-    def record(self, record: dict[str, Any]) -> None: ...
+    def record(self, record: Record) -> None: ...
 
 
 class _Silent:
     def phase(self, name: str, total: int | None) -> None:
         pass
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: Record) -> None:
         pass
 
 
@@ -73,20 +93,59 @@ class RunOptions:
     data_dir: Path | None = None
     db_url: str | None = None
     self_test: bool = False  # the CLI turns it on; library callers (tests, demo) opt in
+    # The endpoint's TTFT p50 (ms) when known before the run (e.g. from an earlier run): the
+    # self-test then judges its lag against that figure's error budget.
+    expected_ttft_ms: float | None = None
 
 
 @dataclass
 class RunOutcome:
     run_dir: Path
-    summary: dict[str, Any]
+    spec: RunSpec
+    summary: Summary
+    verdicts: tuple[Verdict, ...] = ()
     interrupted: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+def problems(outcome: RunOutcome) -> list[str]:
+    """Why a run does not pass, one line each; empty when it passes. The rule:
+
+    a run fails when it was interrupted, when it is invalid (the summary's reasons), when an
+    integrity check failed, or when a measured request failed and the protocol has an SLO (a
+    failed request violates every bound) or the errors check ran. Without an SLO and without
+    the errors check, failed requests are reported but judged by nothing.
+    """
+    s = outcome.summary
+    out: list[str] = []
+    if outcome.interrupted:
+        out.append("interrupted: finished requests are kept in records.jsonl")
+    out.extend(f"invalid: {why}" for why in s.invalid_reasons)
+    out.extend(
+        f"check {v.check} failed: {v.summary}"
+        for v in outcome.verdicts
+        if v.verdict == Outcome.failed
+    )
+    if s.failed and failures_judged(outcome.spec):
+        by = "the SLO" if outcome.spec.slo.bounds_ms else "the errors check"
+        out.append(f"{s.failed} of {s.requests} measured requests failed ({by} counts them)")
+    return out
+
+
+def failures_judged(spec: RunSpec) -> bool:
+    """Whether failed measured requests fail the run: an SLO is set or the errors check ran."""
+    return bool(spec.slo.bounds_ms) or "errors" in spec.checks
+
+
 def prepare_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a directory; give a directory for --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: output directory exists and is not empty")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        raise ConfigError(f"{run_dir}: a parent of it is a file, not a directory") from None
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -105,7 +164,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def execute(
+def run_verification(
     spec: RunSpec,
     run_dir: Path,
     options: RunOptions = RunOptions(),
@@ -123,16 +182,20 @@ def execute(
         selected=None if options.checks is None else list(options.checks),
         tokenizer=options.tokenizer,
         fingerprint=options.fingerprint,
-        api_key=options.api_key,
     )
     spec = spec.model_copy(
         update={
             "checks": suite.names,
             "tokenizer_sha256": options.tokenizer and file_sha256(options.tokenizer),
             "fingerprint_sha256": options.fingerprint and file_sha256(options.fingerprint),
+            "sampling": spec.sampling or Sampling(),  # one body shape for every request
         }
     )
-    suite.spec = spec
+    # A fresh secret seed (unless the caller fixed one): spec.json holds its commitment only;
+    # the audit traffic's positions are drawn from it (TRAFFIC, contract C5).
+    secret = spec.secret_seed or fresh_seed()
+    spec = commit_seed(spec, secret)
+    traffic = suite.traffic(spec)
     (run_dir / SPEC_FILE).write_bytes(canonical_bytes(spec))
 
     # (2): preflight — one clear error when the endpoint cannot be used at all.
@@ -143,17 +206,22 @@ def execute(
     }
     write_json(run_dir / META_FILE, meta)
 
-    # (2b): can the client keep up with 2x this load? (DESIGN §6.2; the result is evidence)
+    # (2b): can the client keep up with 2x this load within the error budget? (DESIGN §6.2;
+    # the result is evidence)
     if options.self_test:
         obs.phase("client self-test (2x load, local server)", None)
-        self_test = run_self_test(spec, should_stop=should_stop)
+        self_test = run_self_test(spec, figure_ms=options.expected_ttft_ms, should_stop=should_stop)
         meta["self_test"] = self_test.to_json()
         write_json(run_dir / META_FILE, meta)
         if not self_test.passed and not (should_stop is not None and should_stop()):
             raise ClientOverloadError(self_test.message())
 
-    # (3): checks that probe before the load.
-    verdicts = suite.before_run(records_path, obs)
+    # (3): checks that probe before the load (shaped like load requests).
+    listed = model_listed(spec, options.api_key)
+    if traffic.before:
+        obs.phase("checks: conformance probes", len(traffic.before))
+        send_phase(spec, traffic.before, api_key=options.api_key, concurrency=1,
+                   records_path=records_path, on_record=obs.record)  # fmt: skip
 
     # (4): the load itself.
     total = None if spec.load.requests is None else spec.load.requests + spec.load.warmup
@@ -162,22 +230,45 @@ def execute(
         spec,
         records_path,
         api_key=options.api_key,
-        injected=suite.injected_plans(),
+        injected=traffic.injected,
         on_record=obs.record,
         should_stop=should_stop,
+        health_path=run_dir / HEALTH_FILE,
     )
     meta["load"] = result.to_json()
     write_json(run_dir / META_FILE, meta)
 
-    # (5): checks over the records, and extra phases (e.g. the caching audit).
+    # (5): the supplementary audit block (a short run's repeats, shared-prefix prompts and
+    # replays, interleaved with fresh prompts); then the seed is revealed; then every verdict.
+    verdicts: list[Verdict] = []
+    if not result.interrupted and traffic.after:
+        obs.phase("checks: audit block", len(traffic.after))
+        send_phase(spec, traffic.after, api_key=options.api_key,
+                   concurrency=traffic.concurrency, records_path=records_path,
+                   on_record=obs.record)  # fmt: skip
+    write_seed(run_dir, secret)  # after the last request (contract C5)
     if not result.interrupted:
-        verdicts += suite.after_run(records_path, obs)
+        verdicts = suite.judge(
+            read_records(records_path),
+            spec,
+            model_listed=listed,
+            # the noise-aware timing rules where the run recorded client health (C3)
+            health=read_health(run_dir / HEALTH_FILE)
+            if (run_dir / HEALTH_FILE).exists()
+            else None,
+        )
 
-    # (6): the summary is a pure function of records and protocol.
+    # (6): the summary is a pure function of records and protocol; the verdicts beside it.
     summary = summarize(read_records(records_path), spec)
-    summary["checks"] = [v.to_json() for v in verdicts]
-    write_json(run_dir / SUMMARY_FILE, summary)
-    outcome = RunOutcome(run_dir=run_dir, summary=summary, interrupted=result.interrupted)
+    write_json(run_dir / SUMMARY_FILE, summary.to_json())
+    write_json(run_dir / VERDICTS_FILE, [v.to_json() for v in verdicts])
+    outcome = RunOutcome(
+        run_dir=run_dir,
+        spec=spec,
+        summary=summary,
+        verdicts=tuple(verdicts),
+        interrupted=result.interrupted,
+    )
 
     # (7): evidence — statement, envelope, ledger entry, inclusion proof.
     if options.sign and not result.interrupted:
@@ -186,7 +277,8 @@ def execute(
 
 
 def seal(run_dir: Path, options: RunOptions) -> dict[str, Any]:
-    """Sign the run directory's statement and append it to the ledger."""
+    """Publish the run's statement (``seal.publish``: sign, append, checkpoint, proof) and
+    write its evidence files; returns what was written (keys, ledger index, origin, log key)."""
     home = data_dir(options.data_dir)
     signer = load_or_create_signer(home, DEFAULT_SIGNER_NAME)
     with open_ledger(db_url(options.db_url, home), home) as ledger:
@@ -204,27 +296,20 @@ def execute_sweep(
     prepare_dir(parent)
     outcomes: list[RunOutcome] = []
     for i, spec in enumerate(specs):
-        outcome = execute(spec, parent / f"point-{i:03d}", options, observer, should_stop)
+        outcome = run_verification(spec, parent / f"point-{i:03d}", options, observer, should_stop)
         outcomes.append(outcome)
-        write_json(
-            parent / SWEEP_FILE,
-            {"points": [_sweep_row(o, s) for o, s in zip(outcomes, specs, strict=False)]},
-        )
+        write_json(parent / SWEEP_FILE, {"points": [_sweep_row(o) for o in outcomes]})
         if outcome.interrupted:
             break
     return outcomes
 
 
-def _sweep_row(outcome: RunOutcome, spec: RunSpec) -> dict[str, Any]:
-    s = outcome.summary
+def _sweep_row(outcome: RunOutcome) -> dict[str, Any]:
+    """A sweep.json row: the point's directory, its Load, and the summary's flat row."""
+    row = outcome.summary.row().to_json()
     return {
         "dir": outcome.run_dir.name,
-        "load": spec.load.model_dump(mode="json"),
-        "request_throughput_rps": s.get("request_throughput_rps"),
-        "output_throughput_tok_s": s.get("output_throughput_tok_s"),
-        "goodput_rps": s.get("goodput_rps"),
-        "ttft_p50_ms": (s.get("ttft_ms") or {}).get("p50"),
-        "ttft_p99_ms": (s.get("ttft_ms") or {}).get("p99"),
-        "tpot_p50_ms": (s.get("tpot_ms") or {}).get("p50"),
-        "valid": s.get("valid"),
+        "load": outcome.spec.load.model_dump(mode="json"),
+        "label": row.pop("load"),
+        **row,
     }

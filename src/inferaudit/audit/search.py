@@ -1,7 +1,7 @@
 """SLO capacity search: the highest open-loop arrival rate whose point meets the SLO.
 
-Each point is a full run (``runs.execute``) under the same protocol except the rate, in its own
-directory ``point-000``, ``point-001``, ... under a parent directory that also holds
+Each point is a full run (``run.run_verification``) under the same protocol except the rate, in
+its own directory ``point-000``, ``point-001``, ... under a parent directory that also holds
 ``search.json``. The rates are chosen by pure decision logic (``next_rate``), separate from the
 execution, so that it can be tested on hand-made point results:
 
@@ -11,9 +11,9 @@ execution, so that it can be tested on hand-made point results:
     2. bisection: between the highest passing and the lowest failing rate, at their geometric
        mean (the resolution is relative), until lowest failing / highest passing - 1 <=
        ``tolerance`` or ``max_points`` points have run;
-    3. a point that is not a measurement of the endpoint (the client fell behind its schedule,
-       its self-test refused, or the run was interrupted) ends the search: what was found so
-       far stands, and ``search.json`` says why it stopped.
+    3. a point that is not a measurement of the endpoint (the client's lag exceeded the error
+       budget, ``measure.budget``; its self-test refused; or the run was interrupted) ends the
+       search: what was found so far stands, and ``search.json`` says why it stopped.
 
 A point passes (``judge``) when, for every SLO bound ``<metric>_pXX``, both hold:
     - the observed percentile in the summary (``<metric>_ms.pXX``, completed requests) is
@@ -40,14 +40,16 @@ from inferaudit.audit.run import (
     RunObserver,
     RunOptions,
     RunOutcome,
-    execute,
     prepare_dir,
+    run_verification,
     write_json,
 )
 from inferaudit.errors import ClientOverloadError, ConfigError
 from inferaudit.measure import stats
+from inferaudit.measure.budget import summary_lag_problem
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.rundir import SEARCH_FILE
+from inferaudit.measure.summary import Summary
 
 __all__ = [
     "SEARCH_FILE",
@@ -66,7 +68,7 @@ DEFINITIONS = {
     "pass": (
         "Every SLO bound <metric>_pXX holds: the summary's observed pXX (completed requests) "
         "<= bound, and violating requests, failed ones included, are at most 1 - XX/100 of the "
-        "measured requests. The run must be valid (the client kept up)."
+        "measured requests. The client's lag must be within the protocol's error budget."
     ),
     "decided_by": (
         "Observed percentiles decide; the MLPerf early-stopping verdict (99% confidence) of each "
@@ -146,44 +148,26 @@ def _fmt_ms(value: float) -> str:
 
 def judge(
     rate: float,
-    summary: Mapping[str, Any],
+    summary: Summary,
     *,
-    max_lag_p99_ms: float,
+    spec: RunSpec,
     interrupted: bool = False,
 ) -> PointResult:
     """Pass, fail or invalid for one point's summary (see the module docstring): invalid when
-    interrupted or when the client lag p99 exceeds ``max_lag_p99_ms`` (the protocol's bound)."""
-    slo: Mapping[str, Any] = summary.get("slo") or {}
-    lag = (summary.get("client_lag_ms") or {}).get("p99")
-    metrics: dict[str, Any] = {
-        "requests": summary.get("requests"),
-        "completed": summary.get("completed"),
-        "failed": summary.get("failed"),
-        "achieved_rps": (summary.get("arrival_rate") or {}).get("achieved_rps"),
-        "request_throughput_rps": summary.get("request_throughput_rps"),
-        "output_throughput_tok_s": summary.get("output_throughput_tok_s"),
-        "goodput_rps": summary.get("goodput_rps"),
-        "goodput_tok_s": summary.get("goodput_tok_s"),
-        "ttft_p50_ms": (summary.get("ttft_ms") or {}).get("p50"),
-        "ttft_p99_ms": (summary.get("ttft_ms") or {}).get("p99"),
-        "tpot_p50_ms": (summary.get("tpot_ms") or {}).get("p50"),
-        "tpot_p99_ms": (summary.get("tpot_ms") or {}).get("p99"),
-        "client_lag_p99_ms": lag,
-        "bounds": {},
-    }
+    interrupted or when the client lag voids the point under ``spec`` (``measure.budget``)."""
+    metrics: dict[str, Any] = {**summary.row().to_json(), "bounds": {}}
     if interrupted:
         return PointResult(rate, "invalid", ("interrupted",), metrics=metrics)
-    reasons = list(summary.get("invalid_reasons") or [])
-    if lag is not None and lag > max_lag_p99_ms:
-        why = f"client lag p99 {lag:g} ms > {max_lag_p99_ms:g} ms: the client fell behind"
-        return PointResult(rate, "invalid", (why,), metrics=metrics)
+    lagged = summary_lag_problem(spec, summary.client_lag_ms.p99, summary.ttft_from_sent_ms.p50)
+    if lagged is not None:
+        return PointResult(rate, "invalid", (lagged,), metrics=metrics)
+    reasons = list(summary.invalid_reasons)
     failed_bounds: list[str] = []
-    for key in sorted(slo):
-        entry = slo[key]
-        pct_name = key.partition("_")[2]
-        observed = (summary.get(f"{entry['metric']}_ms") or {}).get(pct_name)
-        n, violations, bound = entry["n"], entry["violations"], entry["bound_ms"]
-        allowed = n * (1.0 - entry["percentile"] / 100.0)
+    for key, entry in summary.slo.items():
+        dist = summary.dist(entry.metric)
+        observed = None if dist is None else dist.pct(key.partition("_")[2])
+        n, violations, bound = entry.n, entry.violations, entry.bound_ms
+        allowed = n * (1.0 - entry.percentile / 100.0)
         share_ok = violations <= allowed + 1e-9
         observed_ok = observed is not None and observed <= bound
         metrics["bounds"][key] = {
@@ -192,7 +176,7 @@ def judge(
             "violations": violations,
             "n": n,
             "holds": observed_ok and share_ok,
-            "early_stopping": entry["verdict"],
+            "early_stopping": entry.verdict,
         }
         if not observed_ok:
             failed_bounds.append(key)
@@ -202,7 +186,7 @@ def judge(
             failed_bounds.append(key)
             reasons.append(
                 f"{key}: {violations} of {n} requests violate (failures included), "
-                f"more than {100 - entry['percentile']:g}%"
+                f"more than {100 - entry.percentile:g}%"
             )
     if failed_bounds or reasons:
         return PointResult(rate, "fail", tuple(reasons), tuple(failed_bounds), metrics)
@@ -381,18 +365,13 @@ def execute_search(
         point_spec = spec.model_copy(update={"load": spec.load.model_copy(update={"rate": rate})})
         name = f"point-{len(history):03d}"
         try:
-            outcome = execute(point_spec, parent / name, options, observer, should_stop)
+            outcome = run_verification(point_spec, parent / name, options, observer, should_stop)
         except ClientOverloadError as exc:
             point = PointResult(rate, "invalid", (exc.diagnostics(),), dir=name)
         else:
             outcomes.append(outcome)
             interrupted = outcome.interrupted
-            point = judge(
-                rate,
-                outcome.summary,
-                max_lag_p99_ms=spec.max_client_lag_p99_ms,
-                interrupted=interrupted,
-            )
+            point = judge(rate, outcome.summary, spec=point_spec, interrupted=interrupted)
             point = PointResult(
                 point.rate, point.status, point.reasons, point.failed_bounds, point.metrics, name
             )

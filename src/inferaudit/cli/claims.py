@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, get_args
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from inferaudit import home
 from inferaudit.cli.app import app, console, err_console
@@ -33,21 +38,39 @@ def open_store(data_dir: Path | None, db: str | None) -> C.ClaimStore:
     return C.ClaimStore(home.make_engine(url))
 
 
-CLAIMS_KEY = "inferaudit-claims"
+def printable(text: str) -> str:
+    """``text`` with control and bidi-override characters escaped (``\\x1b``, ``\\u202e``), so
+    that a claim can never drive the terminal (print it through ``Text``: no markup either)."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in "\u200d":
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
-def _sign(store: C.ClaimStore, ids: list[str], data_dir: Path | None, db: str | None) -> None:
-    """Append the new claims to the ledger as signed statements (key ``inferaudit-claims``)."""
+def cell(text: str | None) -> Text:
+    """A table cell showing ``text`` literally: no markup, no control characters."""
+    return Text(printable(text or ""))
+
+
+def say(text: str) -> None:
+    """Print one line of claim content literally (no markup, no control characters)."""
+    console.print(Text(printable(text)), highlight=False)
+
+
+@contextmanager
+def signing(data_dir: Path | None, db: str | None) -> Iterator[C.Signing]:
+    """The claims signer (key ``inferaudit-claims``) and the ledger, for one import."""
     from inferaudit.seal.keys import load_or_create_signer
     from inferaudit.seal.ledger.store import open_ledger
 
-    if not ids:
-        return
     base = home.data_dir(data_dir)
-    signer = load_or_create_signer(base, CLAIMS_KEY)
+    signer = load_or_create_signer(base, C.SIGNER_NAME)
     with open_ledger(home.db_url(db, base), base) as ledger:
-        indices = C.sign_claims(store, ids, signer, ledger)
-    console.print(f"signed into the ledger at indices {', '.join(map(str, indices))}")
+        yield C.Signing(signer, ledger)
 
 
 def _import(
@@ -56,24 +79,35 @@ def _import(
     path: str,
     data_dir: Path | None,
     db: str | None,
-) -> None:
+) -> C.ImportResult:
     try:
-        result = store.add(claims, path=path)
+        with signing(data_dir, db) as sig:
+            result = store.add(claims, path=path, signing=sig)
     except C.ClaimImportError as exc:
         _print_problems(exc)
     console.print(
         f"imported {len(result.added)} claim(s); {len(result.unchanged)} already stored unchanged"
     )
-    _sign(store, result.added, data_dir, db)
+    if result.repaired:
+        console.print(
+            f"signed {len(result.repaired)} stored claim(s) that had no ledger entry: "
+            + escape(", ".join(result.repaired)),
+            highlight=False,
+        )
+    if result.indices:
+        indices = sorted(set(result.indices.values()))
+        console.print(f"signed into the ledger at indices {', '.join(map(str, indices))}")
+    return result
 
 
 def _print_problems(exc: C.ClaimImportError) -> NoReturn:
     err_console.print(
-        f"[bold red]error:[/] {exc.path}: {len(exc.problems)} bad record(s); nothing imported",
+        f"[bold red]error:[/] {escape(printable(exc.path))}: {len(exc.problems)} bad record(s); "
+        "nothing imported",
         highlight=False,
     )
     for p in exc.problems:
-        err_console.print(f"  {p}", highlight=False)
+        err_console.print(Text(f"  {printable(p)}"), highlight=False)
     raise typer.Exit(2)
 
 
@@ -161,39 +195,41 @@ def add(
         raise ConfigError(f"claims add: missing {', '.join(missing)} (stdin is not a terminal)")
     entities = [(n, r) for n, r in ((operator, "operator"), (vendor, "chip_vendor")) if n]
     claim = C.build_claim(
-        claim_id=claim_id,
-        statement=statement,
-        status=status,
-        certainty=certainty,
-        source_url=source_url,
-        source_class=source_class,
-        claim_type=claim_type,
-        statement_original=statement_original,
-        entities=entities,
-        site=site,
-        city=city,
-        country=country,
-        project=project,
-        deployment=deployment,
-        accelerator=accelerator,
-        count=count,
-        metric=metric,
-        value=value,
-        unit=unit,
-        basis=basis,
-        precision=precision,
-        sparsity=sparsity,
-        as_of=as_of,
-        quote=quote,
-        accessed=accessed,
-        model=model,
-        concurrency=concurrency,
-        context_tokens=context_tokens,
-        slo=slo,
-        techniques=technique or (),
-        supersedes=supersedes,
-        part_of=part_of,
-        related=related or (),
+        C.claim_input(
+            claim_id=claim_id,
+            statement=statement,
+            status=status,
+            certainty=certainty,
+            source_url=source_url,
+            source_class=source_class,
+            claim_type=claim_type,
+            statement_original=statement_original,
+            entities=tuple(entities),
+            site=site,
+            city=city,
+            country=country,
+            project=project,
+            deployment=deployment,
+            accelerator=accelerator,
+            count=count,
+            metric=metric,
+            value=value,
+            unit=unit,
+            basis=basis,
+            precision=precision,
+            sparsity=sparsity,
+            as_of=as_of,
+            quote=quote,
+            accessed=accessed,
+            model=model,
+            concurrency=concurrency,
+            context_tokens=context_tokens,
+            slo=slo,
+            techniques=tuple(technique or ()),
+            supersedes=supersedes,
+            part_of=part_of,
+            related=tuple(related or ()),
+        )
     )
     _import(open_store(data_dir, db), [claim], "claims add", data_dir, db)
 
@@ -202,7 +238,7 @@ def add(
 def list_(
     site: Annotated[str | None, typer.Option(help="Site name/city contains")] = None,
     vendor: Annotated[str | None, typer.Option(help="Chip vendor contains")] = None,
-    status: Annotated[str | None, typer.Option(help=", ".join(get_args(C.Status)))] = None,
+    status: Annotated[str | None, typer.Option(help=", ".join(get_args(C.ClaimStatus)))] = None,
     certainty: Annotated[str | None, typer.Option(help="confirmed|likely|unlikely|unknown")] = None,
     include_superseded: Annotated[bool, typer.Option("--all", help="Include superseded")] = False,
     data_dir: DataDir = None,
@@ -221,7 +257,14 @@ def list_(
         c = s.claim
         head = next((q.label() for q in c.quantities if q.basis != "derived"), "-")
         cid = c.claim_id + (f" (superseded by {s.superseded_by})" if s.superseded_by else "")
-        table.add_row(cid, c.status, c.certainty, c.site_label, ", ".join(c.vendors), head)
+        table.add_row(
+            cell(cid),
+            cell(c.status),
+            cell(c.certainty),
+            cell(c.site_label),
+            cell(", ".join(c.vendors)),
+            cell(head),
+        )
     console.print(table)
     console.print(f"{len(rows)} claim(s)")
 
@@ -237,53 +280,45 @@ def show(
     stored = store.get(claim_id)
     registry = [s.claim for s in store.all()]
     c = stored.claim
-    console.print(
-        f"[bold]{c.claim_id}[/]  {c.claim_type}  status={c.status}  certainty={c.certainty}",
-        highlight=False,
-    )
-    console.print(c.statement, highlight=False)
+    say(f"{c.claim_id}  {c.claim_type}  status={c.status}  certainty={c.certainty}")
+    say(c.statement)
     if c.statement_original:
-        console.print(f"original: {c.statement_original}", highlight=False)
-    console.print(
+        say(f"original: {c.statement_original}")
+    say(
         f"site: {c.site_label}; operator: {c.operator or '-'}; "
-        f"vendors: {', '.join(c.vendors) or '-'}",
-        highlight=False,
+        f"vendors: {', '.join(c.vendors) or '-'}"
     )
     if c.quantities:
         qt = Table("metric", "value", "unit", "basis", "precision", "sparsity", "as of")
         for q in c.quantities:
             qt.add_row(
-                q.metric,
-                "?" if q.value is None else f"{q.value:,.6g}",
-                q.unit,
-                q.basis,
-                q.precision,
-                q.sparsity,
-                q.as_of or "-",
+                cell(q.metric),
+                cell("?" if q.value is None else f"{q.value:,.6g}"),
+                cell(q.unit),
+                cell(q.basis),
+                cell(q.precision),
+                cell(q.sparsity),
+                cell(q.as_of or "-"),
             )
         console.print(qt)
     st = Table("provenance", "class", "url", "quote")
     for s in c.sources:
-        st.add_row(s.provenance.value, s.source_class, s.url, s.quote or "")
+        st.add_row(cell(s.provenance.value), cell(s.source_class), cell(s.url), cell(s.quote))
     console.print(st)
     for f in C.findings(c, registry):
-        colour = "yellow" if f.severity == "discrepancy" else "green"
-        console.print(
-            f"[{colour}]finding ({f.rule}, {f.severity}):[/] {f.message}", highlight=False
-        )
+        say(f"finding ({f.rule}, {f.severity}): {f.message}")
     check = roofline_check(c)
     if check is not None:
-        console.print(f"roofline: {check.verdict.value}: {check.explanation}", highlight=False)
+        say(f"roofline: {check.verdict.value}: {check.explanation}")
         for a in check.bound.assumptions if check.bound else ():
-            console.print(f"  - {a}", highlight=False)
+            say(f"  - {a}")
     if c.supersedes:
-        console.print(f"supersedes: {c.supersedes}")
+        say(f"supersedes: {c.supersedes}")
     if stored.superseded_by:
-        console.print(f"[yellow]superseded by {stored.superseded_by}[/]")
-    console.print(
+        say(f"superseded by {stored.superseded_by}")
+    say(
         f"sha256: {stored.sha256}  added: {stored.added_at}"
-        + (f"  ledger index: {stored.ledger_index}" if stored.ledger_index is not None else ""),
-        highlight=False,
+        + (f"  ledger index: {stored.ledger_index}" if stored.ledger_index is not None else "")
     )
 
 
@@ -306,9 +341,13 @@ def supersede(
     if claim.supersedes is None:
         claim = claim.model_copy(update={"supersedes": old_id})
     store = open_store(data_dir, db)
-    store.supersede(old_id, claim)
-    console.print(f"{claim.claim_id} supersedes {old_id}")
-    _sign(store, [claim.claim_id], data_dir, db)
+    store.get(old_id)
+    if claim.supersedes != old_id:
+        raise ClaimsError(
+            f"{claim.claim_id}: field supersedes is {claim.supersedes!r}, expected {old_id!r}"
+        )
+    _import(store, [claim], str(file), data_dir, db)
+    say(f"{claim.claim_id} supersedes {old_id}")
 
 
 @claims_app.command("export")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from inferaudit.cli.app import app, console
 from inferaudit.cli.run import LiveProgress, print_outcomes
@@ -20,9 +21,23 @@ def demo(
     duration: Annotated[float, typer.Option(help="Seconds of measured load")] = 25.0,
     data_dir: Annotated[Path | None, typer.Option(help="Keys and ledger (INFERAUDIT_HOME)")] = None,
     db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
+    workers: Annotated[int, typer.Option(help="Client worker processes (default: CPU cores)")] = 0,
+    max_lag_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Fixed client lag p99 bound (ms), overriding the error budget "
+            "(default: 2% of TTFT p50, at least 1 ms)"
+        ),
+    ] = None,
 ) -> None:
     """Run a short verification against a simulated H100 serving Llama 3.1 8B, end to end."""
     from inferaudit.audit.demo import ACCELERATOR, MODEL, run_demo
+    from inferaudit.errors import ConfigError
+
+    if workers < 0:
+        raise ConfigError(f"--workers {workers}: must be at least 1 (0: one per CPU core)")
+    if max_lag_ms is not None and not max_lag_ms > 0:
+        raise ConfigError(f"--max-lag-ms {max_lag_ms:g}: must be positive")
 
     run_dir = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     console.print(
@@ -30,10 +45,18 @@ def demo(
         f"{ACCELERATOR} — a SIMULATION, not real hardware"
     )
     with LiveProgress() as live:
-        result = run_demo(run_dir, duration_s=duration, home=data_dir, db_url=db, observer=live)
+        result = run_demo(
+            run_dir,
+            duration_s=duration,
+            home=data_dir,
+            db_url=db,
+            observer=live,
+            workers=workers or None,
+            max_lag_ms=max_lag_ms,
+        )
     print_outcomes([result.run])
     console.print("[bold]offline verification[/] (signature, digests, log inclusion, metrics):")
-    for check in result.verification.checks:
+    for check in result.verification.steps:
         mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
         console.print(f"  {mark}  {check.name}: {check.detail}", highlight=False)
     for r in result.reconciliation:
@@ -46,4 +69,11 @@ def demo(
         )
     console.print(f"report: [bold]{result.report}[/]")
     console.print(f"verify it yourself: inferaudit verify {run_dir} (keys in the data directory)")
-    raise typer.Exit(0 if result.verification.ok else 1)
+    problems = result.problems()
+    if problems:
+        console.print(
+            f"[bold red]demo did not pass: {escape('; '.join(problems))}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(1 if problems else 0)

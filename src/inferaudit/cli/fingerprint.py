@@ -9,7 +9,7 @@ import typer
 
 from inferaudit.cli.app import app, console, err_console
 from inferaudit.errors import ConfigError
-from inferaudit.measure.protocol import Api, Endpoint
+from inferaudit.measure.protocol import Api
 
 fingerprint_app = typer.Typer(
     help="Model-identity fingerprints: greedy outputs of a trusted reference on hidden prompts.",
@@ -30,29 +30,44 @@ def record(
         str | None, typer.Option(help="Environment variable holding the API key (never stored)")
     ] = None,
     prompts: Annotated[int, typer.Option(help="Hidden prompts to record")] = 16,
-    prompt_words: Annotated[int, typer.Option(help="Words per hidden prompt")] = 64,
-    max_tokens: Annotated[int, typer.Option(help="Greedy output tokens per prompt")] = 32,
+    input_tokens: Annotated[
+        str, typer.Option(help="Prompt tokens, as the runs will use: N, LO-HI, LO-HI:normal")
+    ] = "256",
+    output_tokens: Annotated[
+        str, typer.Option(help="Output tokens, as the runs will use (records the highest)")
+    ] = "128",
+    dataset: Annotated[
+        Path | None, typer.Option(help="The runs' JSONL dataset: prompts are rows of it")
+    ] = None,
+    enforce_length: Annotated[
+        bool, typer.Option(help="Send ignore_eos/min_tokens, as the runs will")
+    ] = True,
     repeats: Annotated[
         int, typer.Option(help="Rounds per prompt (>= 2), to calibrate the threshold")
     ] = 3,
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds")] = 120.0,
 ) -> None:
-    """Record greedy (temperature 0, fixed seed) outputs and calibrate the agreement threshold."""
-    from inferaudit.measure.fingerprint import record_fingerprint
+    """Record greedy outputs on prompts drawn like a run's with the same workload flags, and
+    calibrate the agreement threshold. Runs refuse a fingerprint of other workload flags."""
+    from inferaudit.cli.run import build_specs
+    from inferaudit.measure.fingerprint_record import record_fingerprint
     from inferaudit.measure.load.client import api_key_for
+    from inferaudit.measure.protocol import Arrivals
 
     if out.exists():
         raise ConfigError(f"--out {out}: file exists (will not overwrite a fingerprint)")
-    try:
-        ep = Endpoint(base_url=endpoint, model=model, api=api, api_key_env=api_key_env)
-    except ValueError as exc:
-        raise ConfigError(f"--endpoint {endpoint!r}: not an http(s) URL") from exc
+    (spec,) = build_specs(  # the run's own parsing of the workload flags
+        endpoint=endpoint, model=model, api=api, api_key_env=api_key_env, concurrency=1,
+        rate=None, arrivals=Arrivals.poisson, sweep=None, requests=prompts, duration=None,
+        warmup=0, input_tokens=input_tokens, output_tokens=output_tokens, dataset=dataset,
+        enforce_length=enforce_length, slo=None, seed=0, workers=1, max_lag_ms=None,
+        timeout=timeout,
+    )  # fmt: skip
     fp = record_fingerprint(
-        ep,
-        api_key=api_key_for(ep),
+        spec.endpoint,
+        workload=spec.workload,
+        api_key=api_key_for(spec.endpoint),
         prompts=prompts,
-        prompt_words=prompt_words,
-        max_tokens=max_tokens,
         repeats=repeats,
         timeout_s=timeout,
         on_progress=lambda line: err_console.print(line, highlight=False),

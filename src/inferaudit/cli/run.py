@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from inferaudit.cli.app import app, console
@@ -24,6 +25,7 @@ from inferaudit.measure.protocol import (
     Length,
     Load,
     RunSpec,
+    Sampling,
     Workload,
 )
 from inferaudit.seal.evidence import file_sha256
@@ -31,6 +33,7 @@ from inferaudit.seal.evidence import file_sha256
 if TYPE_CHECKING:
     from inferaudit.audit.run import RunOutcome
     from inferaudit.audit.search import SearchOutcome
+    from inferaudit.measure.records import Record
 
 
 def _positive_list(text: str, what: str, cast: type) -> list[Any]:
@@ -63,10 +66,15 @@ def build_specs(
     slo: str | None,
     seed: int,
     workers: int,
-    max_lag_ms: float,
+    max_lag_ms: float | None,
     timeout: float,
     deployment: str | None = None,
     claim: str | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed_per_request: bool = False,
+    allow_prompt_cache: bool = False,
+    keep_full_text: bool = False,
 ) -> list[RunSpec]:
     """Turn command-line values into one RunSpec per measurement point (a sweep has several)."""
     if rate is not None and rate <= 0:
@@ -102,6 +110,7 @@ def build_specs(
             dataset=str(dataset) if dataset else None,
             dataset_sha256=dataset_sha,
             enforce_output_length=enforce_length,
+            **({"max_text_bytes": None} if keep_full_text else {}),
         )
         base = {
             "endpoint": Endpoint(base_url=endpoint, model=model, api=api, api_key_env=api_key_env),
@@ -112,6 +121,10 @@ def build_specs(
             "max_client_lag_p99_ms": max_lag_ms,
             "deployment": deployment,
             "claim": claim,
+            "sampling": Sampling(
+                temperature=temperature, top_p=top_p, seed_per_request=seed_per_request
+            ),
+            "allow_prompt_cache": allow_prompt_cache,
         }
         return [
             RunSpec(
@@ -166,14 +179,14 @@ class LiveProgress:
         self._reset()
         self.task = self.progress.add_task(name, total=total, stats="")
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: Record) -> None:
         self.done += 1
-        if record.get("error_class"):
+        if not record.ok:
             self.failed += 1
         else:
-            self.tokens += record.get("usage_completion_tokens") or record.get("content_chunks", 0)
-            if record.get("first_content_ns") is not None:
-                self.ttfts.append((record["first_content_ns"] - record["scheduled_ns"]) / 1e6)
+            self.tokens += record.output_tokens
+            if record.first_content_ns is not None:
+                self.ttfts.append((record.first_content_ns - record.scheduled_ns) / 1e6)
         now = time.monotonic()
         self.progress.advance(self.task)
         if now - self.last_refresh > 0.25:
@@ -202,32 +215,34 @@ def stop_flag() -> threading.Event:
 
 
 def print_outcomes(outcomes: list[RunOutcome]) -> None:
+    from inferaudit.audit.run import failures_judged, problems
     from inferaudit.cli.tables import summary_table, sweep_table
-    from inferaudit.judge.verdict import Verdict, format_verdict
 
     for outcome in outcomes:
-        console.print(summary_table(outcome.summary))
+        console.print(summary_table(outcome.summary, outcome.verdicts))
     if len(outcomes) > 1:
-        console.print(sweep_table([o.summary for o in outcomes]))
+        console.print(sweep_table([o.summary.row() for o in outcomes]))
     for outcome in outcomes:
         console.print(f"run directory: [bold]{outcome.run_dir}[/]")
         for name, value in outcome.evidence.items():
             console.print(f"  {name}: {value}")
-        for check in outcome.summary.get("checks", []):
-            if check["verdict"] == "fail":
-                line = format_verdict(Verdict.from_json(check))
-                console.print(f"[bold red]{line}[/]", highlight=False, soft_wrap=True)
+        for line in problems(outcome):
+            console.print(f"[bold red]{escape(line)}[/]", highlight=False, soft_wrap=True)
+        s = outcome.summary
+        if s.failed and not failures_judged(outcome.spec):
+            console.print(
+                f"[yellow]{s.failed} of {s.requests} measured requests failed (no SLO and no "
+                "errors check in the protocol: not judged)[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def exit_code(outcomes: list[RunOutcome]) -> int:
-    """0: measured and valid; 1: the run is invalid, interrupted, or an integrity check failed."""
-    for outcome in outcomes:
-        s = outcome.summary
-        if outcome.interrupted or not s.get("valid", False):
-            return 1
-        if any(c.get("verdict") == "fail" for c in s.get("checks", [])):
-            return 1
-    return 0
+    """0: every run passes; 1: one does not (``audit.run.problems`` states the rule)."""
+    from inferaudit.audit.run import problems
+
+    return 1 if any(problems(o) for o in outcomes) else 0
 
 
 def print_search(found: SearchOutcome) -> int:
@@ -256,9 +271,7 @@ def print_search(found: SearchOutcome) -> int:
     console.print(f"search directory: [bold]{found.parent}[/] ({SEARCH_FILE})")
     if found.interrupted:
         console.print("[yellow]interrupted: finished requests are kept in records.jsonl[/]")
-    bad_check = any(
-        c.get("verdict") == "fail" for o in found.outcomes for c in o.summary.get("checks", [])
-    )
+    bad_check = any(v.verdict.value == "fail" for o in found.outcomes for v in o.verdicts)
     invalid = any(p.status == "invalid" for p in found.points)
     return 1 if found.interrupted or invalid or bad_check else 0
 
@@ -296,14 +309,31 @@ def run(
     enforce_length: Annotated[
         bool, typer.Option(help="Send ignore_eos/min_tokens so outputs reach the asked length")
     ] = True,
+    keep_full_text: Annotated[
+        bool, typer.Option(help="Records keep all output text (default: 65,536 bytes of it)")
+    ] = False,
     slo: Annotated[
         str | None, typer.Option(help="Latency bounds, e.g. ttft_p99=2000ms,tpot_p99=100ms")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for prompts and arrivals")] = 0,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature of every request (identity needs 0)")
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling top_p of every request")] = 1.0,
+    seed_per_request: Annotated[
+        bool, typer.Option(help="Send a sampling seed (drawn from the run's secret) per request")
+    ] = False,
+    allow_prompt_cache: Annotated[
+        bool, typer.Option(help="Prompt/response caching is allowed: reported, not a failure")
+    ] = False,
     workers: Annotated[int, typer.Option(help="Client worker processes (default: CPU cores)")] = 0,
     max_lag_ms: Annotated[
-        float, typer.Option(help="Client lag p99 above which the run is invalid")
-    ] = 5.0,
+        float | None,
+        typer.Option(
+            help="Fixed client lag p99 bound (ms), overriding the error budget "
+            "(default: 2% of TTFT p50, at least 1 ms)"
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds")] = 600.0,
     checks: Annotated[
         str | None, typer.Option(help="Integrity checks: a,b,c or none (default: all that fit)")
@@ -333,7 +363,7 @@ def run(
     ] = True,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
-    from inferaudit.audit.run import RunOptions, execute, execute_sweep
+    from inferaudit.audit.run import RunOptions, execute_sweep, run_verification
     from inferaudit.measure.load.client import api_key_for
 
     check_names = (
@@ -357,7 +387,9 @@ def run(
         duration=duration, warmup=warmup, input_tokens=input_tokens, output_tokens=output_tokens,
         dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed,
         workers=workers or (os.cpu_count() or 1), max_lag_ms=max_lag_ms, timeout=timeout,
-        deployment=deployment, claim=claim,
+        deployment=deployment, claim=claim, temperature=temperature, top_p=top_p,
+        seed_per_request=seed_per_request, allow_prompt_cache=allow_prompt_cache,
+        keep_full_text=keep_full_text,
     )  # fmt: skip
     for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
         if path is not None and not path.is_file():
@@ -382,10 +414,8 @@ def run(
         raise typer.Exit(print_search(found))
     with LiveProgress() as live:
         if len(specs) == 1:
-            outcomes = [execute(specs[0], run_dir, options, live, flag.is_set)]
+            outcomes = [run_verification(specs[0], run_dir, options, live, flag.is_set)]
         else:
             outcomes = execute_sweep(specs, run_dir, options, live, flag.is_set)
     print_outcomes(outcomes)
-    if any(o.interrupted for o in outcomes):
-        console.print("[yellow]interrupted: finished requests are kept in records.jsonl[/]")
     raise typer.Exit(exit_code(outcomes))

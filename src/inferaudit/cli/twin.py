@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 
 from inferaudit.cli.app import app
-from inferaudit.errors import ConfigError
-from inferaudit.twin.behaviours import parse_behaviours
-from inferaudit.twin.engine import EngineConfig, FixedEngine
-from inferaudit.twin.server import TwinConfig, run
+from inferaudit.twin.options import DEFAULT_TPOT_MS, DEFAULT_TTFT_MS, TwinOptions, build
+from inferaudit.twin.server import run
 from inferaudit.twin.text import DEFAULT_EOS_MEAN
 
 _BEHAVE_HELP = (
@@ -23,8 +21,6 @@ _BEHAVE_HELP = (
     "above=0 in-flight); shed-under-load (threshold=8, mode=429|503|truncate); ignore-params "
     "(ignores ignore_eos, min_tokens, seed). See inferaudit/twin/behaviours.py."
 )
-DEFAULT_TTFT_MS = 50.0
-DEFAULT_TPOT_MS = 10.0
 
 
 @app.command("twin")
@@ -81,56 +77,33 @@ def twin(
     """Serve a SIMULATED OpenAI-compatible endpoint: fixed latency, or a continuous-batching
     engine on a catalog accelerator (--accelerator/--model). Prompt tokens = whitespace-separated
     words; one output token = one word. Prints 'listening on http://HOST:PORT' when ready."""
-    engine: FixedEngine | EngineConfig
-    if accelerator is not None:
-        if model is None:
-            raise ConfigError("--accelerator needs --model (a catalog model)")
-        if ttft_ms is not None or tpot_ms is not None:
-            raise ConfigError("--ttft-ms/--tpot-ms are for fixed mode; drop --accelerator")
-        engine = EngineConfig.from_catalog(
-            accelerator,
-            model,
-            dtype,
-            replicas=replicas,
-            tp=tp,
-            max_batch=max_batch,
-            efficiency=efficiency,
-            mem_util=mem_util,
-        )
-        mode = (
-            f"engine: {replicas} replica(s) x {tp} {engine.accelerator.id}, {engine.model.id} "
-            f"{engine.dtype}, max batch {max_batch}, efficiency {efficiency:g}, "
-            f"KV cache {engine.kv_capacity_bytes() / 1e9:.3g} GB per replica"
-        )
-        name = served_model_name or engine.model.id
-    else:
-        engine = FixedEngine(
-            DEFAULT_TTFT_MS if ttft_ms is None else ttft_ms,
-            DEFAULT_TPOT_MS if tpot_ms is None else tpot_ms,
-        )
-        mode = f"fixed: TTFT {engine.ttft_ms:g} ms, {engine.tpot_ms:g} ms per token"
-        name = served_model_name or model or "inferaudit-twin"
-    if tokens_per_chunk < 1:
-        raise ConfigError("--tokens-per-chunk must be >= 1")
-    if eos_mean <= 0 or max_model_len < 2:
-        raise ConfigError("--eos-mean must be > 0 and --max-model-len >= 2")
-    behaviours = parse_behaviours(behave or [])
-    config = TwinConfig(
-        engine=engine,
-        model_name=name,
-        behaviours=behaviours,
+    options = TwinOptions(
+        accelerator=accelerator,
+        model=model,
+        served_model_name=served_model_name,
+        ttft_ms=ttft_ms,
+        tpot_ms=tpot_ms,
+        replicas=replicas,
+        tp=tp,
+        dtype=dtype,
+        max_batch=max_batch,
+        efficiency=efficiency,
+        mem_util=mem_util,
+        behave=tuple(behave or ()),
         tokens_per_chunk=tokens_per_chunk,
         api_key=api_key,
-        truth_path=truth,
+        truth=truth,
         seed=seed,
         eos_mean=eos_mean,
         max_model_len=max_model_len,
         host=host,
         port=port,
     )
-    acting = ", ".join(behaviours.describe()) or "none (honest)"
+    built = build(options)
+    config = built.config
+    acting = ", ".join(config.behaviours.describe()) or "none (honest)"
     typer.echo("inferaudit twin: a SIMULATED endpoint (no real model, no real accelerator)")
-    typer.echo(f"  model {name!r}; {mode}")
+    typer.echo(f"  model {config.model_name!r}; {built.mode}")
     typer.echo(f"  adversarial behaviours: {acting}")
     if truth is not None:
         typer.echo(f"  truth: {truth}")

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError
-from inferaudit.home import data_dir
-from inferaudit.seal.keys import (
-    DEFAULT_SIGNER_NAME,
-    TrustPolicy,
-    key_paths,
-    load_trust,
-    load_verifier,
-)
+from inferaudit.home import data_dir, db_url
+from inferaudit.seal.keys import load_trust
+from inferaudit.seal.trust import CHECKPOINTS_DIR, CheckpointMemory, default_policy
 from inferaudit.seal.verify import verify_run
-
-
-def _local_trust(home: Path) -> TrustPolicy:
-    from inferaudit.seal.ledger.store import DEFAULT_LOG_NAME
-
-    def have(name: str) -> bool:
-        priv, pub = key_paths(home, name)
-        return priv.exists() or pub.exists()
-
-    return TrustPolicy(
-        signers=tuple(load_verifier(home, n) for n in [DEFAULT_SIGNER_NAME] if have(n)),
-        logs=tuple(load_verifier(home, n) for n in [DEFAULT_LOG_NAME] if have(n)),
-    )
 
 
 @app.command("verify")
@@ -45,6 +29,10 @@ def verify(
         ),
     ] = None,
     data: Annotated[Path | None, typer.Option("--data-dir", help="Data directory")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="The local ledger's database URL, for consistency proofs"),
+    ] = None,
     tokenizer: Annotated[
         Path | None, typer.Option(help="The run's --tokenizer file, to recheck token counts")
     ] = None,
@@ -52,22 +40,32 @@ def verify(
         Path | None, typer.Option(help="The run's --fingerprint file, to recheck identity")
     ] = None,
 ) -> None:
-    """Verify a run directory offline: one line per check; exit 0 only if all pass."""
+    """Verify a run directory offline: one line per step; exit 0 only if all pass."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory")
+    home = data_dir(data, create=False)
     if trust is None:
-        policy = _local_trust(data_dir(data, create=False))
-        console.print("[dim]no --trust given: trusting this data directory's keys[/]")
+        policy = default_policy(home, db)
     else:
-        policy = load_trust(trust)
+        memory = CheckpointMemory(home / CHECKPOINTS_DIR, db_url(db, home))
+        policy = replace(load_trust(trust), memory=memory)
     for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
         if path is not None and not path.is_file():
             raise ConfigError(f"{what} {path}: no such file")
+    console.print(f"policy: {escape(policy.describe())}", highlight=False, soft_wrap=True)
     report = verify_run(run_dir, policy, tokenizer=tokenizer, fingerprint=fingerprint)
-    for check in report.checks:
-        mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
-        console.print(f"{mark} {check.name}: {check.detail}", highlight=False, soft_wrap=True)
+    for step in report.steps:
+        mark = "[green]ok  [/]" if step.ok else "[bold red]FAIL[/]"
+        console.print(f"{mark} {step.name}: {escape(step.detail)}", highlight=False, soft_wrap=True)
+    if report.fork is not None:
+        console.print(
+            f"fork proof: two signed checkpoints of {report.fork.origin} at size "
+            f"{report.fork.size} (the one shown by this run, then the one known here):",
+            highlight=False,
+            soft_wrap=True,
+        )
+        typer.echo(report.fork.text(), nl=False)
     if not report.ok:
-        console.print(f"[bold red]{run_dir}: verification failed[/]", highlight=False)
+        console.print(f"[bold red]{escape(str(run_dir))}: verification failed[/]", highlight=False)
         raise typer.Exit(1)
-    console.print(f"[green]{run_dir}: verified[/]", highlight=False)
+    console.print(f"[green]{escape(str(run_dir))}: verified[/]", highlight=False)

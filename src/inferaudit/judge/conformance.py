@@ -1,15 +1,16 @@
-"""Conformance probes, before the run: does the endpoint do what the protocol relies on?
+"""Conformance: does the endpoint do what the protocol relies on? (judged on the records)
 
-Probes (phase ``"probe"``, fresh salted prompts, all appended to ``records.jsonl``):
-  1. the model is listed by ``GET /v1/models``;
-  2. ``max_tokens`` + ``ignore_eos``/``min_tokens``: ``LENGTH_PROBES`` requests asking for
-     ``length`` tokens must each return exactly that many with ``finish_reason == "length"``.
+Probes (phase ``"probe"``, before the load; planned in :mod:`inferaudit.measure.probes.plan`,
+shaped exactly like load requests: the workload's own lengths and sampling keys):
+  1. the model is listed by ``GET /v1/models`` (``model_listed``: the sender's finding);
+  2. ``max_tokens`` + ``ignore_eos``/``min_tokens``: every length probe, and every measured
+     request, must return exactly the tokens it asked for, with ``finish_reason == "length"``.
      More tokens means ``max_tokens`` is ignored; fewer with ``"stop"`` means ``ignore_eos`` /
      ``min_tokens`` are ignored (the model reached EOS). A model that happens not to reach EOS
      cannot show that, so a pass reads "not contradicted" for these two;
-  3. ``seed``: one prompt at temperature 1 sent twice with the same seed must give the same
-     text, and once with another seed a different text (identical text for different seeds
-     means the seed does nothing, e.g. greedy regardless); sent one at a time, after (2);
+  3. ``seed`` (only when the protocol samples with ``temperature > 0`` and a seed per request;
+     greedy runs do not depend on seeds): one prompt sent twice with the same seed must give the
+     same text, and once with another seed a different text;
   4. ``stream_options.include_usage``: every probe's stream carries ``usage``;
   5. the stream reassembles: content lengths add up to the final text.
 A parameter silently ignored is a finding, never a crash; a probe that errors makes its item
@@ -21,84 +22,23 @@ saying what is weaker (replays are not reproducible; token accounting falls back
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
-from inferaudit.errors import EndpointError
 from inferaudit.judge.counting import bounds
 from inferaudit.judge.verdict import Outcome, Verdict
-from inferaudit.measure.load.client import check_endpoint
-from inferaudit.measure.probes import OnRecord, fresh_plan, send_phase
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
 from inferaudit.measure.tokenizer import Tokenizer
-from inferaudit.measure.workload import Planner
 
 NAME = "conformance"
 PHASE = "probe"
-BLOCK = 1
-LENGTH_PROBES = 6
-LENGTH = 128
-SEED_TOKENS = 16
-SEED = 4242
+LENGTH_TAG = "probe:length"
+MEASURE = "measure"
 # Ignored: a note on a pass, with what it weakens. Every other item fails the check.
 ADVISORY = {
     "seed": "replayed prompts are not reproducible",
     "include_usage": "token accounting falls back to bounds",
 }
-
-
-def run_conformance(
-    spec: RunSpec,
-    *,
-    api_key: str | None,
-    records_path: Path | None,
-    tokenizer: Tokenizer | None = None,
-    on_record: OnRecord | None = None,
-    length: int = LENGTH,
-) -> Verdict:
-    planner = Planner.from_spec(spec)
-    try:
-        check_endpoint(spec.endpoint, api_key)
-        listed = "honoured"
-    except EndpointError as exc:
-        listed = f"ignored: {exc.diagnostics()}"
-    plans = [
-        fresh_plan(planner, BLOCK, k, phase=PHASE, tag="probe:length", max_tokens=length)
-        for k in range(LENGTH_PROBES)
-    ]
-    seed_prompt = fresh_plan(planner, BLOCK, LENGTH_PROBES, phase=PHASE, max_tokens=SEED_TOKENS)
-    seeded = []
-    for k, (tag, seed) in enumerate((("a", SEED), ("b", SEED), ("c", SEED + 1))):
-        own = fresh_plan(
-            planner,
-            BLOCK,
-            LENGTH_PROBES + 1 + k,
-            phase=PHASE,
-            tag=f"probe:seed-{tag}",
-            max_tokens=SEED_TOKENS,
-            extra_body={"temperature": 1.0, "seed": seed},
-        )
-        # Same prompt for all three: only the seed differs.
-        seeded.append(
-            dataclasses.replace(
-                own, prompt=seed_prompt.prompt, input_tokens=seed_prompt.input_tokens
-            )
-        )
-    records: list[Record] = []
-    # Length probes together; seed probes one at a time, so that a server serving one request at
-    # a time, or sampling differently inside a batch, is not mistaken for one ignoring the seed.
-    for batch, conc in ((plans, len(plans)), (seeded, 1)):
-        records += send_phase(
-            spec,
-            batch,
-            api_key=api_key,
-            concurrency=conc,
-            records_path=records_path,
-            on_record=on_record,
-        )
-    return check_conformance(records, spec, tokenizer=tokenizer, model_listed=listed)
 
 
 def check_conformance(
@@ -109,21 +49,30 @@ def check_conformance(
     model_listed: str = "not re-checked (needs the endpoint)",
 ) -> Verdict:
     """The conformance verdict from the ``probe`` records (and the model-listing outcome)."""
+    measured = [r for r in records if r.phase == MEASURE and r.max_tokens is not None]
     records = sorted((r for r in records if r.phase == PHASE), key=lambda r: r.id)
     if not records:
         return Verdict(NAME, Outcome.inconclusive, "no probe requests recorded", {})
     items: dict[str, str] = {"model_listed": model_listed}
-    length_recs = [r for r in records if r.tag == "probe:length"]
+    length_recs = [r for r in records if r.tag == LENGTH_TAG] + measured
     seed_recs = {r.tag: r for r in records if r.tag and r.tag.startswith("probe:seed-")}
-    length = max((r.max_tokens or 0 for r in length_recs), default=0)
-    items.update(_length_items(length_recs, length, tokenizer, spec.workload.enforce_output_length))
-    items["seed"] = _seed_item(seed_recs)
+    items.update(_length_items(length_recs, tokenizer, spec.workload.enforce_output_length))
+    sampling = spec.sampling
+    if sampling is not None and not (sampling.temperature > 0 and sampling.seed_per_request):
+        items["seed"] = "not probed (the protocol's sampling does not depend on a seed)"
+    else:
+        items["seed"] = _seed_item(seed_recs)
     items["include_usage"] = _usage_item(records)
     items["stream_reassembles"] = _reassembly_item(records)
     ignored = sorted(k for k, v in items.items() if v.startswith("ignored"))
     unknown = sorted(k for k, v in items.items() if v.startswith("inconclusive"))
     notes = [f"{k} {items[k]} ({ADVISORY[k]})" for k in ignored if k in ADVISORY]
-    numbers = {"probes": len(records), "items": items, "notes": notes}
+    numbers = {
+        "probes": len(records),
+        "measured_length_checked": len(measured),
+        "items": items,
+        "notes": notes,
+    }
     if failed := [k for k in ignored if k not in ADVISORY]:
         detail = "; ".join(f"{k} {items[k]}" for k in failed)
         return Verdict(NAME, Outcome.failed, f"parameters silently ignored: {detail}", numbers)
@@ -138,31 +87,37 @@ def check_conformance(
 
 
 def _length_items(
-    recs: Sequence[Record], length: int, tokenizer: Tokenizer | None, enforced: bool
+    recs: Sequence[Record], tokenizer: Tokenizer | None, enforced: bool
 ) -> dict[str, str]:
-    ok = [r for r in recs if r.ok]
+    ok = [r for r in recs if r.ok and r.max_tokens is not None]
     if not ok:
         errors = ",".join(sorted({str(r.error_class) for r in recs})) or "none sent"
         msg = f"inconclusive: length probes failed ({errors})"
         return {"max_tokens": msg, "ignore_eos": msg}
     counted = [bounds(r, tokenizer) for r in ok]
-    over = [lo for lo, _, _ in counted if lo > length]
+    over = [
+        (lo, r.max_tokens or 0) for (lo, _, _), r in zip(counted, ok, strict=True)
+        if lo > (r.max_tokens or 0)
+    ]  # fmt: skip
     out = {
         "max_tokens": (
-            f"ignored: asked {length}, got up to {max(over)} tokens" if over else "honoured"
+            f"ignored: asked {max(over)[1]}, got {max(over)[0]} tokens" if over else "honoured"
         )
     }
     short = [
-        (hi, r.finish_reason) for (_, hi, _), r in zip(counted, ok, strict=True) if hi < length
+        (hi, r.finish_reason, r.max_tokens or 0)
+        for (_, hi, _), r in zip(counted, ok, strict=True)
+        if hi < (r.max_tokens or 0)
     ]
+    length = max((asked for _, _, asked in short), default=0)
     if not enforced:
         out["ignore_eos"] = "not sent (protocol does not enforce lengths)"
     elif short:
-        got = sorted(n for n, _ in short)
-        reasons = ", ".join(sorted({str(fr) for _, fr in short}))
+        got = sorted(n for n, _, _ in short)
+        reasons = ", ".join(sorted({str(fr) for _, fr, _ in short}))
         out["ignore_eos"] = (
             f"ignored: asked {length} with ignore_eos+min_tokens, got {got[0]}-{got[-1]} "
-            f"tokens on {len(short)} of {len(ok)} probes (finish {reasons})"
+            f"tokens on {len(short)} of {len(ok)} probes and measured requests (finish {reasons})"
         )
     else:
         not_length = [r.finish_reason for r in ok if r.finish_reason != "length"]
@@ -181,7 +136,7 @@ def _seed_item(recs: dict[str, Record]) -> str:
     if a.output_sha256 != b.output_sha256:
         return "ignored or not reproducible: the same seed gave different text"
     if a.output_sha256 == c.output_sha256:
-        return "ignored: different seeds gave the same text at temperature 1"
+        return "ignored: different seeds gave the same text at the protocol's temperature"
     return "honoured"
 
 

@@ -54,3 +54,19 @@ def bounds(record: Record, tokenizer: Tokenizer | None) -> tuple[int, int, str]:
         uppers.append(n + max(1, math.ceil(0.01 * n)))
         basis.append("tokenizer")
     return events, max(events, min(uppers, default=events)), "+".join(basis)
+
+
+def proven_tokens(record: Record, tokenizer: Tokenizer | None = None) -> int:
+    """The tokens the stream itself proves were delivered: the credit-worthy count.
+
+    Without a tokenizer: the content events (each carries at least one token), capped by
+    ``usage`` when the server reports fewer (it has no reason to under-report). With one: the
+    larger of the events and the re-tokenized count (re-tokenization only merges generated
+    tokens, so it cannot overstate them), capped by ``usage`` the same way.
+    """
+    proven = record.content_chunks
+    if tokenizer is not None and record.output_text is not None:
+        proven = max(proven, tokenizer.count(record.output_text))
+    if record.usage_completion_tokens is not None:
+        proven = min(proven, record.usage_completion_tokens)
+    return proven

@@ -1,14 +1,24 @@
-"""Streaming fluidity: are tokens streamed as generated, or held and flushed in bursts?
+"""Streaming fluidity: are tokens streamed as generated, or held and flushed together?
 
-A server can hold tokens and flush many in one write, making inter-token latency look tiny
-between flushes (or sending the first token on time and the rest late). The client stamps
-every read, so events written together arrive within a fraction of a millisecond. A *burst* is
-a delivery of at least ``min_events`` (8) content events, each within ``tick_ms`` (1 ms) and
-within a quarter of the request's own time per token of the one before; the check reports the
-share of tokens delivered in bursts and fails at ``limit`` (20%) or more. Multi-token
-events (speculative decoding) are one event each and never count as a burst by themselves. An
-overloaded client can also coalesce reads; its lag is recorded separately (``client_lag_ms``),
-and the ``limit`` leaves room for occasional coalescing.
+A server can hold tokens and flush several in one write: inter-token latency then looks tiny
+between flushes (the ITL p50 collapses to 0) while tokens really come late. From first
+principles, steady decoding at a request's own time per output token (TPOT, its stream's span
+over its tokens) sends one event every TPOT; events written together arrive within microseconds.
+So the check judges the distribution of gaps against the request's own TPOT, with no floor on
+the group size: a token is *grouped* when its event arrives within ``tick`` of the event before
+it (or the one after), ``tick = min(TICK_MS, TPOT_SHARE x TPOT)`` (1 ms, or a quarter of the
+TPOT for fast streams, so a 0.5 ms honest stream is not grouped). The share of grouped tokens
+fails at ``LIMIT`` (20%): grouping fewer than a fifth of the tokens can pull no more than a fifth
+of the ITL samples to zero, so the reported ITL p50 stays at or above the honest p30. Tokens
+flushed 2, 3 or 16 at a time are all grouped (share close to 100%).
+
+Multi-token events (speculative decoding) are one event each and are never grouped by
+themselves. The client can group events too: a reader stalled for a TPOT reads two events at
+once. Only requests in healthy client windows whose loop delay p99 is below the request's TPOT
+(minus the tick) are judged: a client that stalls for less than a TPOT on 99% of its timer ticks
+cannot merge events a TPOT apart, except on the rare stalls that its p99 already bounds. When
+grouping shows only where the client could have caused it, the verdict is *inconclusive — the
+client was busy* (``judge.noise``).
 """
 
 from __future__ import annotations
@@ -16,110 +26,140 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inferaudit.judge.counting import completed
+from inferaudit.judge.noise import (
+    MIN_JUDGED,
+    ClientWindow,
+    SpanHealth,
+    busy_numbers,
+    busy_verdict,
+    record_span,
+    split_by_health,
+)
 from inferaudit.judge.verdict import Outcome, Verdict, pct
 from inferaudit.measure.records import Record
-from inferaudit.measure.stats import round_sig
+from inferaudit.measure.stats import allocate, round_sig
 
 NAME = "fluidity"
 TICK_MS = 1.0
-MIN_EVENTS = 8
 LIMIT = 0.20
 TPOT_SHARE = 0.25
 
 
-def _tokens_per_event(r: Record) -> list[int]:
+def tokens_per_event(r: Record) -> list[int]:
     """Tokens per content event: usage spread by characters when it exceeds the event count."""
     k = len(r.chunk_ns)
     total = r.usage_completion_tokens
     if not k or total is None or total <= k:
         return [1] * k
-    chars = r.chunk_chars if sum(r.chunk_chars) > 0 else [1] * k
-    extra = total - k
-    s = sum(chars)
-    raw = [extra * c / s for c in chars]
-    base = [int(x) for x in raw]
-    rest = extra - sum(base)
-    order = sorted(range(k), key=lambda i: (-(raw[i] - base[i]), i))
-    for i in order[:rest]:
-        base[i] += 1
-    return [1 + b for b in base]
+    return allocate(total, r.chunk_chars)
 
 
-def bursts(r: Record, *, tick_ms: float = TICK_MS, min_events: int = MIN_EVENTS) -> list[int]:
-    """Token counts of each burst in one record (deliveries of >= min_events events).
+def tpot_ms(r: Record) -> float | None:
+    """The stream's own time per output token after the first event (None below 2 events)."""
+    tokens = tokens_per_event(r)
+    if len(r.chunk_ns) < 2:
+        return None
+    return (r.chunk_ns[-1] - r.chunk_ns[0]) / 1e6 / max(sum(tokens) - tokens[0], 1)
 
-    Two consecutive events belong to one delivery when the gap between them is at most
-    ``tick_ms`` and at most ``TPOT_SHARE`` of the request's own time per output token (so a
-    fast honest stream, one token per millisecond, is not mistaken for a burst).
-    """
-    tokens = _tokens_per_event(r)
+
+def tick_ms(r: Record, tick: float = TICK_MS) -> float:
+    tpot = tpot_ms(r)
+    return tick if tpot is None else min(tick, TPOT_SHARE * tpot)
+
+
+def groups(r: Record, *, tick: float = TICK_MS) -> list[int]:
+    """Token counts of each group (>= 2 consecutive events within the tick) in one record."""
     if len(r.chunk_ns) < 2:
         return []
-    tpot_ns = (r.chunk_ns[-1] - r.chunk_ns[0]) / max(sum(tokens) - tokens[0], 1)
-    tick = min(tick_ms * 1e6, TPOT_SHARE * tpot_ns)
+    limit_ns = tick_ms(r, tick) * 1e6
+    tokens = tokens_per_event(r)
     out: list[int] = []
-    events = 0
-    toks = 0
-    prev: int | None = None
-    for t, k in zip(r.chunk_ns, tokens, strict=True):
-        if prev is not None and t - prev <= tick:
-            events += 1
-            toks += k
-        else:
-            if events >= min_events:
-                out.append(toks)
-            events, toks = 1, k
-        prev = t
-    if events >= min_events:
+    size, toks = 1, tokens[0]
+    for i in range(1, len(r.chunk_ns)):
+        if r.chunk_ns[i] - r.chunk_ns[i - 1] <= limit_ns:
+            size += 1
+            toks += tokens[i]
+            continue
+        if size >= 2:
+            out.append(toks)
+        size, toks = 1, tokens[i]
+    if size >= 2:
         out.append(toks)
     return out
+
+
+def _client_could_group(r: Record, h: SpanHealth) -> bool:
+    """A loop delay p99 as long as the gap between two tokens (minus the tick) could merge them."""
+    tpot = tpot_ms(r)
+    if tpot is None or h.loop_delay_p99_ms is None:
+        return False
+    return h.loop_delay_p99_ms >= tpot - tick_ms(r)
+
+
+def _share(rs: Sequence[Record]) -> tuple[int, int, int, int]:
+    """(tokens, grouped tokens, groups, largest group) over ``rs``."""
+    total = grouped = count = largest = 0
+    for r in rs:
+        total += sum(tokens_per_event(r))
+        g = groups(r)
+        grouped += sum(g)
+        count += len(g)
+        largest = max(largest, *g) if g else largest
+    return total, grouped, count, largest
 
 
 def check_fluidity(
     records: Sequence[Record],
     *,
-    tick_ms: float = TICK_MS,
-    min_events: int = MIN_EVENTS,
+    health: Sequence[ClientWindow] = (),
+    lag_problem: str | None = None,
     limit: float = LIMIT,
 ) -> Verdict:
     done = [r for r in completed(records) if len(r.chunk_ns) >= 2]
     if not done:
         return Verdict(NAME, Outcome.inconclusive, "no stream with two or more tokens", {})
-    total = 0
-    burst_tokens = 0
-    burst_count = 0
-    largest = 0
-    requests_with = 0
-    for r in done:
-        total += sum(_tokens_per_event(r))
-        b = bursts(r, tick_ms=tick_ms, min_events=min_events)
-        if b:
-            requests_with += 1
-            burst_tokens += sum(b)
-            burst_count += len(b)
-            largest = max(largest, *b)
-    share = burst_tokens / total if total else 0.0
-    numbers = {
+    judged, busy = split_by_health(
+        done, health, record_span, lambda r, h: not _client_could_group(r, h)
+    )
+    total, grouped, count, largest = _share(judged)
+    all_total, all_grouped, _, all_largest = _share(done)
+    share = grouped / total if total else 0.0
+    all_share = all_grouped / all_total if all_total else 0.0
+    tpots = sorted(t for r in done if (t := tpot_ms(r)) is not None)
+    numbers: dict[str, object] = {
         "requests": len(done),
         "tokens": total,
-        "burst_tokens": burst_tokens,
-        "burst_share": round_sig(share),
-        "bursts": burst_count,
-        "largest_burst_tokens": largest,
-        "requests_with_bursts": requests_with,
-        "limits": {"tick_ms": tick_ms, "min_events": min_events, "share": limit},
+        "grouped_tokens": grouped,
+        "grouped_share": round_sig(share),
+        "groups": count,
+        "largest_group_tokens": largest,
+        "requests_with_groups": sum(1 for r in judged if groups(r)),
+        "all_requests_grouped_share": round_sig(all_share),
+        "tpot_ms_p50": round_sig(tpots[len(tpots) // 2]) if tpots else None,
+        "limits": {"tick_ms": TICK_MS, "tpot_share": TPOT_SHARE, "share": limit},
+        **busy_numbers(health, len(judged), len(busy), lag_problem),
     }
-    if share >= limit:
+    if share >= limit and lag_problem is None and len(judged) >= MIN_JUDGED and health:
         return Verdict(
             NAME,
             Outcome.failed,
-            f"{pct(share)} of tokens arrived in bursts (up to {largest} at once; limit "
-            f"{pct(limit)}): inter-token latency is not what it seems",
+            f"{pct(share)} of tokens arrived grouped (up to {largest} at once within "
+            f"{TICK_MS:g} ms at a TPOT of {numbers['tpot_ms_p50']} ms; limit {pct(limit)}): "
+            "tokens are held and flushed, inter-token latency is not what it seems",
             numbers,
+        )
+    if share >= limit or all_share >= limit:
+        return busy_verdict(
+            NAME,
+            f"{pct(max(share, all_share))} of tokens arrived grouped (up to "
+            f"{max(largest, all_largest)} at once)",
+            numbers,
+            lag_problem,
         )
     return Verdict(
         NAME,
         Outcome.passed,
-        f"tokens streamed steadily ({pct(share)} in bursts, limit {pct(limit)})",
+        f"tokens streamed steadily ({pct(share)} grouped, limit {pct(limit)}; "
+        f"{len(judged)} of {len(done)} requests judged)",
         numbers,
     )

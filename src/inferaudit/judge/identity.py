@@ -1,22 +1,23 @@
-"""Model identity: replayed fingerprint prompts, mixed into the measured load, against the
-reference outputs of the claimed model (see :mod:`inferaudit.measure.fingerprint` for the agreement
-rate and how its threshold is calibrated). Fails below the fingerprint's threshold."""
+"""Model identity: replayed fingerprint prompts, mixed into the measured load (or, for a run
+too short or of unknown length, into the supplementary ``audit`` block), against the reference
+outputs of the claimed model (see :mod:`inferaudit.measure.fingerprint` for the agreement rate
+and how its threshold is calibrated). Fails below the fingerprint's threshold."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from inferaudit.judge.counting import MEASURE
 from inferaudit.judge.verdict import Outcome, Verdict, pct
 from inferaudit.measure.fingerprint import TAG, Fingerprint, agreement, token_ends
 from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
 
 NAME = "identity"
+PHASES = ("measure", "audit")
 
 
 def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
-    replays = [r for r in records if r.phase == MEASURE and r.tag and r.tag.startswith(TAG)]
+    replays = [r for r in records if r.phase in PHASES and r.tag and r.tag.startswith(TAG)]
     done = [r for r in replays if r.ok and r.output_text is not None]
     numbers: dict[str, object] = {
         "replayed": len(replays),

@@ -1,55 +1,52 @@
-"""Which integrity checks a run does, and when: the one entry point ``runs.py`` calls.
+"""Which integrity checks a run does, and the one place that judges them all (pure).
 
-Contract (``runs.execute``)::
+Contract (``audit.run.execute``)::
 
     suite = plan_checks(spec, selected=None | [names], tokenizer=Path | None,
-                        fingerprint=Path | None, api_key=str | None)
-    verdicts = suite.before_run(records_path, observer)     # conformance probes (phase "probe")
-    run_load(..., injected=suite.injected_plans())          # fingerprint prompts at measured ids
-    verdicts += suite.after_run(records_path, observer)     # record checks + extra phases
+                        fingerprint=Path | None)
+    traffic = suite.traffic(spec)          # measure.probes.plan: positions from the secret seed
+    send traffic.before (phase "probe"), run_load(..., injected=traffic.injected),
+    send traffic.after (phase "audit")     # measure.probes.send: the only part that sends
+    verdicts = suite.judge(records, model_listed=...)   # == recheck(...), what verify recomputes
 
-``observer`` has ``phase(name, total)`` and ``record(dict)`` (``runs.RunObserver``); it may be
-None. Extra phases append their records to ``records_path`` under their own phase names
-(``probe``, ``cache-unique``, ``cache-repeat``, ``prefix-prime``, ``prefix-hit``,
-``prefix-miss``); ``metrics`` counts only ``measure``.
-
-Checks (``--checks`` names, in the order they run):
-  conformance       probes before the run (model listed, max_tokens, ignore_eos/min_tokens,
-                    seed, include_usage, stream reassembly)
+Checks (``--checks`` names, in canonical order):
+  conformance       probes before the run and the measured lengths (model listed, max_tokens,
+                    ignore_eos/min_tokens, seed, include_usage, stream reassembly)
   output-length     every request reached its asked length (enforced) / the distribution
   token-accounting  usage vs the client's count (exact with --tokenizer, bounds without)
   first-token       no early empty/role-only chunk faking TTFT; streams reassemble
   fluidity          share of tokens delivered in bursts
-  identity          fingerprint agreement (only with --fingerprint)
-  caching           repeated vs unique prompts (MLPerf TEST04 idea), after the run
-  prefix-cache      TTFT after a priming request vs fresh prompts (KS test), after the run
+  identity          fingerprint replays inside the load (only with --fingerprint)
+  caching           repeated prompts (inside the load, or in the audit block) vs controls
+  prefix-cache      shared-prefix prompts (likewise) vs controls
   errors            failures per phase; measured failures are SLO violations
 Default: all of them, ``identity`` only when a fingerprint is given.
 
-Every verdict is a function of the records (``recheck``): the network phases only add records,
-so ``verify`` can recompute the verdicts offline from ``records.jsonl``.
+Every verdict is a function of the records (``recheck``): the traffic only adds records, so
+``verify`` recomputes the verdicts offline from ``records.jsonl``. Nothing here sends a request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from inferaudit.errors import ConfigError
-from inferaudit.judge import caching, conformance, identity
+from inferaudit.judge import caching, conformance, identity, traffic_v1
 from inferaudit.judge.first_token import check_first_token
 from inferaudit.judge.fluidity import check_fluidity
+from inferaudit.judge.legacy import check_first_token_v1, check_fluidity_v1
+from inferaudit.judge.noise import ClientWindow, run_lag_problem
 from inferaudit.judge.output_length import check_output_length
 from inferaudit.judge.shedding import check_errors
 from inferaudit.judge.token_accounting import check_token_accounting
 from inferaudit.judge.verdict import Verdict, format_verdict
-from inferaudit.measure.fingerprint import Fingerprint, load_fingerprint, replay_plans
+from inferaudit.measure.fingerprint import Fingerprint, check_fits, load_fingerprint
+from inferaudit.measure.probes.plan import AuditTraffic, plan_traffic
 from inferaudit.measure.protocol import RunSpec
-from inferaudit.measure.records import Record, read_records
+from inferaudit.measure.records import Record
 from inferaudit.measure.tokenizer import Tokenizer, load_tokenizer
-from inferaudit.measure.workload import RequestPlan
 
 __all__ = [
     "ALL_CHECKS",
@@ -75,76 +72,45 @@ ALL_CHECKS: tuple[str, ...] = (
 USES_TOKENIZER: tuple[str, ...] = ("conformance", "output-length", "token-accounting")
 
 
-class Observer(Protocol):
-    def phase(self, name: str, total: int | None) -> None: ...
-
-    def record(self, record: dict[str, Any]) -> None: ...
-
-
-@dataclass
+@dataclass(frozen=True)
 class CheckSuite:
-    spec: RunSpec
     names: tuple[str, ...]
-    api_key: str | None = None
     tokenizer: Tokenizer | None = None
     fingerprint: Fingerprint | None = None
-    cache_requests: int = 16
-    prefix_pairs: int = 12
-    probe_length: int = conformance.LENGTH
-    _injected: dict[int, RequestPlan] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.fingerprint is not None and "identity" in self.names:
-            self._injected = replay_plans(self.fingerprint, self.spec)
-
-    def before_run(
-        self, records_path: Path | None, observer: Observer | None = None
-    ) -> list[Verdict]:
-        """Conformance probes; their records go to ``records_path`` (phase "probe")."""
-        if "conformance" not in self.names:
-            return []
-        on_record = _phase(observer, "checks: conformance probes", None)
-        return [
-            conformance.run_conformance(
-                self.spec,
-                api_key=self.api_key,
-                records_path=records_path,
-                tokenizer=self.tokenizer,
-                on_record=on_record,
-                length=self.probe_length,
-            )
-        ]
-
-    def injected_plans(self) -> dict[int, RequestPlan]:
-        """Fingerprint prompts to send at these measured ids (empty without ``identity``)."""
-        return dict(self._injected)
-
-    def after_run(self, records_path: Path, observer: Observer | None = None) -> list[Verdict]:
-        """Send the extra phases (appended to ``records_path``), then judge every record."""
+    def traffic(self, spec: RunSpec) -> AuditTraffic:
+        """The audit traffic these checks need in ``spec``'s run (``spec`` carries its secret
+        seed); refuses a fingerprint that does not fit the run (``check_fits``)."""
         on = self.names.__contains__
-        if on("caching"):
-            caching.run_caching(
-                self.spec,
-                api_key=self.api_key,
-                records_path=records_path,
-                requests=self.cache_requests,
-                on_record=_phase(observer, "checks: caching audit", 2 * self.cache_requests),
-            )
-        if on("prefix-cache"):
-            caching.run_prefix_probe(
-                self.spec,
-                api_key=self.api_key,
-                records_path=records_path,
-                pairs=self.prefix_pairs,
-                on_record=_phase(observer, "checks: prefix-reuse probe", 4 * self.prefix_pairs),
-            )
-        names = tuple(n for n in self.names if n != "conformance")
+        replays = ()
+        if self.fingerprint is not None and on("identity"):
+            check_fits(self.fingerprint, spec)
+            replays = self.fingerprint.entries
+        return plan_traffic(
+            spec,
+            conformance=on("conformance"),
+            caching=on("caching"),
+            prefix=on("prefix-cache"),
+            replays=replays,
+        )
+
+    def judge(
+        self,
+        records: Sequence[Record],
+        spec: RunSpec,
+        *,
+        model_listed: str = "not re-checked (needs the endpoint)",
+        health: Sequence[ClientWindow] | None = None,
+    ) -> list[Verdict]:
+        """Every verdict of this suite from the run's records (exactly ``recheck``)."""
         return recheck(
-            read_records(records_path),
-            self.spec,
-            names=names,
+            records,
+            spec,
+            names=self.names,
             tokenizer=self.tokenizer,
             fingerprint=self.fingerprint,
+            model_listed=model_listed,
+            health=health,
         )
 
 
@@ -156,6 +122,7 @@ def recheck(
     tokenizer: Tokenizer | None = None,
     fingerprint: Fingerprint | None = None,
     model_listed: str = "not re-checked (needs the endpoint)",
+    health: Sequence[ClientWindow] | None = None,
 ) -> list[Verdict]:
     """The verdicts of ``names`` from the records alone (all phases), in the canonical order.
 
@@ -163,45 +130,66 @@ def recheck(
     ``records.jsonl``; only conformance's "model listed" item needs the endpoint, and is taken
     from ``model_listed``. ``identity`` needs the fingerprint file, ``token-accounting`` the
     tokenizer when the run had one.
+
+    ``health``: the run's client health windows (``health.jsonl``, possibly empty) for the
+    noise-aware timing rules of new runs; ``None`` judges by the frozen v1 rules
+    (``judge.legacy``), which is how a v1 run (no ``verdicts.json``) must be re-verified.
     """
+    legacy = health is None
+    windows: Sequence[ClientWindow] = () if health is None else health
+    timing = {"first-token", "fluidity"} & set(names)
+    lag = None if legacy or not timing else run_lag_problem(records, spec)
+    # Traffic checks: a spec without a seed commitment is a v1 run (separate phases after the
+    # load), judged by the frozen v1 rules (``judge.traffic_v1``).
+    v1 = spec.seed_commitment is None
     out: list[Verdict] = []
     for name in (n for n in ALL_CHECKS if n in names):
         if name == "conformance":
+            judge_conformance = (
+                traffic_v1.check_conformance_v1 if v1 else conformance.check_conformance
+            )
             out.append(
-                conformance.check_conformance(
-                    records, spec, tokenizer=tokenizer, model_listed=model_listed
-                )
+                judge_conformance(records, spec, tokenizer=tokenizer, model_listed=model_listed)
             )
         elif name == "output-length":
             out.append(check_output_length(records, spec, tokenizer=tokenizer))
         elif name == "token-accounting":
-            out.append(check_token_accounting(records, tokenizer=tokenizer))
+            out.append(check_token_accounting(records, tokenizer=tokenizer, legacy=legacy))
         elif name == "first-token":
-            out.append(check_first_token(records))
+            out.append(
+                check_first_token_v1(records)
+                if legacy
+                else check_first_token(
+                    records, tokenizer=tokenizer, health=windows, lag_problem=lag
+                )
+            )
         elif name == "fluidity":
-            out.append(check_fluidity(records))
+            out.append(
+                check_fluidity_v1(records)
+                if legacy
+                else check_fluidity(records, health=windows, lag_problem=lag)
+            )
         elif name == "identity":
             if fingerprint is None:
                 raise ConfigError("the identity check needs the run's --fingerprint file")
             out.append(identity.check_identity(records, fingerprint))
         elif name == "caching":
-            out.append(caching.check_caching(records))
+            out.append(
+                traffic_v1.check_caching_v1(records)
+                if v1
+                else caching.check_caching(records, allowed=spec.allow_prompt_cache)
+            )
         elif name == "prefix-cache":
-            out.append(caching.check_prefix_cache(records))
+            out.append(
+                traffic_v1.check_prefix_cache_v1(records)
+                if v1
+                else caching.check_prefix_cache(records, allowed=spec.allow_prompt_cache)
+            )
         elif name == "errors":
             out.append(check_errors(records))
         else:
             raise AssertionError(f"check {name!r} in ALL_CHECKS has no judge")
     return out
-
-
-def _phase(
-    observer: Observer | None, name: str, total: int | None
-) -> Callable[[dict[str, Any]], None] | None:
-    if observer is None:
-        return None
-    observer.phase(name, total)
-    return observer.record
 
 
 def default_checks(fingerprint: bool) -> tuple[str, ...]:
@@ -214,7 +202,6 @@ def plan_checks(
     selected: Sequence[str] | None = None,
     tokenizer: Path | None = None,
     fingerprint: Path | None = None,
-    api_key: str | None = None,
 ) -> CheckSuite:
     """The checks for this run: ``selected`` (``[]``: none), else ``spec.checks`` when it names
     any, else the defaults (all that fit: ``identity`` only with a fingerprint)."""
@@ -231,9 +218,7 @@ def plan_checks(
             raise ConfigError("--checks identity needs --fingerprint FILE")
         names = tuple(n for n in ALL_CHECKS if n in chosen)
     return CheckSuite(
-        spec=spec,
         names=names,
-        api_key=api_key,
         tokenizer=load_tokenizer(tokenizer) if tokenizer is not None else None,
         fingerprint=load_fingerprint(fingerprint) if fingerprint is not None else None,
     )

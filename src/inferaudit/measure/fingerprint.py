@@ -1,9 +1,13 @@
-"""Model-identity fingerprints: greedy outputs of a trusted reference on hidden prompts.
+"""Model-identity fingerprints: the data model, its file format and the agreement rate.
 
-``record_fingerprint`` sends ``prompts`` hidden prompts (salted synthetic prompts from a fresh
-random key, so they look like any other request of a run) at temperature 0 with a fixed seed to
-a trusted reference deployment, ``repeats`` times: once one at a time, then with all prompts in
-flight together (a different batch composition), and so on alternating. Greedy decoding is not
+Recording (which sends traffic) is in :mod:`inferaudit.measure.fingerprint_record`; this module
+sends nothing, so the judges may import it.
+
+``record_fingerprint`` sends ``prompts`` hidden prompts, drawn exactly as a run with the same
+workload flags would draw them (same length distribution, salt form or dataset rows, API shape)
+under a fresh secret seed, greedily (temperature 0) to a trusted reference deployment,
+``repeats`` times: once one at a time, then with all prompts in flight together (a different
+batch composition), and so on alternating. Greedy decoding is not
 bit-exact across batch shapes on real engines, so the reference's *self-agreement* across these
 repeats is measured, and the pass threshold is calibrated from it:
 
@@ -32,17 +36,18 @@ That token counts as reproduced and the rest of that answer is not compared. A d
 rarely diverges on the reference's near-ties: it picks tokens the reference ranked far lower.
 Replays never ask for logprobs, so they still look like any other request.
 
-File format (JSON, ``inferaudit.fingerprint/v1``): model, api, seed, created, self_agreement,
-threshold, calibration (text), and ``entries`` (id, prompt, max_tokens, text, token_ends,
-output_sha256, top_logprobs: per token ``{text: logprob}`` or null).
+File format (JSON): ``inferaudit.fingerprint/v2``: model, api, seed (null: none sent), created,
+self_agreement, threshold, calibration (text), ``workload`` (the input/output length flags, the
+dataset digest and whether lengths were enforced: what a run must match, :func:`check_fits`),
+and ``entries`` (id, prompt, max_tokens, text, token_ends, output_sha256, top_logprobs: per
+token ``{text: logprob}`` or null, input_tokens: words of a synthetic prompt or null).
+``inferaudit.fingerprint/v1`` files (64-word prompts, ``temperature 0`` and a fixed seed) still
+load: their workload is read as fixed-length prompts of their entries' word count.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,14 +55,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from inferaudit.errors import ConfigError, EndpointError
-from inferaudit.measure.protocol import Api, Endpoint, Load, RunSpec, Workload
+from inferaudit.errors import ConfigError
+from inferaudit.measure.protocol import Length, RunSpec, Workload
 from inferaudit.measure.records import Record
-from inferaudit.measure.workload import SALT_WORDS, Planner, RequestPlan, salt_key, synthetic_prompt
 
-VERSION = "inferaudit.fingerprint/v1"
+VERSION = "inferaudit.fingerprint/v2"
+VERSION_V1 = "inferaudit.fingerprint/v1"
 CALIBRATION_FACTOR = 0.9
-GREEDY_SEED = 1234
 TOP_LOGPROBS = 5  # alternatives per token asked of the reference (OpenAI's limit for completions)
 NEAR_TIE_NATS = 0.25  # tokens this close to the reference's best are a near-tie
 TAG = "fingerprint:"
@@ -73,18 +77,39 @@ class Entry:
     output_sha256: str
     # the reference's alternatives per token {text: logprob}; None where the server gave none
     top_logprobs: tuple[dict[str, float], ...] | None = None
+    input_tokens: int | None = None  # words of a synthetic prompt; None for a dataset row
+
+
+@dataclass(frozen=True)
+class RecordedWorkload:
+    """The workload flags a fingerprint was recorded with: a run must use the same."""
+
+    input_tokens: str  # Length text: "256", "64-512", "64-512:normal"
+    output_tokens: str
+    dataset_sha256: str | None = None
+    enforce_output_length: bool = True
+
+    @classmethod
+    def of(cls, workload: Workload) -> RecordedWorkload:
+        return cls(
+            str(workload.input_tokens),
+            str(workload.output_tokens),
+            workload.dataset_sha256,
+            workload.enforce_output_length,
+        )
 
 
 @dataclass(frozen=True)
 class Fingerprint:
     model: str
     api: str
-    seed: int
+    seed: int | None  # the sampling seed its requests carried (v1: 1234; v2: None, none sent)
     created: str
     self_agreement: float
     threshold: float
     calibration: str
     entries: tuple[Entry, ...]
+    workload: RecordedWorkload | None = None  # None: a v1 file (see :meth:`recorded_workload`)
     version: str = VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -92,21 +117,30 @@ class Fingerprint:
         data["entries"] = [asdict(e) for e in self.entries]
         return data
 
+    def recorded_workload(self) -> RecordedWorkload:
+        """The workload it was recorded with; a v1 file's: fixed prompts of its word count."""
+        if self.workload is not None:
+            return self.workload
+        words = sorted({len(e.prompt.split()) for e in self.entries})
+        out = max(e.max_tokens for e in self.entries)
+        length = str(words[0]) if len(words) == 1 else f"{words[0]}-{words[-1]}"
+        return RecordedWorkload(length, str(out))
+
     def save(self, path: Path) -> None:
         path.write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
 
     def entry(self, ident: str) -> Entry | None:
         return next((e for e in self.entries if e.id == ident), None)
 
-    def greedy_body(self) -> dict[str, Any]:
-        return {"temperature": 0, "seed": self.seed}
 
 
 def load_fingerprint(path: Path) -> Fingerprint:
     try:
         data = orjson.loads(path.read_bytes())
-        if data.get("version") != VERSION:
-            raise ConfigError(f"--fingerprint {path}: not an {VERSION} file")
+        version = data.get("version")
+        if version not in (VERSION, VERSION_V1):
+            raise ConfigError(f"--fingerprint {path}: not an {VERSION} (or v1) file")
+        wl = data.get("workload") if version == VERSION else None
         entries = tuple(
             Entry(
                 id=str(e["id"]),
@@ -116,18 +150,28 @@ def load_fingerprint(path: Path) -> Fingerprint:
                 token_ends=tuple(int(x) for x in e["token_ends"]),
                 output_sha256=str(e["output_sha256"]),
                 top_logprobs=_top(e.get("top_logprobs")),
+                input_tokens=None if e.get("input_tokens") is None else int(e["input_tokens"]),
             )
             for e in data["entries"]
         )
         fp = Fingerprint(
             model=str(data["model"]),
             api=str(data["api"]),
-            seed=int(data["seed"]),
+            seed=None if data.get("seed") is None else int(data["seed"]),
             created=str(data["created"]),
             self_agreement=float(data["self_agreement"]),
             threshold=float(data["threshold"]),
             calibration=str(data["calibration"]),
             entries=entries,
+            workload=None
+            if wl is None
+            else RecordedWorkload(
+                input_tokens=str(wl["input_tokens"]),
+                output_tokens=str(wl["output_tokens"]),
+                dataset_sha256=None if wl["dataset_sha256"] is None else str(wl["dataset_sha256"]),
+                enforce_output_length=bool(wl["enforce_output_length"]),
+            ),
+            version=str(version),
         )
     except FileNotFoundError:
         raise ConfigError(f"--fingerprint {path}: no such file") from None
@@ -144,7 +188,7 @@ def _top(value: Any) -> tuple[dict[str, float], ...] | None:
     return tuple({str(k): float(v) for k, v in d.items()} for d in value)
 
 
-def _aligned_top(r: Record) -> tuple[dict[str, float], ...] | None:
+def aligned_top(r: Record) -> tuple[dict[str, float], ...] | None:
     """The record's top logprobs when there is one entry per stream event (else unusable)."""
     if r.top_logprobs is None or len(r.top_logprobs) != len(r.chunk_chars):
         return None
@@ -205,171 +249,35 @@ def agreement(
     return Agreement(matched, room, False)
 
 
-def hidden_prompts(n: int, words: int, key: bytes) -> list[str]:
-    """``n`` salted synthetic prompts of ``words`` words under a secret ``key``."""
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng(
-            int.from_bytes(hashlib.sha256(key + i.to_bytes(4, "big")).digest()[:8], "big")
-        )
-        out.append(synthetic_prompt(key, i, max(words, SALT_WORDS), rng))
-    return out
+def check_fits(fp: Fingerprint, spec: RunSpec) -> None:
+    """Refuse (one line) a fingerprint whose replays would stand out in ``spec``'s run.
 
-
-def record_fingerprint(
-    endpoint: Endpoint,
-    *,
-    api_key: str | None = None,
-    prompts: int = 16,
-    prompt_words: int = 64,
-    max_tokens: int = 32,
-    repeats: int = 3,
-    timeout_s: float = 120.0,
-    on_progress: Callable[[str], None] | None = None,
-) -> Fingerprint:
-    """Greedy outputs of a trusted reference on fresh hidden prompts, with calibration."""
-    import asyncio
-
-    from inferaudit.measure.load.client import check_endpoint, send_plans
-
-    if prompts < 1 or repeats < 2 or max_tokens < 1:
-        raise ConfigError("fingerprint: need prompts >= 1, repeats >= 2 and max_tokens >= 1")
-    check_endpoint(endpoint, api_key)
-    key = secrets.token_bytes(32)
-    texts = hidden_prompts(prompts, prompt_words, salt_key(int.from_bytes(key[:6], "big")))
-    greedy: dict[str, Any] = {"temperature": 0, "seed": GREEDY_SEED}
-    asked: dict[str, Any]  # the stored round also asks for logprobs
-    if endpoint.api == Api.chat:
-        asked = {**greedy, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
-    else:
-        asked = {**greedy, "logprobs": TOP_LOGPROBS}
-    workload = Workload(enforce_output_length=True, keep_output_text=True)
-
-    def send(conc: int, body: dict[str, Any]) -> list[Record]:
-        plans = [
-            RequestPlan(k, "fingerprint", t, max_tokens, prompt_words, f"{TAG}{k}", body)
-            for k, t in enumerate(texts)
-        ]
-        rows = asyncio.run(
-            send_plans(
-                endpoint,
-                plans,
-                api_key=api_key,
-                workload=workload,
-                concurrency=conc,
-                timeout_s=timeout_s,
-            )
-        )
-        return [Record.model_validate(r) for r in rows]
-
-    rounds: list[list[Record]] = []
-    for rep in range(repeats):
-        conc = 1 if rep % 2 == 0 else prompts
-        if on_progress is not None:
-            on_progress(f"round {rep + 1}/{repeats}: {prompts} prompts, {conc} at a time")
-        recs = send(conc, greedy if rounds else asked)
-        if not rounds and any(not r.ok for r in recs):
-            # Servers refuse logprobs in several ways (HTTP 400, or a stream that breaks
-            # off, as llama-cpp-python without logits_all does): ask again without them.
-            recs = send(conc, greedy)
-        bad = [r for r in recs if not r.ok]
-        if bad:
-            raise EndpointError(
-                f"fingerprint: {len(bad)} of {prompts} reference requests failed "
-                f"({bad[0].error_class}: {bad[0].error_message})"
-            )
-        rounds.append(recs)
-    ref = rounds[0]
-    tops = [_aligned_top(r) for r in ref]
-    got = room = 0
-    for again in rounds[1:]:
-        for a, top, b in zip(ref, tops, again, strict=True):
-            m, n, _ = agreement(
-                a.output_text or "",
-                token_ends(a.chunk_chars),
-                b.output_text or "",
-                top=top,
-                candidate_ends=token_ends(b.chunk_chars),
-            )
-            got += m
-            room += n
-    self_agreement = got / room if room else 0.0
-    threshold = round(CALIBRATION_FACTOR * self_agreement, 6)
-    entries = tuple(
-        Entry(
-            id=str(r.id),
-            prompt=texts[r.id],
-            max_tokens=max_tokens,
-            text=r.output_text or "",
-            token_ends=token_ends(r.chunk_chars),
-            output_sha256=r.output_sha256,
-            top_logprobs=top,
-        )
-        for r, top in zip(ref, tops, strict=True)
-    )
-    return Fingerprint(
-        model=endpoint.model,
-        api=endpoint.api.value,
-        seed=GREEDY_SEED,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        self_agreement=round(self_agreement, 6),
-        threshold=threshold,
-        calibration=(
-            f"threshold = {CALIBRATION_FACTOR} x self-agreement {self_agreement:.6f} of the "
-            f"reference over {repeats} rounds (alternately 1 and {prompts} requests in flight); "
-            + (
-                f"near-ties judged from the reference's top-{TOP_LOGPROBS} logprobs "
-                f"(within {NEAR_TIE_NATS} nats)"
-                if all(t is not None for t in tops)
-                else "no usable logprobs from the reference: every divergence counts"
-            )
-        ),
-        entries=entries,
-    )
-
-
-def replay_plans(
-    fp: Fingerprint, spec: RunSpec, count: int | None = None
-) -> dict[int, RequestPlan]:
-    """A random subset of the fingerprint's prompts at random measured ids of ``spec``'s run.
-
-    Up to 10% of the measured requests (at least one, at most every entry); ids and the subset
-    are drawn from a generator seeded by the run's seed. Each replay keeps the workload's
-    ``max_tokens`` for its id (agreement is scored over the tokens it had room for) and adds
-    ``temperature 0`` and the fingerprint's seed to the body. Not hidden: the prompt length
-    (fixed at record time) and the greedy sampling parameters, which a server could inspect.
+    Replays are sent with the run's body shape, so the fingerprint must have been recorded over
+    the same API, with the same workload flags (prompt length distribution, or the same
+    dataset), and the run must sample greedily (its outputs are compared token by token).
     """
     if fp.api != spec.endpoint.api.value:
         raise ConfigError(
             f"--fingerprint was recorded over the {fp.api} API; "
             f"this run uses {spec.endpoint.api.value}"
         )
-    measured = _measured_ids(spec.load)
-    k = count if count is not None else max(1, min(len(fp.entries), measured // 10))
-    k = min(k, len(fp.entries), measured)
-    rng = np.random.default_rng((spec.seed, 0xF1D0))
-    ids = sorted(int(x) for x in rng.choice(measured, size=k, replace=False) + spec.load.warmup)
-    picks = rng.choice(len(fp.entries), size=k, replace=False)
-    planner = Planner.from_spec(spec)
-    plans: dict[int, RequestPlan] = {}
-    for i, e_idx in zip(ids, picks, strict=True):
-        e = fp.entries[int(e_idx)]
-        plans[i] = RequestPlan(
-            id=i,
-            phase="measure",
-            prompt=e.prompt,
-            max_tokens=planner.plan(i).max_tokens or e.max_tokens,
-            input_tokens=len(e.prompt.split()),
-            tag=f"{TAG}{e.id}",
-            extra_body=fp.greedy_body(),
+    sampling = spec.sampling
+    if sampling is not None and sampling.temperature != 0:
+        raise ConfigError(
+            f"--checks identity needs greedy sampling (--temperature 0); this run samples at "
+            f"{sampling.temperature:g}"
         )
-    return plans
-
-
-def _measured_ids(load: Load) -> int:
-    if load.requests is not None:
-        return load.requests
-    assert load.duration_s is not None
-    if load.rate is not None:
-        return max(1, int(load.rate * load.duration_s))
-    return max(1, load.concurrency or 1)
+    rec = fp.recorded_workload()
+    wl = spec.workload
+    if wl.dataset_sha256 is not None or rec.dataset_sha256 is not None:
+        if rec.dataset_sha256 != wl.dataset_sha256:
+            raise ConfigError(
+                "--fingerprint was not recorded from this run's --dataset: record it with the "
+                "same --dataset file, so that replays are rows of it"
+            )
+        return
+    if Length.parse(rec.input_tokens) != wl.input_tokens:
+        raise ConfigError(
+            f"--fingerprint holds prompts of --input-tokens {rec.input_tokens}; this run sends "
+            f"{wl.input_tokens}: record it with the run's workload flags"
+        )

@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from inferaudit.errors import ConfigError
+from inferaudit.errors import RecordError
 from inferaudit.measure import stats
+from inferaudit.measure.budget import figure_of, lag_bound, summary_lag_problem
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
+from inferaudit.measure.summary import BudgetBlock, Summary
 
 MEASURE_PHASE = "measure"
 NS_PER_MS = 1_000_000
@@ -103,19 +105,42 @@ DEFINITIONS: dict[str, str] = {
     ),
     "rounding": "Computed floats are rounded to 6 significant digits; counts are exact integers.",
 }
+# Budget-ruled protocols (no fixed max_client_lag_p99_ms) state the error budget instead.
+BUDGET_LAG_DEFINITION = (
+    "Client lag: actual send - scheduled send per measured request; the run is invalid when its "
+    "p99 exceeds the error budget's allowance (see error_budget)."
+)
+BUDGET_DEFINITION = (
+    "The lag the client adds may move a reported figure by at most max(share x figure, "
+    "floor_ms): the client lag p99 must be within that allowance of TTFT p50 (from the actual "
+    "send), so 99% of requests moved TTFT p50 and p99 by at most their budget."
+)
 
 
-@dataclass
-class _Request:
-    """Per-request values derived from one measured record (times in ns, unrounded)."""
+@dataclass(frozen=True)
+class RequestTimes:
+    """Per-request values of one record, as the summary defines them (times in ns, unrounded).
+
+    ``request_times(record)`` is the one place TTFT, E2E, TPOT and ITL of a record are derived;
+    the summary, the report and anything else that needs per-request values use it. Undefined
+    values are None (a failed request has no TTFT; a 1-token reply has no TPOT).
+    """
 
     ok: bool
     output_tokens: int  # usage when reported, else content chunks
-    ttft_ns: int | None = None
-    ttft_sent_ns: int | None = None
-    e2e_ns: int | None = None
+    ttft_ns: int | None = None  # scheduled send -> first content chunk
+    ttft_sent_ns: int | None = None  # actual send -> first content chunk
+    e2e_ns: int | None = None  # scheduled send -> done
     tpot_ms: float | None = None
-    itl_ms: list[float] = field(default_factory=list)
+    itl_ms: tuple[float, ...] = ()
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.ttft_ns is None else self.ttft_ns / NS_PER_MS
+
+    @property
+    def e2e_ms(self) -> float | None:
+        return None if self.e2e_ns is None else self.e2e_ns / NS_PER_MS
 
 
 def tokens_per_chunk(record: Record) -> list[int]:
@@ -139,54 +164,57 @@ def itl_samples_ms(record: Record) -> list[float]:
     return out
 
 
-def _output_tokens(record: Record) -> int:
-    if record.usage_completion_tokens is not None:
-        return record.usage_completion_tokens
-    return record.content_chunks
-
-
 def _check(record: Record) -> None:
     if len(record.chunk_ns) != len(record.chunk_chars):
-        raise ConfigError(
+        raise RecordError(
             f"record {record.id}: chunk_ns has {len(record.chunk_ns)} entries but chunk_chars "
             f"has {len(record.chunk_chars)}"
         )
     if record.chunk_ns and len(record.chunk_ns) != record.content_chunks:
-        raise ConfigError(
+        raise RecordError(
             f"record {record.id}: content_chunks is {record.content_chunks} but "
             f"{len(record.chunk_ns)} chunk times were recorded"
         )
     if any(b < a for a, b in zip(record.chunk_ns, record.chunk_ns[1:], strict=False)):
-        raise ConfigError(f"record {record.id}: chunk times go backwards")
+        raise RecordError(f"record {record.id}: chunk times go backwards")
     if any(c < 0 for c in record.chunk_chars):
-        raise ConfigError(f"record {record.id}: negative chunk_chars")
+        raise RecordError(f"record {record.id}: negative chunk_chars")
     if record.usage_completion_tokens is not None and record.usage_completion_tokens < 0:
-        raise ConfigError(f"record {record.id}: negative usage_completion_tokens")
+        raise RecordError(f"record {record.id}: negative usage_completion_tokens")
 
 
-def _derive(record: Record) -> _Request:
+def request_times(record: Record) -> RequestTimes:
+    """TTFT, E2E, TPOT and ITL of one record (see ``DEFINITIONS``); RecordError if inconsistent."""
     _check(record)
-    req = _Request(ok=record.ok, output_tokens=_output_tokens(record))
+    tokens = record.output_tokens
     if not record.ok:
-        return req
-    first = record.first_content_ns
-    if first is not None:
-        req.ttft_ns = first - record.scheduled_ns
-        if record.sent_ns is not None:
-            req.ttft_sent_ns = first - record.sent_ns
-    if record.done_ns is not None:
-        req.e2e_ns = record.done_ns - record.scheduled_ns
-        if first is not None and req.output_tokens > 1:
-            req.tpot_ms = (record.done_ns - first) / ((req.output_tokens - 1) * NS_PER_MS)
-    req.itl_ms = itl_samples_ms(record)
-    return req
+        return RequestTimes(ok=False, output_tokens=tokens)
+    first, done = record.first_content_ns, record.done_ns
+    tpot = None
+    if first is not None and done is not None and tokens > 1:
+        tpot = (done - first) / ((tokens - 1) * NS_PER_MS)
+    return RequestTimes(
+        ok=True,
+        output_tokens=tokens,
+        ttft_ns=None if first is None else first - record.scheduled_ns,
+        ttft_sent_ns=None if first is None or record.sent_ns is None else first - record.sent_ns,
+        e2e_ns=None if done is None else done - record.scheduled_ns,
+        tpot_ms=tpot,
+        itl_ms=tuple(itl_samples_ms(record)),
+    )
+
+
+def _round(x: float) -> float:
+    rounded = stats.round_sig(x)
+    assert rounded is not None, f"{x} is finite"
+    return rounded
 
 
 def _ms(ns: int) -> float:
     return ns / NS_PER_MS
 
 
-def _slo_value(req: _Request, metric: str, pct: float) -> float | None:
+def _slo_value(req: RequestTimes, metric: str, pct: float) -> float | None:
     """The request's own value for an SLO metric in ms; None when undefined for it."""
     if metric == "ttft":
         return None if req.ttft_ns is None else _ms(req.ttft_ns)
@@ -198,7 +226,9 @@ def _slo_value(req: _Request, metric: str, pct: float) -> float | None:
     return stats.percentile(sorted(req.itl_ms), pct) if req.itl_ms else None
 
 
-def _slo(requests: list[_Request], bounds: dict[str, float]) -> tuple[dict[str, Any], list[bool]]:
+def _slo(
+    requests: list[RequestTimes], bounds: dict[str, float]
+) -> tuple[dict[str, Any], list[bool]]:
     """Early-stopping verdict per bound, and per request whether it met every bound."""
     meets_all = [r.ok for r in requests]
     out: dict[str, Any] = {}
@@ -321,14 +351,28 @@ def _token_sources(records: list[Record]) -> dict[str, Any]:
     }
 
 
-def summarize(records: Sequence[Record], spec: RunSpec) -> dict[str, Any]:
+def definitions(spec: RunSpec) -> dict[str, str]:
+    """The summary's definitions: v1's for a fixed lag bound, the error budget's otherwise."""
+    if spec.max_client_lag_p99_ms is not None:
+        return dict(DEFINITIONS)
+    out: dict[str, str] = {}
+    for key, text in DEFINITIONS.items():
+        if key == "client_lag_ms":
+            out[key] = BUDGET_LAG_DEFINITION
+            out["error_budget"] = BUDGET_DEFINITION
+        else:
+            out[key] = text
+    return out
+
+
+def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
     """The summary of one measurement point: pure, deterministic, JSON-ready (see module doc)."""
     measured = sorted(
         (r for r in records if r.phase == MEASURE_PHASE),
         key=lambda r: (r.id, r.worker, r.scheduled_ns),
     )
     excluded = Counter(r.phase for r in records if r.phase != MEASURE_PHASE)
-    derived = [_derive(r) for r in measured]
+    derived = [request_times(r) for r in measured]
     done_reqs = [d for d in derived if d.ok]
     n, completed = len(measured), len(done_reqs)
 
@@ -341,61 +385,79 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> dict[str, Any]:
     slo, meets_all = _slo(derived, bounds)
     good = [d for d, ok in zip(derived, meets_all, strict=True) if ok]
 
+    def dist(values: list[int | None]) -> dict[str, float | int | None]:
+        return stats.distribution([_ms(v) for v in values if v is not None])
+
+    ttft_from_sent = dist([d.ttft_sent_ns for d in done_reqs])
     lag = _lag(measured)
     reasons: list[str] = []
     if n == 0:
         reasons.append("no measured requests")
     elif completed == 0:
         reasons.append("no measured request completed")
+    figure = ttft_from_sent["p50"]
+    bound = lag_bound(spec, figure_of(None if figure is None else float(figure)))
     lag_p99 = lag["p99"]
-    if lag_p99 is not None and lag_p99 > spec.max_client_lag_p99_ms:
-        reasons.append(
-            f"client fell behind its schedule: lag p99 {lag_p99:.1f} ms > "
-            f"{spec.max_client_lag_p99_ms:g} ms — the client, not the endpoint, was the "
-            "bottleneck"
+    problem = summary_lag_problem(spec, lag_p99, None if figure is None else float(figure))
+    if problem is not None:
+        reasons.append(problem)
+    budget_block = None
+    if bound.rule == "budget":
+        budget_block = BudgetBlock(
+            share=spec.error_budget.share,
+            floor_ms=spec.error_budget.floor_ms,
+            figure="ttft_from_sent_ms.p50",
+            figure_ms=bound.figure_ms,
+            allowed_lag_p99_ms=_round(bound.bound_ms),
+            lag_p99_ms=lag_p99,
+            within=lag_p99 is not None and problem is None,
         )
-
-    def dist(values: list[int | None]) -> dict[str, float | int | None]:
-        return stats.distribution([_ms(v) for v in values if v is not None])
 
     done_tokens = [
         (r.done_ns, d.output_tokens)
         for r, d in zip(measured, derived, strict=True)
         if d.ok and r.done_ns is not None
     ]
-    return {
-        "load": spec.load.label(),
-        "requests": n,
-        "completed": completed,
-        "failed": n - completed,
-        "excluded": dict(sorted(excluded.items())),
-        "duration_s": None if span is None else stats.round_sig(span / NS_PER_S),
-        "output_tokens": output_tokens,
-        "output_tokens_by_source": _token_sources(measured),
-        "request_throughput_rps": _rate(completed, span),
-        "output_throughput_tok_s": _rate(output_tokens, span),
-        "output_throughput_ci": _throughput_ci(done_tokens, start or 0, span),
-        "arrival_rate": {
-            "requested_rps": spec.load.rate,
-            "scheduled_rps": _span_rate([r.scheduled_ns for r in measured]),
-            "achieved_rps": _span_rate([r.sent_ns for r in measured if r.sent_ns is not None]),
-        },
-        "ttft_ms": dist([d.ttft_ns for d in done_reqs]),
-        "ttft_from_sent_ms": dist([d.ttft_sent_ns for d in done_reqs]),
-        "tpot_ms": stats.distribution([d.tpot_ms for d in done_reqs if d.tpot_ms is not None]),
-        "itl_ms": stats.distribution([x for d in done_reqs for x in d.itl_ms]),
-        "e2e_ms": dist([d.e2e_ns for d in done_reqs]),
-        "goodput_rps": _rate(len(good), span) if bounds else None,
-        "goodput_tok_s": _rate(sum(d.output_tokens for d in good), span) if bounds else None,
-        "goodput_requests": len(good) if bounds else None,
-        "slo": slo,
-        "client_lag_ms": lag,
-        "errors": dict(sorted(Counter(r.error_class for r in measured if not r.ok).items())),
-        "empty_chunks_before_content": sum(r.empty_chunks_before_content for r in measured),
-        "requests_with_empty_chunks_before_content": sum(
-            1 for r in measured if r.empty_chunks_before_content > 0
-        ),
-        "valid": not reasons,
-        "invalid_reasons": reasons,
-        "definitions": dict(DEFINITIONS),
-    }
+    return Summary.model_validate(
+        {
+            "load": spec.load.label(),
+            "requests": n,
+            "completed": completed,
+            "failed": n - completed,
+            "excluded": dict(sorted(excluded.items())),
+            "duration_s": None if span is None else stats.round_sig(span / NS_PER_S),
+            "output_tokens": output_tokens,
+            "output_tokens_by_source": _token_sources(measured),
+            "request_throughput_rps": _rate(completed, span),
+            "output_throughput_tok_s": _rate(output_tokens, span),
+            "output_throughput_ci": _throughput_ci(done_tokens, start or 0, span),
+            "arrival_rate": {
+                "requested_rps": spec.load.rate,
+                "scheduled_rps": _span_rate([r.scheduled_ns for r in measured]),
+                "achieved_rps": _span_rate(
+                    [r.sent_ns for r in measured if r.sent_ns is not None]
+                ),
+            },
+            "ttft_ms": dist([d.ttft_ns for d in done_reqs]),
+            "ttft_from_sent_ms": ttft_from_sent,
+            "tpot_ms": stats.distribution(
+                [d.tpot_ms for d in done_reqs if d.tpot_ms is not None]
+            ),
+            "itl_ms": stats.distribution([x for d in done_reqs for x in d.itl_ms]),
+            "e2e_ms": dist([d.e2e_ns for d in done_reqs]),
+            "goodput_rps": _rate(len(good), span) if bounds else None,
+            "goodput_tok_s": _rate(sum(d.output_tokens for d in good), span) if bounds else None,
+            "goodput_requests": len(good) if bounds else None,
+            "slo": slo,
+            "client_lag_ms": lag,
+            "error_budget": budget_block,
+            "errors": dict(sorted(Counter(r.error_class for r in measured if not r.ok).items())),
+            "empty_chunks_before_content": sum(r.empty_chunks_before_content for r in measured),
+            "requests_with_empty_chunks_before_content": sum(
+                1 for r in measured if r.empty_chunks_before_content > 0
+            ),
+            "valid": not reasons,
+            "invalid_reasons": tuple(reasons),
+            "definitions": definitions(spec),
+        }
+    )

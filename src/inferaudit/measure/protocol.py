@@ -2,18 +2,28 @@
 
 A RunSpec is frozen and hashed canonically (RFC 8785 JSON): the hash goes into the evidence, so
 a run can be shown to have followed the protocol that was declared for it. Secrets never enter a
-RunSpec: the endpoint carries the *name* of the environment variable holding an API key.
+RunSpec's serialized form: the endpoint carries the *name* of the environment variable holding an
+API key, and the run's secret seed (``secret_seed``, in memory only) is excluded from every dump;
+only its commitment (``seed_commitment``) is part of the protocol.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from enum import StrEnum
 from typing import Literal
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from inferaudit.errors import ConfigError, validation_message
 
@@ -92,18 +102,29 @@ class Workload(_Frozen):
     dataset_sha256: str | None = None
     enforce_output_length: bool = True  # send ignore_eos + min_tokens alongside max_tokens
     keep_output_text: bool = True  # records keep the generated text (checks need it)
+    # Records keep at most this many UTF-8 bytes of the text (cut at a character boundary;
+    # output_sha256 and output_chars are always of the whole text). None: keep all of it.
+    max_text_bytes: int | None = Field(default=65_536, ge=0)
 
 
 class Load(_Frozen):
     """The load pattern of one measurement point."""
 
     concurrency: int | None = Field(default=None, ge=1)  # closed loop
-    rate: float | None = Field(default=None, gt=0)  # open loop, requests/s
+    rate: float | None = Field(default=None, gt=0)  # open loop, requests/s; inf: all at t=0
     arrivals: Arrivals = Arrivals.poisson
     requests: int | None = Field(default=None, ge=1)  # measured requests (warm-up not included)
     duration_s: float | None = Field(default=None, gt=0)
     warmup: int = Field(default=0, ge=0)  # requests before the measured ones, flagged in records
     timeout_s: float = Field(default=600.0, gt=0)  # per request, scheduled send to last byte
+    # The endpoint's failures (records ``first_byte_timeout`` / ``stall_timeout``): no byte of the
+    # response body within first_byte_timeout_s of the actual send; no byte for stall_timeout_s
+    # after one arrived. The end rule of a duration-bounded run: the window, then grace_s for the
+    # requests in flight; those still running then are cancelled and recorded as ``cancelled``.
+    # These govern how a run is executed only: nothing that verify recomputes depends on them.
+    first_byte_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    stall_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    grace_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_mode(self) -> Load:
@@ -111,7 +132,16 @@ class Load(_Frozen):
             raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
         if self.requests is None and self.duration_s is None:
             raise ValueError("give requests or duration_s")
+        if self.duration_s is not None and not math.isfinite(self.duration_s):
+            raise ValueError("duration_s must be finite: for a run bounded by count give requests")
+        if self.rate is not None and math.isinf(self.rate) and self.requests is None:
+            raise ValueError("rate inf sends every request at t=0: give requests, not duration_s")
         return self
+
+    @field_serializer("rate", when_used="json")
+    def _rate_json(self, rate: float | None) -> float | str | None:
+        # JSON (and RFC 8785) has no infinity: rate inf is stored as the string "inf"
+        return "inf" if rate is not None and math.isinf(rate) else rate
 
     def label(self) -> str:
         return f"concurrency={self.concurrency}" if self.rate is None else f"rate={self.rate:g}/s"
@@ -160,6 +190,32 @@ class SLO(_Frozen):
             raise ConfigError(validation_message(exc)) from None
 
 
+class ErrorBudget(_Frozen):
+    """How far the client may move a reported figure: at most max(share x figure, floor_ms).
+
+    The client's lag (sent - scheduled) adds to every latency measured from the scheduled send;
+    ``measure.budget`` derives the allowed client lag p99 from this budget and the run's TTFT p50,
+    so a 500 ms TTFT tolerates more lag than a 20 ms one (DESIGN §10).
+    """
+
+    share: float = Field(default=0.02, gt=0, lt=1)
+    floor_ms: float = Field(default=1.0, gt=0)
+
+
+class Sampling(_Frozen):
+    """The sampling parameters that every request of a run carries, load and audit alike.
+
+    One body shape for all measured traffic: the planner puts ``temperature`` and ``top_p`` (as
+    floats) in every request body, and ``seed`` (an int drawn per request from the run's secret
+    seed) when ``seed_per_request`` is on, so a replay or a probe cannot be told from load by its
+    sampling parameters. The default, greedy decoding, is what the identity check needs.
+    """
+
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed_per_request: bool = False
+
+
 class RunSpec(_Frozen):
     """Everything fixed before a run starts. Its canonical hash is part of the evidence."""
 
@@ -170,13 +226,22 @@ class RunSpec(_Frozen):
     slo: SLO = SLO()
     seed: int = Field(default=0, ge=0, le=2**53 - 1)
     workers: int = Field(default=1, ge=1)
-    max_client_lag_p99_ms: float = Field(default=5.0, gt=0)  # above this the run is invalid
+    # An explicit client-lag bound (v1 specs, or --max-lag-ms) replaces the budget-derived one.
+    max_client_lag_p99_ms: float | None = Field(default=None, gt=0)
+    error_budget: ErrorBudget = ErrorBudget()
     checks: tuple[str, ...] = ()
     label: str | None = None
     tokenizer_sha256: str | None = None  # the tokenizer file the checks counted with
     fingerprint_sha256: str | None = None  # the reference fingerprint the identity check used
     deployment: str | None = None  # what is under test (a claim's subject id), for reconciliation
     claim: str | None = None  # the claim this run tests, when there is one
+    # Audit traffic (TRAFFIC, issue 8). None / False keep a v1 spec's meaning.
+    sampling: Sampling | None = None  # None (v1): requests carry no sampling parameters
+    seed_commitment: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # C5
+    allow_prompt_cache: bool = False  # caching is reported either way; allowed: not a failure
+    # The secret seed itself: in memory only (to the load workers), never in any serialized
+    # form (``exclude``: not in spec.json nor its hash); revealed in seed.json after the run.
+    secret_seed: bytes | None = Field(default=None, exclude=True, repr=False)
 
 
 def canonical_bytes(model: BaseModel) -> bytes:

@@ -22,8 +22,22 @@ META_FILE = "meta.json"
 STATEMENT_FILE = "statement.json"
 ENVELOPE_FILE = "envelope.dsse.json"
 PROOF_FILE = "entry.tlog-proof"
+VERDICTS_FILE = "verdicts.json"  # v2 runs: the verdicts, bound by the statement
+SEED_FILE = "seed.json"  # the revealed seed of a run with a seed commitment (C5)
+HEALTH_FILE = "health.jsonl"  # client health windows (C3)
+SERVER_METRICS_FILE = "server-metrics.jsonl"  # counters the server reported (unverified)
 SWEEP_FILE = "sweep.json"
 SEARCH_FILE = "search.json"
+
+
+def read_json(path: Path) -> Any:
+    """A run directory file's JSON; a ConfigError naming the file when it is missing or not JSON."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing from the run directory") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc})") from None
 
 
 def load_run(run_dir: Path) -> tuple[RunSpec, dict[str, Any]]:

@@ -9,7 +9,14 @@
        workload, API flavour and arrival process, at 2x the planned rate (open loop) or 2x the
        planned concurrency (closed loop), for ``duration_s`` seconds.
     3. The client lag p99 (actual send minus scheduled send, ``metrics.summarize``) is compared
-       with the protocol's ``max_client_lag_p99_ms``: over it, ``ClientOverloadError``.
+       with the bound of the run's error budget (``budget.lag_bound``): the allowance of the
+       endpoint's TTFT p50 when one is known before the run (``figure_ms``: the caller passes
+       what the conformance probes measured, unloaded, so a lower bound of the run's TTFT and
+       never a too-lenient allowance), or the protocol's fixed ``max_client_lag_p99_ms`` (v1
+       specs, ``--max-lag-ms``). Over it, or when no lag was measured, the self-test fails and
+       the run is refused (``ClientOverloadError``). With no figure known the self-test cannot
+       judge the budget: it reports the smallest TTFT the measured lag fits (``min_figure_ms``)
+       and passes; the run's own validity rule (the same budget) decides.
 
 The server's own CPU time is measured and reported beside the client's, to show which side was
 busy. The self-test's records are scratch (a temporary directory); its result, not its records,
@@ -31,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from inferaudit.measure.budget import lag_bound, lag_problem, min_figure_ms
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
 from inferaudit.measure.protocol import Api, Load, RunSpec
@@ -69,7 +77,10 @@ class SelfTestResult:
     lag_p50_ms: float | None
     lag_p99_ms: float | None
     lag_max_ms: float | None
-    max_lag_p99_ms: float  # the protocol's bound
+    max_lag_p99_ms: float | None  # the bound applied; None: no figure known (not judged)
+    bound_basis: str  # where the bound comes from (``LagBound.describe``)
+    figure_ms: float | None  # the endpoint's TTFT p50 known before the run, if any
+    min_figure_ms: float | None  # smallest TTFT whose budget carries the measured lag p99
     client_cpu_s: float  # all workers, from the epoch to the end
     client_cpu_share_max: float  # busiest worker's CPU time / elapsed (1.0 = one core saturated)
     server_cpu_s: float
@@ -86,16 +97,27 @@ class SelfTestResult:
         """One line: the verdict and the numbers behind it."""
         lag = "n/a" if self.lag_p99_ms is None else f"{self.lag_p99_ms:.3g} ms"
         head = f"client self-test: at {LOAD_FACTOR}x the planned load ({self.load_label()})"
+        if self.passed and self.max_lag_p99_ms is None:
+            fits = "any TTFT" if not self.min_figure_ms else f"TTFT >= {self.min_figure_ms:.3g} ms"
+            return (
+                f"{head} client lag p99 was {lag}: within the error budget for {fits}; "
+                "no TTFT known before the run, so the run's own validity decides"
+            )
         if self.passed:
-            return f"{head} client lag p99 was {lag} <= {self.max_lag_p99_ms:g} ms"
+            return (
+                f"{head} client lag p99 was {lag} <= {self.max_lag_p99_ms:.3g} ms "
+                f"({self.bound_basis})"
+            )
         if self.failed:
             return (
                 f"{head} {self.failed} of {self.requests} requests to the local fast server "
                 "failed; the client cannot be trusted on this machine"
             )
+        if self.lag_p99_ms is None:
+            return f"{head} no request was sent; the client cannot be trusted on this machine"
         return (
-            f"{head} client lag p99 was {lag} > {self.max_lag_p99_ms:g} ms; "
-            "use more --workers or a bigger client machine"
+            f"{head} client lag p99 was {lag} > {self.max_lag_p99_ms or 0:.3g} ms "
+            f"({self.bound_basis}); use more --workers or a bigger client machine"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -244,11 +266,13 @@ def _test_spec(spec: RunSpec, base_url: str, duration_s: float) -> tuple[RunSpec
 def run_self_test(
     spec: RunSpec,
     *,
+    figure_ms: float | None = None,
     duration_s: float = DEFAULT_DURATION_S,
     tpot_ms: float = SELF_TEST_TPOT_MS,
     should_stop: Callable[[], bool] | None = None,
 ) -> SelfTestResult:
-    """Measure whether the client keeps up with ``LOAD_FACTOR`` x ``spec``'s load (no raise)."""
+    """Measure whether the client keeps up with ``LOAD_FACTOR`` x ``spec``'s load (no raise);
+    ``figure_ms``: the endpoint's TTFT p50 known before the run (see the module docstring)."""
     tokens = spec.workload.output_tokens.hi
     ctx = mp.get_context("spawn")
     conn, child = ctx.Pipe(duplex=True)
@@ -281,13 +305,14 @@ def run_self_test(
             proc.join(timeout=5)
         conn.close()
     elapsed = max(result.elapsed_s, 1e-9)
-    lag = summary["client_lag_ms"]
-    failed = summary["failed"]
-    passed = (
-        failed == 0
-        and summary["requests"] > 0
-        and (lag["p99"] is None or lag["p99"] <= spec.max_client_lag_p99_ms)
-    )
+    lag = summary.client_lag_ms
+    failed = summary.failed
+    bound = lag_bound(spec, figure_ms)
+    judged = bound.rule == "fixed" or figure_ms is not None
+    problem = lag_problem(bound, lag.p99)
+    if not judged and lag.p99 is not None:
+        problem = None  # no figure to take a share of: the run's validity decides
+    passed = failed == 0 and summary.requests > 0 and problem is None
     return SelfTestResult(
         mode=mode,
         planned=planned,
@@ -295,13 +320,18 @@ def run_self_test(
         workers=len(result.workers),
         duration_s=duration_s,
         output_tokens=tokens,
-        requests=summary["requests"],
+        requests=summary.requests,
         failed=failed,
-        achieved_rps=summary["arrival_rate"]["achieved_rps"],
-        lag_p50_ms=lag["p50"],
-        lag_p99_ms=lag["p99"],
-        lag_max_ms=lag["max"],
-        max_lag_p99_ms=spec.max_client_lag_p99_ms,
+        achieved_rps=summary.arrival_rate.achieved_rps,
+        lag_p50_ms=lag.p50,
+        lag_p99_ms=lag.p99,
+        lag_max_ms=lag.max,
+        max_lag_p99_ms=round(bound.bound_ms, 6) if judged else None,
+        bound_basis=bound.describe() if judged else "not judged (no TTFT known before the run)",
+        figure_ms=figure_ms,
+        min_figure_ms=(
+            None if lag.p99 is None else round(min_figure_ms(spec.error_budget, lag.p99), 3)
+        ),
         client_cpu_s=round(sum(w.cpu_run_s for w in result.workers), 3),
         client_cpu_share_max=round(max((w.cpu_run_s for w in result.workers), default=0.0)
                                    / elapsed, 3),

@@ -1,31 +1,49 @@
-"""What each request asks: deterministic request plans from ``(spec.seed, request id)``.
+"""What each request asks: request plans from ``(the run's seed, request id)``.
 
-Two sources:
+The run's seed is 32 bytes, fresh and secret per run (:func:`fresh_seed`), unless the user fixes
+one (:func:`fixed_seed`, public and reproducible). ``spec.json`` holds only its commitment
+``sha256(b"inferaudit.seed/v1\n" + seed)``; the seed itself travels in memory
+(``RunSpec.secret_seed``) and is revealed in ``seed.json`` after the last request
+(:func:`write_seed`, :func:`load_seed`). A spec without a commitment (library callers, tests)
+plans under :func:`fixed_seed` of its public ``spec.seed``.
 
-* **Synthetic** (default). Each prompt starts with a *salt*: 8 words chosen by a keyed 64-bit
-  permutation of the request id (a 4-round Feistel network over BLAKE2b keyed by the seed), so
-  no two requests of a run share even their first token block and a server cannot precompute
-  them without the seed. The rest is words drawn uniformly from :data:`VOCAB`, one per byte of
-  SHAKE-128 keyed by the seed and the id. Every vocabulary word is a common short English word that
-  GPT-2, cl100k, Llama 3 and similar BPE vocabularies hold as one token when preceded by a space,
-  so N words ≈ N prompt tokens. This is an approximation: the first word, the chat template and
-  other tokenizers add or split a few tokens; ``input_tokens`` in a plan is the word count sent.
+Everything random about a request is a keyed PRF of its id: ``prf(seed, label, i)`` =
+HMAC-SHA256(seed, label || 0x00 || i as 8 bytes). Nothing in a request reveals its id or what it
+is for: the id never reaches the wire, and every draw below is indistinguishable from random
+without the seed.
+
+* **Synthetic** (default). Each prompt starts with a *salt*: 8 words, one per byte of
+  ``prf(seed, "salt", i)`` (a PRF, not a permutation: nobody without the seed can map a salt back
+  to an id), so no two requests of a run share even their first token block. The rest is words
+  drawn uniformly from :data:`VOCAB`, one per byte of SHAKE-128(``prf(seed, "body", i)``). Every
+  vocabulary word is a common short English word that GPT-2, cl100k, Llama 3 and similar BPE
+  vocabularies hold as one token when preceded by a space, so N words ≈ N prompt tokens. This is
+  an approximation: the first word, the chat template and other tokenizers add or split a few
+  tokens; ``input_tokens`` in a plan is the word count sent.
 * **Dataset**: a JSONL file, one ``{"prompt": str, "output_tokens": int?}`` per line. Request
-  ``i`` uses line ``perm[i % n]`` of a seeded permutation; a line without ``output_tokens`` draws
-  one from ``workload.output_tokens``. Prompts are sent as written (no salt); ``input_tokens``
-  is None because it is not known without the model's tokenizer.
+  ``i`` uses line ``perm[i % n]`` of a permutation drawn from the seed; a line without
+  ``output_tokens`` draws one from ``workload.output_tokens``. Prompts are sent as written (no
+  salt); ``input_tokens`` is None because it is not known without the model's tokenizer.
 
-Lengths drawn from a range (numpy PCG64 seeded with ``(seed, 1, id)``): ``uniform`` is uniform
-over the integers ``[lo, hi]``; ``normal`` has mean ``(lo + hi) / 2`` and standard deviation
-``(hi - lo) / 6``, rounded and clipped to the range.
+Lengths drawn from a range (numpy PCG64 seeded with ``prf(seed, "length", i)``): ``uniform`` is
+uniform over the integers ``[lo, hi]``; ``normal`` has mean ``(lo + hi) / 2`` and standard
+deviation ``(hi - lo) / 6``, rounded and clipped to the range.
 
-Callers may inject their own plans at given ids (``injected``: e.g. fingerprint prompts mixed
-into the load, sent exactly like the others) or run an explicit list of plans through the runner.
+Sampling (``spec.sampling``; None in a v1 spec: no keys): every plan's ``extra_body`` is
+``{"temperature": float, "top_p": float}``, plus ``"seed": int`` (31 bits of
+``prf(seed, "sampling", i)``) with ``seed_per_request``: one body shape for load, replays and
+probes alike (:func:`sampling_body`).
+
+Callers may inject their own plans at given ids (``injected``: fingerprint replays and cache
+repeats mixed into the load, sent exactly like the others) or run an explicit list of plans
+through the runner.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +53,29 @@ import numpy as np
 import orjson
 
 from inferaudit.errors import ConfigError
-from inferaudit.measure.protocol import Length, RunSpec
+from inferaudit.measure.protocol import Length, RunSpec, Sampling
 
 __all__ = [
     "SALT_WORDS",
+    "SEED_FILE",
     "VOCAB",
     "DatasetRow",
     "Planner",
     "RequestPlan",
+    "commit_seed",
     "draw_length",
+    "fixed_seed",
+    "fresh_seed",
     "load_dataset",
+    "load_seed",
+    "planning_seed",
+    "prf",
+    "prf_rng",
     "salt",
-    "salt_key",
+    "sampling_body",
+    "seed_commitment",
     "synthetic_prompt",
+    "write_seed",
 ]
 
 _VOCAB_TEXT = """
@@ -71,10 +99,11 @@ _VOCAB_TEXT = """
 VOCAB: tuple[str, ...] = tuple(_VOCAB_TEXT.split())
 assert len(VOCAB) == 256 and len(set(VOCAB)) == 256, "VOCAB must hold 256 distinct words"
 
-SALT_WORDS = 8  # 8 words x 8 bits: the 64-bit permuted request id
-
-_STREAM_LENGTHS = 1  # numpy seed-sequence stream ids (schedule.py uses its own)
-_STREAM_DATASET = 2
+SALT_WORDS = 8  # 8 words x 8 bits of prf(seed, "salt", id)
+SEED_BYTES = 32
+SEED_DOMAIN = b"inferaudit.seed/v1\n"
+SEED_FILE = "seed.json"
+MAX_ID = 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,20 +130,100 @@ class DatasetRow:
     output_tokens: int | None = None
 
 
-def salt(key: bytes, i: int) -> str:
-    """The salt words of request ``i``: a bijection of ``i`` (0 <= i < 2**64) under ``key``."""
-    left, right = i >> 32, i & 0xFFFFFFFF
-    for r in range(4):
-        digest = hashlib.blake2b(
-            right.to_bytes(4, "big") + bytes((r,)), key=key, digest_size=4
-        ).digest()
-        left, right = right, left ^ int.from_bytes(digest, "big")
-    value = ((left << 32) | right).to_bytes(8, "big")
-    return " ".join(VOCAB[b] for b in value)
+# ---- the run's seed: fresh and secret, committed in spec.json, revealed in seed.json ----
 
 
-def salt_key(seed: int) -> bytes:
-    return hashlib.blake2b(f"inferaudit.salt/{seed}".encode(), digest_size=32).digest()
+def fresh_seed() -> bytes:
+    """32 fresh random bytes: the default seed of a run."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+def fixed_seed(n: int) -> bytes:
+    """The seed a user fixes with ``--seed N``: reproducible, hence public (not a secret)."""
+    return hashlib.sha256(b"inferaudit.fixed-seed/v1\n" + str(n).encode()).digest()
+
+
+def seed_commitment(seed: bytes) -> str:
+    """Lowercase hex ``sha256(b"inferaudit.seed/v1\n" + seed)`` (contract C5)."""
+    return hashlib.sha256(SEED_DOMAIN + seed).hexdigest()
+
+
+def commit_seed(spec: RunSpec, seed: bytes) -> RunSpec:
+    """``spec`` planned under ``seed``: the commitment in the protocol, the seed in memory only."""
+    assert len(seed) == SEED_BYTES, "a run seed is 32 bytes"
+    return spec.model_copy(update={"seed_commitment": seed_commitment(seed), "secret_seed": seed})
+
+
+def planning_seed(spec: RunSpec) -> bytes:
+    """The seed ``spec``'s requests are planned under (see the module docstring)."""
+    if spec.secret_seed is not None:
+        if spec.seed_commitment is not None and seed_commitment(spec.secret_seed) != (
+            spec.seed_commitment
+        ):
+            raise ConfigError("the run's secret seed does not match the spec's seed_commitment")
+        return spec.secret_seed
+    if spec.seed_commitment is not None:
+        raise ConfigError(
+            "this protocol commits to a secret seed: its requests cannot be planned without it"
+        )
+    return fixed_seed(spec.seed)
+
+
+def write_seed(run_dir: Path, seed: bytes) -> Path:
+    """Reveal the seed (``seed.json``); call only after the last request has finished."""
+    path = run_dir / SEED_FILE
+    path.write_bytes(orjson.dumps({"seed": seed.hex()}) + b"\n")
+    return path
+
+
+def load_seed(run_dir: Path) -> bytes | None:
+    """The revealed seed of a run (None when ``seed.json`` is absent, e.g. a v1 run)."""
+    path = run_dir / SEED_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc})") from None
+    value = data.get("seed") if isinstance(data, dict) else None
+    if (
+        not isinstance(value, str)
+        or len(value) != 2 * SEED_BYTES
+        or any(c not in "0123456789abcdef" for c in value)
+        or set(data) != {"seed"}
+    ):
+        raise ConfigError(f'{path}: expected {{"seed": "<64 lowercase hex digits>"}}')
+    return bytes.fromhex(value)
+
+
+# ---- keyed draws ----
+
+
+def prf(seed: bytes, label: bytes, i: int) -> bytes:
+    """HMAC-SHA256(seed, label || 0x00 || i as 8 big-endian bytes): 32 pseudo-random bytes."""
+    assert 0 <= i < MAX_ID, "request ids are 64-bit"
+    return hmac.new(seed, label + b"\0" + i.to_bytes(8, "big"), hashlib.sha256).digest()
+
+
+def prf_rng(seed: bytes, label: bytes, i: int) -> np.random.Generator:
+    """A numpy generator seeded by ``prf(seed, label, i)`` (128 bits of it)."""
+    return np.random.default_rng(int.from_bytes(prf(seed, label, i)[:16], "big"))
+
+
+def salt(seed: bytes, i: int) -> str:
+    """The salt words of request ``i``: ``SALT_WORDS`` bytes of ``prf(seed, "salt", i)``."""
+    return " ".join(VOCAB[b] for b in prf(seed, b"salt", i)[:SALT_WORDS])
+
+
+def sampling_body(sampling: Sampling, seed: bytes, i: int) -> dict[str, Any]:
+    """The sampling keys of request ``i``: the same keys and value types for every request."""
+    body: dict[str, Any] = {
+        "temperature": float(sampling.temperature),
+        "top_p": float(sampling.top_p),
+    }
+    if sampling.seed_per_request:
+        body["seed"] = int.from_bytes(prf(seed, b"sampling", i)[:4], "big") & 0x7FFFFFFF
+    return body
 
 
 def draw_length(length: Length, rng: np.random.Generator | None) -> int:
@@ -129,16 +238,18 @@ def draw_length(length: Length, rng: np.random.Generator | None) -> int:
     return int(min(max(round(value), length.lo), length.hi))
 
 
-def synthetic_prompt(key: bytes, i: int, words: int, rng: np.random.Generator | None = None) -> str:
+def synthetic_prompt(
+    seed: bytes, i: int, words: int, rng: np.random.Generator | None = None
+) -> str:
     """Salt of request ``i`` followed by ``words - SALT_WORDS`` vocabulary words, each chosen by
-    one byte of SHAKE-128(key, "body", i): uniform over the 256 words, no modulo bias. A caller
-    with its own randomness passes ``rng`` to draw the body words from it instead."""
+    one byte of SHAKE-128(``prf(seed, "body", i)``): uniform over the 256 words, no modulo bias.
+    A caller with its own randomness passes ``rng`` to draw the body words from it instead."""
     n = max(words - SALT_WORDS, 0)
     if rng is not None:
         body: Iterable[int] = rng.integers(0, len(VOCAB), size=n).tolist()
     else:
-        body = hashlib.shake_128(key + b"body" + i.to_bytes(8, "big")).digest(n) if n else b""
-    return " ".join([salt(key, i), *map(VOCAB.__getitem__, body)])
+        body = hashlib.shake_128(prf(seed, b"body", i)).digest(n) if n else b""
+    return " ".join([salt(seed, i), *map(VOCAB.__getitem__, body)])
 
 
 def load_dataset(path: Path, sha256: str | None = None) -> tuple[DatasetRow, ...]:
@@ -182,7 +293,7 @@ def _dataset_row(path: Path, number: int, line: bytes) -> DatasetRow:
 
 
 class Planner:
-    """``plan(i)``: the request with id ``i`` of a run, the same every time for the same spec.
+    """``plan(i)``: the request with id ``i`` of a run, the same every time for the same seed.
 
     Ids ``0 .. warmup-1`` are phase ``"warmup"``, later ids ``"measure"``. ``injected`` plans
     replace the generated ones at their ids (their own ``phase``/``tag`` are kept). Planners are
@@ -196,14 +307,14 @@ class Planner:
         injected: Mapping[int, RequestPlan] | None = None,
         dataset: Sequence[DatasetRow] | None = None,
     ) -> None:
-        self.seed = spec.seed
         self.workload = spec.workload
+        self.sampling = spec.sampling
         self.warmup = spec.load.warmup
         self.injected = dict(injected or {})
         for i, p in self.injected.items():
             if p.id != i:
                 raise ConfigError(f"injected plan at id {i} carries id {p.id}")
-        self._key = salt_key(spec.seed)
+        self._seed = planning_seed(spec)
         self._draws = any(
             length.dist != "fixed"
             for length in (spec.workload.input_tokens, spec.workload.output_tokens)
@@ -211,7 +322,7 @@ class Planner:
         self._rows = tuple(dataset) if dataset is not None else None
         self._order: list[int] = []
         if self._rows is not None:
-            rng = np.random.default_rng((spec.seed, _STREAM_DATASET))
+            rng = prf_rng(self._seed, b"dataset", 0)
             self._order = rng.permutation(len(self._rows)).tolist()
 
     @classmethod
@@ -224,17 +335,37 @@ class Planner:
             rows = load_dataset(Path(spec.workload.dataset), spec.workload.dataset_sha256)
         return cls(spec, injected=injected, dataset=rows)
 
+    @property
+    def dataset_rows(self) -> int | None:
+        """Rows of the dataset (None for a synthetic workload)."""
+        return None if self._rows is None else len(self._rows)
+
     def plan(self, i: int) -> RequestPlan:
         injected = self.injected.get(i)
         if injected is not None:
             return injected
-        phase = "warmup" if i < self.warmup else "measure"
+        return self.generated(i)
+
+    def generated(self, i: int, phase: str | None = None) -> RequestPlan:
+        """The workload's own plan at id ``i`` (never an injected one), in ``phase`` (default:
+        warm-up or measure by position)."""
+        if phase is None:
+            phase = "warmup" if i < self.warmup else "measure"
         # seeding a numpy generator costs more than the rest of a plan: only when drawing
-        rng = np.random.default_rng((self.seed, _STREAM_LENGTHS, i)) if self._draws else None
+        rng = prf_rng(self._seed, b"length", i) if self._draws else None
+        extra = (
+            {} if self.sampling is None else sampling_body(self.sampling, self._seed, i)
+        )
         if self._rows is not None:
             row = self._rows[self._order[i % len(self._rows)]]
             out = row.output_tokens or draw_length(self.workload.output_tokens, rng)
-            return RequestPlan(i, phase, row.prompt, out, None)
+            return RequestPlan(i, phase, row.prompt, out, None, extra_body=extra)
         words = max(draw_length(self.workload.input_tokens, rng), SALT_WORDS)
         out = draw_length(self.workload.output_tokens, rng)
-        return RequestPlan(i, phase, synthetic_prompt(self._key, i, words), out, words)
+        prompt = synthetic_prompt(self._seed, i, words)
+        return RequestPlan(i, phase, prompt, out, words, extra_body=extra)
+
+    def words(self, i: int, n: int) -> list[str]:
+        """``n`` vocabulary words drawn for id ``i`` (no salt): padding of the same form as a
+        synthetic prompt's body, for plans that resize a prompt."""
+        return [VOCAB[b] for b in hashlib.shake_128(prf(self._seed, b"pad", i)).digest(n)]

@@ -6,7 +6,9 @@ Text forms (C2SP signed-note; Go ``golang.org/x/mod/sumdb/note``):
 The key ID is the first 4 bytes of SHA-256(name || 0x0A || 0x01 || public key), big-endian.
 
 Files in the data directory: ``keys/<quoted name>.key`` (private, created 0600 with ``os.open``,
-never chmod-ed afterwards) and ``keys/<quoted name>.pub`` (the verifier key line).
+never chmod-ed afterwards) and ``keys/<quoted name>.pub`` (the verifier key line). A private key
+file that group or others may access (any 0o077 mode bit) is refused with one line naming the
+``chmod 600`` that fixes it, wherever a private key is loaded (as ssh does).
 
 Trust policy (``--trust FILE``), a text file of lines, ``#`` starting a comment::
 
@@ -24,9 +26,11 @@ import base64
 import binascii
 import hashlib
 import os
+import stat
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
@@ -34,6 +38,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from inferaudit.errors import ConfigError, InferauditError
+
+if TYPE_CHECKING:
+    from inferaudit.seal.trust import CheckpointMemory
 
 ALG_ED25519 = 0x01
 ALG_COSIGNATURE_V1 = 0x04  # C2SP tlog-cosignature (witness keys)
@@ -228,12 +235,31 @@ def generate_key(home: Path, name: str) -> Signer:
     return signer
 
 
+class KeyPermissionError(ConfigError):
+    """A private key file that group or others may read (refused, as ssh does)."""
+
+
+def read_private_key_file(path: Path) -> str:
+    """A private key file's text, refused when its mode lets group or others in (ssh's rule:
+    any of the 0o077 bits). The mode is checked on the open file, so a swap cannot slip by."""
+    fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "r") as fh:
+        mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+        if mode & 0o077:
+            raise KeyPermissionError(
+                f"key file {path} is readable by others (mode {mode:04o}); chmod 600 {path}"
+            )
+        return fh.read()
+
+
 def load_signer(home: Path, name: str) -> Signer:
     priv, _ = key_paths(home, name)
     try:
-        text = priv.read_text()
+        text = read_private_key_file(priv)
     except FileNotFoundError:
         raise ConfigError(f"no key named {name!r} in {priv.parent}") from None
+    except PermissionError:
+        raise ConfigError(f"key file {priv}: permission denied") from None
     signer = parse_signer(text)
     if signer.name != name:
         raise KeyFormatError(f"{priv}: holds key {signer.name!r}, not {name!r}")
@@ -274,10 +300,16 @@ def list_keys(home: Path) -> list[Verifier]:
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """Which keys a verifier accepts: evidence signers and transparency logs."""
+    """Which keys a verifier accepts: evidence signers and transparency logs.
+
+    ``source`` says where the policy came from (for ``describe``); ``memory`` is where known
+    checkpoints are remembered and checked for forks (``seal.trust``), None for a bare policy.
+    """
 
     signers: tuple[Verifier, ...] = ()
     logs: tuple[Verifier, ...] = ()
+    source: str = "given keys"
+    memory: CheckpointMemory | None = None
 
     def text(self) -> str:
         lines = [TRUST_HEADER]
@@ -285,8 +317,22 @@ class TrustPolicy:
         lines += [f"log {v.text()}" for v in self.logs]
         return "\n".join(lines) + "\n"
 
+    def describe(self) -> str:
+        """One line for outputs: ``trusting signer K, log L (this data directory /x)``."""
+
+        def names(keys: tuple[Verifier, ...]) -> str:
+            return ", ".join(v.keyid for v in keys) or "none"
+
+        plural = "s" if len(self.signers) > 1 else ""
+        logs = "s" if len(self.logs) > 1 else ""
+        return (
+            f"trusting signer{plural} {names(self.signers)}, log{logs} {names(self.logs)} "
+            f"({self.source})"
+        )
+
 
 def parse_trust(text: str, source: str = "trust policy") -> TrustPolicy:
+    """A trust policy file's keys; ``source`` names it in errors and in ``describe``."""
     signers: list[Verifier] = []
     logs: list[Verifier] = []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -304,11 +350,12 @@ def parse_trust(text: str, source: str = "trust policy") -> TrustPolicy:
             logs.append(verifier)
         else:
             raise KeyFormatError(f"{source}:{number}: expected 'signer KEY' or 'log KEY'")
-    return TrustPolicy(signers=tuple(signers), logs=tuple(logs))
+    return TrustPolicy(signers=tuple(signers), logs=tuple(logs), source=source)
 
 
 def load_trust(path: Path) -> TrustPolicy:
     try:
-        return parse_trust(path.read_text(), str(path))
+        policy = parse_trust(path.read_text(), str(path))
+        return replace(policy, source=f"trust policy {path}")
     except FileNotFoundError:
         raise ConfigError(f"trust policy {path}: no such file") from None

@@ -15,10 +15,14 @@ inline: ``--behave NAME:key=value,key=value``. Honest is the default (no behavio
                               ``floor`` (0.05) of it.
 ``early-stop``                stops after ``fraction`` (0.6) of the tokens it should send;
                               ``finish_reason`` is "stop", or the lie "length" with ``lie=true``.
-``usage-inflate``             ``usage.completion_tokens`` = ceil(tokens sent × (1 + ``ratio``)),
-                              ``ratio`` 0.25.
+``usage-inflate``             ``usage.completion_tokens`` = ceil(tokens sent × (1 + ``ratio``))
+                              + ``add``; ``ratio`` 0.25, ``add`` 0 (``ratio=0,add=1``: one token
+                              more on every answer, inside a 1% tolerance for long answers).
 ``role-first-chunk``          on arrival, at once, an empty first chunk (chat: role-only delta;
                               completions: empty text) to fake a low TTFT.
+``split-first-token``         on arrival, at once, the first ``chars`` (2) characters of the first
+                              token as a content chunk (a fragment), the rest of it when the real
+                              first token exists (after the real TTFT): fakes a low TTFT.
 ``burst``                     the first token on time, then tokens are held and flushed ``every``
                               (16) at a time in one write (``every=0``: all at the end).
 ``model-swap``                a different "model" (another word distribution) answers requests
@@ -48,6 +52,7 @@ class Name(StrEnum):
     early_stop = "early-stop"
     usage_inflate = "usage-inflate"
     role_first_chunk = "role-first-chunk"
+    split_first_token = "split-first-token"
     burst = "burst"
     model_swap = "model-swap"
     shed_under_load = "shed-under-load"
@@ -92,14 +97,24 @@ class EarlyStop:
 @dataclass(frozen=True)
 class UsageInflate:
     ratio: float = 0.25
+    add: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.ratio > 0, Name.usage_inflate, "ratio must be > 0")
+        _check(self.ratio >= 0 and self.add >= 0, Name.usage_inflate, "ratio/add must be >= 0")
+        _check(self.ratio > 0 or self.add > 0, Name.usage_inflate, "ratio or add must be > 0")
 
 
 @dataclass(frozen=True)
 class RoleFirstChunk:
     pass
+
+
+@dataclass(frozen=True)
+class SplitFirstToken:
+    chars: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.chars >= 1, Name.split_first_token, "chars must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,7 @@ _PARAMS: dict[Name, type] = {
     Name.early_stop: EarlyStop,
     Name.usage_inflate: UsageInflate,
     Name.role_first_chunk: RoleFirstChunk,
+    Name.split_first_token: SplitFirstToken,
     Name.burst: Burst,
     Name.model_swap: ModelSwap,
     Name.shed_under_load: ShedUnderLoad,
@@ -160,6 +176,7 @@ class Behaviours:
     early_stop: EarlyStop | None = None
     usage_inflate: UsageInflate | None = None
     role_first_chunk: RoleFirstChunk | None = None
+    split_first_token: SplitFirstToken | None = None
     burst: Burst | None = None
     model_swap: ModelSwap | None = None
     shed_under_load: ShedUnderLoad | None = None
@@ -225,7 +242,7 @@ def parse_one(spec: str) -> tuple[Name, object]:
 
 def parse_behaviours(specs: list[str]) -> Behaviours:
     """All ``--behave`` values -> :class:`Behaviours`; a behaviour given twice is an error."""
-    chosen: dict[str, object] = {}
+    chosen: dict[str, Any] = {}  # each value the dataclass parse_one made for that name
     for spec in specs:
         name, params = parse_one(spec)
         if name.name in chosen:

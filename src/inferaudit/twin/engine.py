@@ -33,7 +33,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,7 +67,7 @@ async def sleep_until(deadline_ns: int) -> None:
 
 
 class Engine(Protocol):
-    def generate(self, job: Job) -> AsyncIterator[int]:
+    def generate(self, job: Job) -> AsyncGenerator[int, None]:
         """Yield the perf_counter_ns instant at which each of the job's tokens is produced."""
         ...
 
@@ -94,7 +94,7 @@ class FixedEngine:
             share = max(1.0 - job.cached_prompt_tokens / job.prompt_tokens, self.prefix_floor)
         return round(self.ttft_ms * 1e6 * share)
 
-    async def generate(self, job: Job) -> AsyncIterator[int]:
+    async def generate(self, job: Job) -> AsyncGenerator[int, None]:
         first = job.arrival_ns + self.ttft_ns(job)
         tpot = self.tpot_ms * 1e6
         for i in range(job.output_tokens):
@@ -307,7 +307,7 @@ class BatchEngine:
             )
         return None
 
-    async def generate(self, job: Job) -> AsyncIterator[int]:
+    async def generate(self, job: Job) -> AsyncGenerator[int, None]:
         if job.output_tokens <= 0:
             return
         replica = min(self.replicas, key=lambda r: (r.load(), r.index))

@@ -1,41 +1,46 @@
-"""Start the twin as a child process (``python -m inferaudit twin ...``) and wait until it serves.
+"""Start the twin as a child process from typed options and wait until it serves.
 
-    with start_twin(["--ttft-ms", "20", "--tpot-ms", "5"]) as twin:
+    with start_twin(TwinOptions(ttft_ms=20, tpot_ms=5)) as twin:
         ...  # twin.base_url == "http://127.0.0.1:PORT/v1"
 
-The twin always listens on 127.0.0.1 on a free port (``--host 127.0.0.1 --port 0`` are appended,
-overriding any given). Its stdout is read until the line ``listening on http://127.0.0.1:PORT``
-and drained afterwards; its stderr goes to a temporary file quoted if it fails to start.
+The options are validated here first (``options.build``: the same ``ConfigError`` as the CLI's),
+then sent as JSON on the child's stdin (``python -m inferaudit.twin --ready-fd N``; an API key
+never appears on a command line); the child reports readiness, or why it could not start, as one
+``Readiness`` JSON object on a pipe of its own. No printed text is parsed. The twin always
+listens on 127.0.0.1 on a free port (``host``/``port`` of the options are overridden). The
+child's stderr goes to a temporary file, quoted if it dies before it reports.
 """
 
 from __future__ import annotations
 
-import queue
-import re
+import os
+import select
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from types import TracebackType
 from typing import IO
 
-from inferaudit.errors import ConfigError
+from pydantic import ValidationError
 
-_READY = re.compile(r"^listening on (http://127\.0\.0\.1:(\d+))\s*$")
+from inferaudit.errors import ConfigError
+from inferaudit.twin.options import TwinOptions, build
+from inferaudit.twin.ready import Readiness
+
+_MAX_MESSAGE = 1 << 20  # a readiness message is a few hundred bytes
 
 
 class TwinProcess:
     """A running twin child process; ``stop()`` (or leaving the ``with`` block) ends it."""
 
-    def __init__(
-        self, process: subprocess.Popen[str], url: str, stderr: IO[str], pump: threading.Thread
-    ) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], ready: Readiness, stderr: IO[str]) -> None:
+        assert ready.url is not None
         self.process = process
-        self._pump = pump
-        self.url = url  # http://127.0.0.1:PORT
-        self.base_url = url + "/v1"
-        self.port = int(url.rsplit(":", 1)[1])
+        self.url = ready.url  # http://127.0.0.1:PORT
+        self.base_url = self.url + "/v1"
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self.description: dict[str, object] = dict(ready.description or {})
         self._stderr = stderr
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -47,9 +52,6 @@ class TwinProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._pump.join(timeout)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
         self._stderr.close()
         return self.process.returncode
 
@@ -65,55 +67,84 @@ class TwinProcess:
         self.stop()
 
 
-def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 def _tail(stderr: IO[str]) -> str:
-    """The twin's error message (the CLI's ``error: ...``, unwrapped), else its last line."""
+    """The last line the child wrote on stderr (a traceback's last line names the exception)."""
     stderr.seek(0)
-    text = stderr.read().strip()
-    at = text.rfind("error:")
-    if at >= 0:
-        return " ".join(text[at:].split())
-    lines = text.splitlines()
-    return lines[-1] if lines else "no output on stderr"
+    lines = stderr.read().strip().splitlines()
+    return lines[-1].strip() if lines else "no output on stderr"
 
 
-def start_twin(args: list[str], *, timeout: float = 60.0) -> TwinProcess:
-    """Start ``python -m inferaudit twin *args`` and return once it is listening.
-
-    Raises ``ConfigError`` naming the twin's own last error line if it exits before it is ready,
-    or if it is not ready within ``timeout`` seconds (the child is then killed).
-    """
-    command = [sys.executable, "-m", "inferaudit", "twin", *args]
-    command += ["--host", "127.0.0.1", "--port", "0"]
-    stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True
-    )
-    assert process.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    pump = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
-    pump.start()
-    deadline = time.monotonic() + timeout
-    while True:
+def _read_message(fd: int, deadline: float) -> bytes | None:
+    """Everything written to ``fd`` until the child closes it; None at the deadline."""
+    data = b""
+    while len(data) <= _MAX_MESSAGE:
         remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def start_twin(options: TwinOptions, *, timeout: float = 60.0) -> TwinProcess:
+    """Start a twin serving ``options`` in a child process; return once it is listening.
+
+    Raises ``ConfigError`` for invalid options (before any process starts), with the child's own
+    one-line reason if it could not start (port, truth file, ...), or if it is not ready within
+    ``timeout`` seconds (the child is then killed).
+    """
+    options = options.model_copy(update={"host": "127.0.0.1", "port": 0})
+    build(options)  # refuse bad options here, as the CLI would, without a child
+    read_fd, write_fd = os.pipe()
+    stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inferaudit.twin", "--ready-fd", str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            pass_fds=(write_fd,),
+        )
+    except BaseException:
+        os.close(read_fd)
+        stderr.close()
+        raise
+    finally:
+        os.close(write_fd)  # the child holds its own copy; EOF here means it closed or died
+    try:
+        assert process.stdin is not None
         try:
-            line = lines.get(timeout=max(remaining, 0.0))
-        except queue.Empty:
-            process.kill()
-            process.wait()
-            why = _tail(stderr)
-            stderr.close()
-            raise ConfigError(f"twin did not start within {timeout:g} s ({why})") from None
-        if line is None:
-            code = process.wait()
-            why = _tail(stderr)
-            stderr.close()
-            raise ConfigError(f"twin exited with code {code} before listening: {why}")
-        m = _READY.match(line)
-        if m:
-            return TwinProcess(process, m.group(1), stderr, pump)
+            process.stdin.write(options.model_dump_json().encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once; its stderr says why
+        raw = _read_message(read_fd, time.monotonic() + timeout)
+    finally:
+        os.close(read_fd)
+    ready = _parse(raw)
+    if ready is not None and ready.url is not None:
+        return TwinProcess(process, ready, stderr)
+    if raw is None:
+        process.kill()
+    code = process.wait()
+    why = _tail(stderr)
+    stderr.close()
+    if raw is None:
+        raise ConfigError(f"twin did not start within {timeout:g} s ({why})")
+    if ready is not None and ready.error is not None:
+        raise ConfigError(f"twin could not start: {ready.error}")
+    raise ConfigError(f"twin exited with code {code} before listening: {why}")
+
+
+def _parse(raw: bytes | None) -> Readiness | None:
+    if not raw:
+        return None
+    try:
+        return Readiness.model_validate_json(raw)
+    except ValidationError:
+        return None

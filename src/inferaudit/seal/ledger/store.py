@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -156,7 +157,7 @@ class Ledger:
     # -- transactions ----------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self) -> Iterator[tuple[Connection, Row]]:
+    def _locked(self) -> Iterator[tuple[Connection, Row[Any]]]:
         """A write transaction holding the ledger lock; yields the locked state row."""
         try:
             with self.engine.connect() as conn:

@@ -1,0 +1,204 @@
+"""Reading one SSE response body into the state of its request (the client's hot loop).
+
+See :mod:`inferaudit.measure.load.client` for what a record holds and the error classes; this
+module fills :class:`Stream` as reads arrive and raises :class:`Malformed` for an event that is
+not a completion chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from typing import Any
+
+import aiohttp
+import orjson
+
+from inferaudit.measure.load.deadline import Watch
+from inferaudit.measure.load.preflight import ERROR_MESSAGE_CHARS, error_message
+from inferaudit.measure.load.sse import SSEParser
+
+__all__ = ["Malformed", "ReadMeter", "Stream", "read_stream"]
+
+_DONE = b"[DONE]"
+
+
+class Malformed(Exception):
+    """An SSE event that is not a completion chunk (``execute`` records it as sse_malformed)."""
+
+
+@dataclass(slots=True)
+class ReadMeter:
+    """Counts of the reads of content, for client health (``measure.health``): ``chunks``
+    content chunks that had a chunk before them in their request, ``coalesced`` of those that
+    arrived in the same read as that chunk. A request adds its counts when it ends."""
+
+    chunks: int = 0
+    coalesced: int = 0
+
+
+@dataclass(slots=True)
+class Stream:
+    """What one request has shown so far; kept whole when it ends early (timeout, cut-off)."""
+
+    chunk_ns: list[int] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    top: list[dict[str, float]] = field(default_factory=list)
+    status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    first_chunk: int | None = None
+    first_content: int | None = None
+    done: int | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    usage_prompt: int | None = None
+    usage_completion: int | None = None
+    empty_before: int = 0
+    got_done: bool = False
+
+    def fail(self, error_class: str, message: str) -> None:
+        self.error_class = error_class
+        self.error_message = message[:ERROR_MESSAGE_CHARS]
+
+
+def _load_events(events: list[bytes]) -> tuple[list[Any], bytes | None]:
+    """Parse the events of one read: one orjson call over all of them, or, when that fails
+    (or the count differs, e.g. an event ``1,2``), one by one: the events before the first bad
+    one, and the bad one (None when all are good)."""
+    try:
+        objs = orjson.loads(b"[" + b",".join(events) + b"]")
+        if len(objs) == len(events):
+            return objs, None
+    except orjson.JSONDecodeError:
+        pass
+    out = []
+    for event in events:
+        try:
+            out.append(orjson.loads(event))
+        except orjson.JSONDecodeError:
+            return out, event
+    return out, None
+
+
+def _top_logprobs(lp: Any, chat: bool) -> list[dict[str, float]]:
+    """Per token, the alternatives the server scored, chosen token included: ``{text: logprob}``.
+
+    Chat: ``logprobs.content[] = {token, logprob, top_logprobs: [{token, logprob}]}``;
+    completions: parallel lists ``tokens``, ``token_logprobs``, ``top_logprobs: [{text: lp}]``.
+    """
+    if chat:
+        return [
+            {
+                item["token"]: item["logprob"],
+                **{t["token"]: t["logprob"] for t in item.get("top_logprobs") or ()},
+            }
+            for item in lp.get("content") or ()
+        ]
+    out: list[dict[str, float]] = []
+    tokens = lp.get("tokens") or ()
+    chosen = lp.get("token_logprobs") or ()
+    for k, alternatives in enumerate(lp.get("top_logprobs") or ()):
+        entry = dict(alternatives or {})
+        if k < len(tokens) and k < len(chosen) and chosen[k] is not None:
+            entry.setdefault(tokens[k], chosen[k])
+        out.append(entry)
+    return out
+
+
+async def read_stream(
+    content: aiohttp.StreamReader,
+    chat: bool,
+    st: Stream,
+    watch: Watch,
+    epoch_ns: int,
+    meter: ReadMeter | None,
+) -> None:
+    """Read an SSE body to its end into ``st`` (the hot loop: one pass per socket read).
+
+    The loop keeps its state in locals (they are fast) and stores them into ``st`` when it
+    ends, however it ends (a cut-off or a timeout included), so partial timings are kept. The
+    one store per read is ``watch.last``, which the request's timer reads.
+    """
+    parser = SSEParser()
+    parts, chunk_ns, top = st.parts, st.chunk_ns, st.top
+    first_chunk = first_content = done = None
+    finish_reason = model = usage_prompt = usage_completion = None
+    empty_before = pairs = coalesced = 0
+    got_done = False
+    obj: Any = None
+    try:
+        while True:
+            data = await content.readany()
+            if not data:
+                break
+            watch.last = done = now = perf_counter_ns()
+            events = parser.feed(data)
+            if not events:
+                continue
+            if _DONE in events:
+                got_done = True
+                events = [e for e in events if e != _DONE]
+                if not events:
+                    continue
+            if first_chunk is None:
+                first_chunk = now
+            before = len(parts)
+            objs, bad = _load_events(events)
+            try:
+                for obj in objs:
+                    choices = obj.get("choices")
+                    if choices:
+                        choice = choices[0]
+                        if chat:
+                            text = (choice.get("delta") or {}).get("content")
+                        else:
+                            text = choice.get("text")
+                        fr = choice.get("finish_reason")
+                        if fr is not None:
+                            finish_reason = fr
+                        lp = choice.get("logprobs")
+                        if lp:
+                            top.extend(_top_logprobs(lp, chat))
+                    else:
+                        text = None
+                        err = obj.get("error")
+                        if err:
+                            st.fail("stream_error", error_message(orjson.dumps({"error": err})))
+                            break
+                    usage = obj.get("usage")
+                    if usage:
+                        usage_prompt = usage.get("prompt_tokens")
+                        usage_completion = usage.get("completion_tokens")
+                    if model is None:
+                        model = obj.get("model")
+                    if text:
+                        parts.append(text)  # type checked once, at the end
+                    elif not parts:
+                        empty_before += 1
+                if bad is not None and st.error_class is None:
+                    raise Malformed(bad[:80].decode("utf-8", "replace"))
+            except (AttributeError, TypeError, KeyError):
+                raise Malformed(f"not a completion chunk: {obj!r}"[:120]) from None
+            finally:  # content before a bad event in this read keeps its time
+                added = len(parts) - before
+                if added:
+                    if first_content is None:
+                        first_content = now
+                        pairs += added - 1
+                    else:
+                        pairs += added
+                    coalesced += added - 1
+                    chunk_ns.extend([now - epoch_ns] * added)
+            if st.error_class is not None:
+                return
+        if not got_done and finish_reason is None:
+            st.fail("stream_truncated", "stream ended without [DONE] or a finish_reason")
+    finally:
+        st.first_chunk, st.first_content, st.done = first_chunk, first_content, done
+        st.finish_reason, st.model, st.got_done = finish_reason, model, got_done
+        st.usage_prompt, st.usage_completion = usage_prompt, usage_completion
+        st.empty_before = empty_before
+        if meter is not None:
+            meter.chunks += pairs
+            meter.coalesced += coalesced

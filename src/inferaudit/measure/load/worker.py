@@ -1,0 +1,346 @@
+"""A load worker process: one event loop, one HTTP session, its share of the schedule.
+
+Started by :mod:`inferaudit.measure.load.runner` (multiprocessing "spawn"). It receives its
+:class:`~.messages.WorkerArgs`, opens its keep-alive connections, reports :class:`~.messages.Ready`,
+answers pings, and on :class:`~.messages.Go` sends its positions (open loop: at their absolute
+times; closed loop: its slots, taking positions from a counter shared by all workers). Each
+finished request goes to the record pipe as one JSON line.
+
+How a worker ends:
+
+* its share is done (count-bounded runs, or a duration window whose requests all finished);
+* the end rule of a duration-bounded run: ``grace_ns`` after the measured window closes, every
+  request still in flight is cut off and recorded as ``cancelled`` with its times so far;
+* :class:`~.messages.Stop` from the parent (a signal, ``should_stop``, another worker died), or
+  the parent gone (its control pipe closed): nothing new is sent, the requests in flight are cut
+  off and recorded as ``cancelled``.
+
+Then it reports :class:`~.messages.Done` with its counts (or :class:`~.messages.Failed` with one
+line for a bug) and exits. A worker whose parent has gone (killed) exits quietly with status 0:
+there is nobody left to tell, and no traceback is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from time import perf_counter_ns
+from typing import Any
+
+from inferaudit.measure.health import HealthSampler
+from inferaudit.measure.load.client import (
+    ReadMeter,
+    Watch,
+    build_body,
+    execute,
+    make_session,
+    open_connections,
+)
+from inferaudit.measure.load.messages import (
+    Done,
+    Failed,
+    Go,
+    Ping,
+    Pong,
+    Ready,
+    Stop,
+    WorkerArgs,
+    WorkerStats,
+)
+from inferaudit.measure.records import CANCELLED
+from inferaudit.measure.workload import RequestPlan
+
+__all__ = ["OPEN_LOOP_CONNECTIONS", "worker_entry"]
+
+OPEN_LOOP_CONNECTIONS = 16  # open loop: connections each worker opens before the clock
+_FLUSH_WAIT_S = 10.0  # at the end: the longest wait for the record pipe to drain
+_NS = 1_000_000_000
+
+
+class _ParentGone(Exception):
+    """The parent's end of a pipe is closed (internal)."""
+
+
+def worker_entry(index: int, ctrl: Connection, rec: Connection, shared: Any) -> None:
+    """The process target: run, report, exit (quietly when the parent is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it tells us to stop
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
+    try:
+        try:
+            # the arguments (schedule, plans) come over the control pipe, not the spawn pipe: a
+            # large spawn payload blocks the parent for good if the child dies while starting
+            args: WorkerArgs = ctrl.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            import uvloop
+
+            loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+        except ImportError:
+            loop_factory = None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            stats = runner.run(_Worker(args, ctrl, rec, shared).main())
+        ctrl.send(Done(stats))
+    except (_ParentGone, BrokenPipeError, ConnectionResetError, EOFError):
+        return  # the parent has gone: nobody to report to
+    except BaseException as exc:
+        message = traceback.format_exception_only(exc)[-1].strip()
+        with contextlib.suppress(OSError):
+            ctrl.send(Failed(f"worker {index}: {message}"))
+        raise SystemExit(1) from None
+    finally:
+        ctrl.close()
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Worker:
+    def __init__(self, args: WorkerArgs, ctrl: Connection, rec: Connection, shared: Any) -> None:
+        self.a = args
+        self.ctrl = ctrl
+        self.rec = rec
+        self.shared = shared
+        self.epoch = 0
+        self.sent = 0
+        self.finished = 0
+        self.cancelled = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.stopping = False
+        self.bug: BaseException | None = None  # the first exception a request task raised
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.watches: set[Watch] = set()
+        self.meter = ReadMeter()
+        self.health: HealthSampler | None = None
+        self.transport: asyncio.WriteTransport | None = None
+
+    async def main(self) -> WorkerStats:
+        loop = asyncio.get_running_loop()
+        pipe = os.fdopen(os.dup(self.rec.fileno()), "wb", buffering=0)
+        self.rec.close()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+        self.transport = transport
+        cpu0: float | None = None
+        if self.a.offsets is not None:
+            limit, connections = 0, min(len(self.a.offsets), OPEN_LOOP_CONNECTIONS)
+        else:
+            limit = connections = self.a.slots
+        async with make_session(limit) as self.session:
+            if self.a.plans is None or self.a.plans:  # warm the code paths before the clock
+                build_body(self._plan(0), self.a.target)
+            opened = await open_connections(self.session, self.a.target, connections)
+            self._send(Ready(os.getpid()))
+            if self._await_go():
+                cpu0 = _cpu_s()
+                await self._run(loop)
+        await self._drain(transport)
+        return WorkerStats(
+            sent=self.sent,
+            finished=self.finished,
+            cancelled=self.cancelled,
+            max_in_flight=self.max_in_flight,
+            connections_opened=opened,
+            cpu_s=_cpu_s(),
+            cpu_run_s=_cpu_s() - cpu0 if cpu0 is not None else 0.0,
+        )
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.health = HealthSampler(
+            self.a.index, self.epoch, self.a.health_window_ns, self.meter, self._send
+        )
+        sampler = asyncio.ensure_future(self.health.run())
+        stop = asyncio.Event()
+        loop.add_reader(self.ctrl.fileno(), self._on_ctrl, stop)
+        body = self._open_loop() if self.a.offsets is not None else self._closed_loop()
+        work = asyncio.ensure_future(body)
+        end_rule = asyncio.ensure_future(self._end_rule())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((work, stopper), return_when=asyncio.FIRST_COMPLETED)
+        loop.remove_reader(self.ctrl.fileno())
+        if stop.is_set():
+            self._cut_off("cancelled: the run was stopped")
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        else:
+            stopper.cancel()
+        end_rule.cancel()
+        sampler.cancel()
+        await asyncio.gather(end_rule, sampler, return_exceptions=True)
+        self.health.flush()
+        if not stop.is_set():
+            work.result()  # a bug in the worker surfaces here
+        if self.bug is not None:
+            raise self.bug
+
+    async def _drain(self, transport: asyncio.WriteTransport) -> None:
+        deadline = perf_counter_ns() + int(_FLUSH_WAIT_S * _NS)
+        while transport.get_write_buffer_size() and not transport.is_closing():
+            if perf_counter_ns() > deadline:
+                break
+            await asyncio.sleep(0.002)
+        transport.close()
+
+    def _send(self, msg: object) -> None:
+        try:
+            self.ctrl.send(msg)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _ParentGone from exc
+
+    def _await_go(self) -> bool:
+        while True:
+            try:
+                msg = self.ctrl.recv()
+            except EOFError:
+                raise _ParentGone from None
+            if isinstance(msg, Ping):
+                self._send(Pong(perf_counter_ns()))
+            elif isinstance(msg, Go):
+                self.epoch = msg.epoch_ns
+                return True
+            else:
+                assert isinstance(msg, Stop), f"unexpected message {msg!r}"
+                return False
+
+    def _on_ctrl(self, stop: asyncio.Event) -> None:
+        try:
+            msg = self.ctrl.recv()
+        except (EOFError, OSError):
+            msg = Stop()  # the parent is gone
+        if isinstance(msg, Stop):
+            stop.set()
+
+    def _cut_off(self, message: str) -> None:
+        """Stop sending; end every request in flight (each is recorded as ``cancelled``)."""
+        self.stopping = True
+        for watch in list(self.watches):
+            watch.expire(CANCELLED, message)
+
+    async def _end_rule(self) -> None:
+        """Duration-bounded runs: the window, then ``grace_ns``, then cut off what runs."""
+        a = self.a
+        if a.duration_ns is None:
+            return
+        if a.window_start_ns is not None:  # open loop: known from the schedule
+            start = self.epoch + a.window_start_ns
+        else:  # closed loop: when the first measured position was taken (shared by workers)
+            while not (start := self.shared[1]):
+                await asyncio.sleep(0.01)
+        end = start + a.duration_ns + a.grace_ns
+        while (delay := end - perf_counter_ns()) > 0:
+            await asyncio.sleep(delay / _NS)
+        self._cut_off(
+            f"cancelled: still running {a.grace_ns / _NS:g} s after the "
+            f"{a.duration_ns / _NS:g} s window"
+        )
+
+    def _plan(self, position: int) -> RequestPlan:
+        if self.a.plans is not None:
+            return self.a.plans[position]
+        assert self.a.planner is not None
+        return self.a.planner.plan(position)
+
+    async def _one(self, plan: RequestPlan, body: bytes, scheduled: int) -> None:
+        if self.stopping:
+            return  # cut off before it was sent: never sent, nothing to record
+        self.sent += 1
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+        assert self.health is not None
+        self.health.lag(perf_counter_ns() - scheduled)
+        try:
+            rec = await execute(
+                self.session,
+                self.a.target,
+                plan,
+                body,
+                scheduled,
+                self.epoch,
+                self.a.index,
+                inflight=self.watches,
+                meter=self.meter,
+            )
+        finally:
+            self.in_flight -= 1
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            raise _ParentGone  # the record pipe is closed: the parent has gone
+        transport.write(rec.to_line())
+        self.finished += 1
+        self.cancelled += rec.cancelled
+
+    def _spawn(self, plan: RequestPlan, body: bytes, scheduled: int) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._one(plan, body, scheduled))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and self.bug is None:
+            self.bug = exc
+            self._cut_off("cancelled: the worker hit a bug")
+
+    async def _open_loop(self) -> None:
+        assert self.a.offsets is not None
+        target, epoch, tasks = self.a.target, self.epoch, self.tasks
+        position = self.a.index
+        for offset in self.a.offsets.tolist():
+            plan = self._plan(position)
+            position += self.a.stride
+            body = build_body(plan, target)
+            scheduled = epoch + offset
+            # loop: uvloop's millisecond timers may wake a little early; never send early
+            while (delay := scheduled - perf_counter_ns()) > 0:
+                await asyncio.sleep(delay / _NS)
+            if self.stopping:
+                break
+            self._spawn(plan, body, scheduled)
+        while tasks:
+            await asyncio.wait(tuple(tasks))
+
+    def _take(self, scheduled: int) -> int | None:
+        """The next position for a closed-loop slot free since ``scheduled``, or None when the
+        run is over: ``limit`` positions taken, or the slot became free ``duration_s`` after the
+        scheduled time of the first measured request (with no warm-up: the epoch)."""
+        a = self.a
+        if self.stopping:
+            return None
+        with self.shared.get_lock():
+            position: int = self.shared[0]
+            if a.limit is not None and position >= a.limit:
+                return None
+            if a.duration_ns is not None and position >= a.warmup:
+                start = self.shared[1]
+                if start == 0:
+                    self.shared[1] = scheduled
+                elif scheduled >= start + a.duration_ns:
+                    return None
+            self.shared[0] = position + 1
+            return position
+
+    async def _slot(self) -> None:
+        scheduled = self.epoch
+        while True:
+            position = self._take(scheduled)
+            if position is None:
+                return
+            plan = self._plan(position)
+            await self._spawn(plan, build_body(plan, self.a.target), scheduled)
+            scheduled = perf_counter_ns()  # the slot is free: the next request is due now
+
+    async def _closed_loop(self) -> None:
+        while (delay := self.epoch - perf_counter_ns()) > 0:
+            await asyncio.sleep(delay / _NS)
+        await asyncio.gather(*(self._slot() for _ in range(self.a.slots)))

@@ -1,0 +1,187 @@
+"""Per-run views: what the page shows of one verified run (its numbers, its verdicts, its charts).
+
+Per-request values come from ``measure.metrics.request_times`` (the summary's own definitions:
+TTFT and E2E from the scheduled send, output tokens = usage when reported, else content chunks),
+over the measured phase of the run's ``records.jsonl`` — a file the run's verification bound by
+digest. Nothing here re-derives a metric by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from markupsafe import Markup
+
+from inferaudit.intent.reconcile import run_label
+from inferaudit.measure.metrics import MEASURE_PHASE, request_times
+from inferaudit.measure.records import Record, iter_records
+from inferaudit.measure.rundir import RECORDS_FILE
+from inferaudit.present.charts import Series, fmt_measure, line_chart
+from inferaudit.seal.verified import VerifiedRun
+
+MAX_CDF_POINTS = 400
+
+
+def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Empirical CDF points (value, share of values <= it), at most 400 points."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        return [], []
+    stride = max(1, n // MAX_CDF_POINTS)
+    idx = sorted({*range(0, n, stride), n - 1})
+    return [xs[i] for i in idx], [(i + 1) / n for i in idx]
+
+
+def throughput_over_time(
+    records: Sequence[Record], bins: int = 40
+) -> tuple[list[float], list[float]]:
+    """Output tokens/s per time bin (tokens counted at each request's done time)."""
+    done = [
+        (r.done_ns, request_times(r).output_tokens)
+        for r in records
+        if r.ok and r.done_ns is not None
+    ]
+    if not done:
+        return [], []
+    start = min(r.scheduled_ns for r in records)
+    end = max(t for t, _ in done)
+    span = max(end - start, 1)
+    k = max(1, min(bins, len(done) // 3 or 1))
+    width = span / k
+    tokens = [0] * k
+    for t, n in done:
+        tokens[min(k - 1, int((t - start) // width))] += n
+    return [(i + 0.5) * width / 1e9 for i in range(k)], [n / (width / 1e9) for n in tokens]
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    check: str
+    verdict: str  # pass | fail | inconclusive
+    summary: str  # the verdict's one line
+
+
+@dataclass(frozen=True)
+class Fact:
+    name: str
+    value: str
+
+
+@dataclass
+class RunView:
+    label: str
+    path: str
+    simulation: bool
+    valid: bool
+    invalid_reasons: tuple[str, ...]
+    facts: list[Fact]
+    checks: list[CheckLine]
+    signer: str
+    ledger: str
+    charts: list[Markup] = field(default_factory=list)
+
+
+def _facts(run: VerifiedRun) -> list[Fact]:
+    s = run.summary
+    ms = "ms"
+    return [
+        Fact("model", run.spec.endpoint.model),
+        Fact("load", s.load),
+        Fact("deployment", run.spec.deployment or "—"),
+        Fact("completed", f"{s.completed:,} / {s.requests:,}"),
+        Fact("output tok/s", fmt_measure(s.output_throughput_tok_s)),
+        Fact("95% low tok/s", fmt_measure(s.output_throughput_ci.low)),
+        Fact(
+            f"TTFT p50 / p99 {ms}", f"{fmt_measure(s.ttft_ms.p50)} / {fmt_measure(s.ttft_ms.p99)}"
+        ),
+        Fact(f"client lag p99 {ms}", fmt_measure(s.client_lag_ms.p99)),
+    ]
+
+
+def run_view(run: VerifiedRun) -> RunView:
+    """The page's view of one verified run: facts, each check's one line, and two charts."""
+    label = run_label(run.run_dir, run.spec.label)
+    spec = run.spec
+    view = RunView(
+        label=label,
+        path=str(run.run_dir),
+        simulation="twin" in (spec.deployment or "") or "simulat" in (spec.label or ""),
+        valid=run.summary.valid,
+        invalid_reasons=run.summary.invalid_reasons,
+        facts=_facts(run),
+        checks=[CheckLine(v.check, v.verdict.value, v.summary) for v in run.verdicts],
+        signer=run.signer,
+        ledger=f"entry {run.ledger_index} of {run.log_origin}",
+    )
+    path = run.run_dir / RECORDS_FILE
+    if not path.exists():
+        return view
+    measured = [r for r in iter_records(path) if r.phase == MEASURE_PHASE]
+    times = [request_times(r) for r in measured if r.ok]
+    ttft = [t.ttft_ms for t in times if t.ttft_ms is not None]
+    e2e = [t.e2e_ms for t in times if t.e2e_ms is not None]
+    cdfs = [Series(name, *cdf(vals), step=True) for name, vals in (("TTFT", ttft), ("E2E", e2e))]
+    view.charts.append(
+        line_chart(
+            cdfs,
+            title=f"Latency CDF — {label}",
+            x_label="ms from scheduled send",
+            y_label="share of completed requests",
+        )
+    )
+    xs, ys = throughput_over_time(measured)
+    tp = [Series("per time bin", xs, ys, markers=True)]
+    low = run.summary.output_throughput_ci.low
+    if low is not None and xs:
+        tp.append(Series("95% lower bound", [xs[0], xs[-1]], [low, low], dashed=True))
+    view.charts.append(
+        line_chart(
+            tp,
+            title=f"Throughput over time — {label}",
+            x_label="seconds since first scheduled request",
+            y_label="output tokens/s",
+        )
+    )
+    return view
+
+
+def sweep_chart(parent: Path, points: Sequence[VerifiedRun]) -> Markup:
+    """Throughput vs load over a sweep's verified points; invalid points are marked."""
+
+    def load_x(run: VerifiedRun) -> float:
+        load = run.spec.load
+        return float(load.concurrency if load.concurrency is not None else load.rate or 0.0)
+
+    pts = sorted(points, key=load_x)
+    kind = "concurrency" if pts[0].spec.load.concurrency is not None else "requests/s offered"
+    xs = [load_x(p) for p in pts]
+    invalid = [not p.summary.valid for p in pts]
+    point = [float(p.summary.output_throughput_tok_s or 0.0) for p in pts]
+    series = [Series("point value", xs, point, markers=True, invalid=invalid)]
+    lows = [(x, p.summary.output_throughput_ci.low) for x, p in zip(xs, pts, strict=True)]
+    kept = [(x, float(v)) for x, v in lows if v is not None]
+    if kept:
+        series.append(
+            Series(
+                "95% lower bound",
+                [x for x, _ in kept],
+                [v for _, v in kept],
+                dashed=True,
+                markers=True,
+            )
+        )
+    good = [(x, p.summary.goodput_tok_s) for x, p in zip(xs, pts, strict=True)]
+    kept = [(x, float(v)) for x, v in good if v is not None]
+    if kept:
+        series.append(
+            Series("goodput tokens/s", [x for x, _ in kept], [v for _, v in kept], markers=True)
+        )
+    return line_chart(
+        series,
+        title=f"Throughput vs load — sweep {parent.name}",
+        x_label=kind,
+        y_label="output tokens/s",
+    )
