@@ -46,6 +46,8 @@ from pathlib import Path
 import httpx
 
 MODEL_ALIAS = "gemma-3-270m-q4_k_m"
+# llama-cpp-python's --type_k takes a ggml type number
+_GGML_TYPES = {"f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8}
 STARTUP_TIMEOUT_S = 180.0
 _LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
@@ -160,6 +162,8 @@ def llama_server(
     threads: int | None = None,
     chat_format: str = "gemma",
     logits_all: bool = False,
+    interrupt_requests: bool = False,
+    type_k: str | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> Iterator[LocalServer]:
     """Run ``python -m llama_cpp.server`` on 127.0.0.1 for the duration of the block."""
@@ -181,8 +185,10 @@ def llama_server(
         "--verbose", "True",  # per-request timings in the log: see server_timings
         # The default (True) aborts the stream in flight whenever another request arrives, so
         # concurrent requests truncate each other; False makes them queue.
-        "--interrupt_requests", "False",
+        "--interrupt_requests", str(interrupt_requests),
     ]  # fmt: skip
+    if type_k is not None:  # a quantized K cache (e.g. "q4_0"), a substitute for the tests
+        cmd += ["--type_k", str(_GGML_TYPES[type_k])]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent

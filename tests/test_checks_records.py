@@ -282,6 +282,18 @@ def test_errors_per_phase() -> None:
     assert "1 failed outside the measured phase" in ok.summary
 
 
+def test_cancelled_requests_are_not_the_endpoints_failures() -> None:
+    # Requests the client cut off at the end rule are counted apart; stalls are the endpoint's.
+    rs = [rec(0), rec(1, error="cancelled"), rec(2, error="cancelled"), rec(3)]
+    v = check_errors(rs)
+    assert v.verdict is Outcome.passed
+    assert (v.numbers["measured"], v.numbers["failed"], v.numbers["cancelled"]) == (2, 0, 2)
+    stalled = check_errors([rec(0), rec(1, error="stall_timeout"), rec(2, error="cancelled")])
+    assert stalled.verdict is Outcome.failed
+    assert (stalled.numbers["failed"], stalled.numbers["shed_or_cut"]) == (1, 1)
+    assert "cancelled" not in check_errors([rec(0)]).numbers
+
+
 def split_rec(i: int, *, fragment_ms: float = 1.0, ttft_ms: float = 50.0, n: int = 8) -> Record:
     """A record whose first event is a fragment (" w") of its first token (" w00")."""
     r = rec(i, n, ttft_ms=ttft_ms)

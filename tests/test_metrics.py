@@ -1,9 +1,10 @@
-"""Known-answer tests for metrics.summarize on hand-made records (its JSON form, the evidence),
-the Summary model against the v1 fixture, the error-budget validity rule, and the tables."""
+"""Known-answer tests for metrics.summarize on hand-made records (its JSON form, the evidence):
+a v1 protocol's summary (usage credited, as v0.1 wrote it), a v2 protocol's (the tokens the
+stream proves credited, usage beside them), the Summary model against the v1 fixture and the
+error-budget validity rule. The CLI's rendering of a summary is tested in test_cli_tables.py."""
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
@@ -11,16 +12,30 @@ from pathlib import Path
 import orjson
 import pytest
 import rfc8785
-from rich.console import Console
 
-from inferaudit.cli.tables import summary_table, sweep_table
 from inferaudit.errors import DataError, RecordError
-from inferaudit.judge.verdict import Outcome, Verdict
+from inferaudit.judge import counting
 from inferaudit.measure import metrics
-from inferaudit.measure.metrics import DEFINITIONS, itl_samples_ms, request_times, tokens_per_chunk
-from inferaudit.measure.protocol import SLO, Endpoint, ErrorBudget, Load, RunSpec
+from inferaudit.measure.metrics import (
+    DEFINITIONS,
+    itl_samples_ms,
+    proven_tokens,
+    request_times,
+    tokens_per_chunk,
+)
+from inferaudit.measure.protocol import (
+    SLO,
+    SPEC_VERSION,
+    SPEC_VERSION_V1,
+    Endpoint,
+    ErrorBudget,
+    Load,
+    RunSpec,
+    SpecVersion,
+)
 from inferaudit.measure.records import Record, read_records, write_records
-from inferaudit.measure.summary import Summary, SummaryRow
+from inferaudit.measure.summary import Summary
+from inferaudit.measure.tokenizer import Tokenizer
 
 FIXTURE = Path(__file__).parent / "data" / "evidence-v1"
 
@@ -28,6 +43,7 @@ FIXTURE = Path(__file__).parent / "data" / "evidence-v1"
 def summarize(records: list[Record], spec: RunSpec) -> dict[str, object]:
     """The summary's JSON form (what summary.json holds and verify compares)."""
     return metrics.summarize(records, spec).to_json()
+
 
 MS = 1_000_000
 REQUIRED = (
@@ -63,6 +79,7 @@ def rec(
     error: str | None = None,
     first_chunk: float | None = None,
     empty: int = 0,
+    text: str | None = None,
 ) -> Record:
     """A record with times given in milliseconds."""
 
@@ -84,6 +101,7 @@ def rec(
         usage_completion_tokens=usage,
         content_chunks=len(chunks),
         empty_chunks_before_content=empty,
+        output_text=text,
     )
 
 
@@ -92,14 +110,21 @@ def spec(
     *,
     lag_ms: float | None = 5.0,
     budget: ErrorBudget = ErrorBudget(),
+    version: SpecVersion = SPEC_VERSION_V1,
 ) -> RunSpec:
+    """A protocol; v1 by default here (usage credited), so the v0.1 known answers hold."""
     return RunSpec(
+        spec_version=version,
         endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m"),
         load=Load(rate=10.0, requests=4),
         slo=SLO(bounds_ms=bounds or {}),
         max_client_lag_p99_ms=lag_ms,
         error_budget=budget,
     )
+
+
+def v2(bounds: dict[str, float] | None = None, *, lag_ms: float | None = 5.0) -> RunSpec:
+    return spec(bounds, lag_ms=lag_ms, version=SPEC_VERSION)
 
 
 def scenario() -> list[Record]:
@@ -120,7 +145,7 @@ def scenario() -> list[Record]:
 BOUNDS = {"ttft_p99": 15.0, "tpot_p90": 9.0, "itl_p99": 8.0}
 
 
-def test_known_answer_summary() -> None:
+def test_known_answer_summary_v1() -> None:
     s = summarize(scenario(), spec(BOUNDS))
     for key in REQUIRED:
         assert key in s
@@ -358,59 +383,6 @@ def test_malformed_record_is_record_error() -> None:
         summarize([lying], spec())
 
 
-# -- cli/tables.py: rendering of the summary ----------------------------------------------------
-
-
-def render(renderable: object) -> list[str]:
-    console = Console(file=io.StringIO(), width=100, record=True, color_system=None)
-    console.print(renderable)
-    return console.export_text().splitlines()
-
-
-def test_summary_table_shows_numbers_and_fits_100_columns() -> None:
-    s = metrics.summarize(scenario(), spec(BOUNDS))
-    lines = render(summary_table(s, [Verdict("usage", Outcome.failed, "usage lies")]))
-    assert max(len(line) for line in lines) <= 100
-    ttft = next(line for line in lines if line.strip().startswith("TTFT  "))
-    assert ttft.split() == ["TTFT", "3", "13.33", "10.00", "18.00", "19.00", "19.80", "19.98"]
-    text = "\n".join(lines)
-    assert "29.51 tok/s" in text and "3.28 req/s, 3.28 tok/s" in text
-    assert "p50 0.5, p99 1.97, max 2.00" in text
-    assert "VALID" in text and "http_500 1" in text
-    assert "insufficient (+834)" in text and "459 / 662" in text
-    assert "usage lies" in text
-    assert "ttft_ms: TTFT: scheduled send -> first chunk" in text
-
-
-def test_summary_table_invalid_run() -> None:
-    records = [rec(i, 10 * i, 10 * i + 9, 10 * i + 12, [(10 * i + 12, 1)], 10 * i + 13, usage=1)
-               for i in range(4)]  # fmt: skip
-    text = "\n".join(render(summary_table(metrics.summarize(records, spec()))))
-    assert "INVALID: client fell behind its schedule: lag p99 9.0 ms > 5 ms" in text
-    assert "no SLO bounds in the protocol" in text
-
-
-def test_sweep_table_from_summary_rows() -> None:
-    s = metrics.summarize(scenario(), spec(BOUNDS))
-    row = SummaryRow(
-        load="concurrency=128", requests=10, completed=9, failed=1, achieved_rps=None,
-        request_throughput_rps=1234.5, output_throughput_tok_s=123456.0, goodput_rps=None,
-        goodput_tok_s=None, ttft_p50_ms=12.5, ttft_p99_ms=1500.25, tpot_p50_ms=0.75,
-        tpot_p99_ms=None, itl_p99_ms=None, e2e_p99_ms=None, client_lag_p99_ms=None, valid=False,
-    )  # fmt: skip
-    lines = render(sweep_table([s.row(), row]))
-    assert max(len(line) for line in lines) <= 100
-    first = next(line for line in lines if line.strip().startswith("rate=10/s"))
-    assert first.split() == [
-        "rate=10/s", "9.84", "29.51", "3.28", "10.00", "19.80", "8.75", "10.00", "49.60", "1.97",
-        "yes",
-    ]  # fmt: skip
-    second = next(line for line in lines if line.strip().startswith("concurrency=128"))
-    assert second.split() == [
-        "concurrency=128", "1,234", "123,456", "—", "12.50", "1,500", "0.75", "—", "—", "—", "no",
-    ]  # fmt: skip
-
-
 # -- Summary model (contract C1) ---------------------------------------------------------------
 
 
@@ -509,3 +481,113 @@ def test_fixed_bound_overrides_the_budget() -> None:
     assert not metrics.summarize(lagged(3.0, 20.0), spec(lag_ms=None)).valid
     s = metrics.summarize(lagged(3.0, 20.0), spec(lag_ms=5.0))
     assert s.valid and s.error_budget is None
+
+
+# -- v2: credit only what the stream proves (issue 8 item 7) -----------------------------------
+
+
+def windowed(extra_usage: int) -> list[Record]:
+    """20 requests done in four 1 s sub-windows with 2, 4, 6, 8 content events each; usage
+    claims ``extra_usage`` tokens more than the events on every request."""
+    records = []
+    for w, n_tok in enumerate((2, 4, 6, 8)):
+        for j in range(5):
+            i = 5 * w + j
+            done = 1000 * w + 150 * (j + 1) if (w, j) != (3, 4) else 4000
+            events = [(100.0 + k, 1) for k in range(n_tok)]
+            records.append(rec(i, 0, 0, 100, events, done, usage=n_tok + extra_usage))
+    return records
+
+
+def test_v2_credits_the_events_when_usage_exceeds_them() -> None:
+    s = summarize(scenario(), v2(BOUNDS))
+    # request 1 reports usage 5 over 2 content events: 2 are proven; 3 + 2 + 1 credited
+    assert s["output_tokens"] == 6
+    assert s["output_throughput_tok_s"] == 19.6721  # 6 / 0.305
+    assert s["token_credit"] == {
+        "credited": "proven: content events, capped by usage when reported (per request)",
+        "usage_based_tokens": 9,
+        "usage_based_throughput_tok_s": 29.5082,  # 9 / 0.305, what v1 credited
+        "requests_usage_above_proven": 1,
+        "uncredited_tokens": 3,
+    }
+    assert s["output_tokens_by_source"]["throughput_uses"] == metrics.CREDIT_BASIS
+    assert s["goodput_tok_s"] == 3.27869  # the one good request's proven token / 0.305
+    # the latency definitions are unchanged: TPOT and ITL still divide by usage
+    old = summarize(scenario(), spec(BOUNDS))
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "slo", "request_throughput_rps"):
+        assert s[key] == old[key], key
+    keys = list(s)
+    assert keys[keys.index("output_tokens_by_source") + 1] == "token_credit"
+    assert "token_credit" not in old  # v1 summaries keep their v0.1 keys
+    definitions = list(s["definitions"])
+    assert definitions[definitions.index("output_tokens_by_source") + 1] == "token_credit"
+    assert s["definitions"]["output_tokens"].startswith("Credited output tokens")
+    assert old["definitions"]["output_tokens"] == DEFINITIONS["output_tokens"]
+
+
+def test_v2_throughput_and_interval_ignore_inflated_usage() -> None:
+    honest = summarize(windowed(0), v2())
+    inflated = summarize(windowed(1), v2())  # +1 token claimed on every one of 20 requests
+    assert honest["output_tokens"] == inflated["output_tokens"] == 100
+    assert honest["output_throughput_tok_s"] == inflated["output_throughput_tok_s"] == 25.0
+    for ci in (honest["output_throughput_ci"], inflated["output_throughput_ci"]):
+        assert (ci["subwindows"], ci["mean"], ci["low"], ci["high"]) == (
+            4, 25.0, 4.4574, 45.5426,
+        )  # fmt: skip
+    assert honest["token_credit"]["uncredited_tokens"] == 0
+    assert inflated["token_credit"]["uncredited_tokens"] == 20
+    assert inflated["token_credit"]["requests_usage_above_proven"] == 20
+    assert inflated["token_credit"]["usage_based_throughput_tok_s"] == 30.0  # 120 / 4 s
+    # what a v1 protocol credited for the same records: the inflated usage
+    v1 = summarize(windowed(1), spec())
+    assert v1["output_throughput_tok_s"] == 30.0 and v1["output_throughput_ci"]["mean"] == 30.0
+
+
+def test_v2_usage_below_events_and_missing_usage() -> None:
+    records = [
+        rec(0, 0, 0, 10, [(10, 2), (20, 2), (30, 2)], 30),  # no usage: the 3 events
+        rec(1, 10, 10, 20, [(20, 2), (30, 2), (40, 2)], 40, usage=2),  # capped by usage 2
+    ]
+    s = summarize(records, v2())
+    assert s["output_tokens"] == 5 and s["token_credit"]["uncredited_tokens"] == 0
+    assert s["token_credit"]["usage_based_tokens"] == 5
+
+
+def test_a_protocol_built_in_memory_is_v2() -> None:
+    fresh = RunSpec(
+        endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m"),
+        load=Load(rate=10.0, requests=4),
+    )
+    assert fresh.spec_version == SPEC_VERSION == "inferaudit.runspec/v2"
+    assert metrics.credits_proven(fresh) and not metrics.credits_proven(spec())
+    assert metrics.summarize(scenario(), fresh).output_tokens == 6
+    stored = RunSpec.model_validate_json(fresh.model_dump_json())
+    assert stored.spec_version == SPEC_VERSION  # the version travels in spec.json
+
+
+def test_v2_summary_round_trip() -> None:
+    s = metrics.summarize(scenario(), v2(BOUNDS, lag_ms=None))
+    assert s.token_credit is not None and s.error_budget is not None
+    assert Summary.from_json(orjson.loads(orjson.dumps(s.to_json()))) == s
+
+
+def test_proven_tokens_is_one_definition() -> None:
+    def words(text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    tok = Tokenizer("words", "words.json", words)
+    two_events = [(10.0, 3), (20.0, 4)]
+    cases = [  # (usage, text, without tokenizer, with it)
+        (None, "a b c d", 2, 4),  # re-tokenized 4 > 2 events; nothing caps it
+        (3, "a b c d", 2, 3),  # capped by usage 3
+        (10, "a b c d", 2, 4),  # usage above what either proves
+        (1, "a b c d", 1, 1),  # a server that reports fewer is taken at its word
+        (5, "a", 2, 2),  # re-tokenization never lowers the event count
+        (5, None, 2, 2),  # no kept text: the events
+    ]
+    for usage, text, plain, with_tok in cases:
+        r = rec(0, 0, 0, 10, two_events, 20, usage=usage, text=text)
+        assert proven_tokens(r) == counting.proven_tokens(r) == plain, (usage, text)
+        assert proven_tokens(r, tok) == counting.proven_tokens(r, tok) == with_tok, (usage, text)
+        assert request_times(r).proven_tokens == plain

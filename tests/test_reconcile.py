@@ -26,7 +26,16 @@ from inferaudit.intent.rollups import provenance_bucket, rollups
 from inferaudit.intent.roofline import Plausibility
 from inferaudit.judge.suite import recheck
 from inferaudit.measure import metrics
-from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
+from inferaudit.measure.protocol import (
+    SLO,
+    SPEC_VERSION,
+    SPEC_VERSION_V1,
+    Endpoint,
+    Load,
+    RunSpec,
+    SpecVersion,
+    canonical_bytes,
+)
 from inferaudit.measure.records import Record, write_records
 from inferaudit.seal.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
 from inferaudit.seal.ledger.store import open_ledger
@@ -67,6 +76,8 @@ def make_run(
     failed_check: bool = False,
     all_errors: bool = False,
     jitter: bool = False,
+    usage_extra: int = 0,
+    version: SpecVersion = SPEC_VERSION,
 ) -> Path:
     """A sealed run directory (v2 layout): spec.json, records.jsonl, the real summary and the
     real verdicts of the ``token-accounting`` check, signed and logged in ``home``.
@@ -74,8 +85,12 @@ def make_run(
     Steady state: ``tokens`` output tokens every ``interval_ms`` -> tokens*1000/interval tok/s.
     ``failed_check``: the server's usage reports twice the tokens it streamed, so the check
     really fails. ``jitter`` spreads TTFT and token gaps deterministically (0.5x to 2.5x).
+    ``usage_extra``: usage claims that many tokens more than the stream delivered, per request,
+    within ``max_tokens`` (so that without a tokenizer token-accounting can only say
+    inconclusive: multi-token events or inflation).
     """
     spec = RunSpec(
+        spec_version=version,
         endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model=model),
         load=Load(rate=1000 / interval_ms, requests=requests, arrivals="constant"),
         slo=SLO.parse(slo) if slo else SLO(),
@@ -115,10 +130,10 @@ def make_run(
                 done_ns=chunks[-1],
                 status=200,
                 finish_reason="length",
-                usage_completion_tokens=2 * tokens if failed_check else tokens,
+                usage_completion_tokens=(2 * tokens if failed_check else tokens) + usage_extra,
                 content_chunks=tokens,
                 output_chars=3 * tokens,
-                max_tokens=tokens,
+                max_tokens=tokens + usage_extra,
             )
         )
     run_dir.mkdir(parents=True)
@@ -210,6 +225,43 @@ def test_tolerance_decides_between_verified_and_shortfall(tmp_path: Path, home: 
     assert reconcile_claim(claim, ev, tolerance=0.0).status is Status.shortfall
     with pytest.raises(ConfigError, match="tolerance"):
         reconcile_claim(claim, ev, tolerance=1.0)
+
+
+def test_only_the_tokens_the_stream_proves_are_credited(tmp_path: Path, home: Path) -> None:
+    honest = make_run(tmp_path / "honest", home, claim="tps-claim")
+    inflated = make_run(tmp_path / "inflated", home, claim="tps-claim", usage_extra=1)
+    s = summary_of(inflated)
+    # +1 token claimed on every request (2%): the usage-based figure is higher, not credited
+    assert s["token_credit"]["uncredited_tokens"] == 200
+    assert s["token_credit"]["usage_based_throughput_tok_s"] > s["output_throughput_tok_s"]
+    assert s["output_throughput_ci"] == summary_of(honest)["output_throughput_ci"]
+    (r,) = reconcile([tps_claim()], runs_of(home, inflated))
+    assert runs_of(home, inflated).verified[0].verdicts[0].verdict.value == "inconclusive"
+    assert r.status is Status.verified
+    assert r.verified == summary_of(honest)["output_throughput_ci"]["low"]
+    assert r.runs[0].reasons == (
+        f"lower 95% bound of proven output tokens/s: {r.verified:.4g}",
+    )
+
+
+def test_v1_evidence_with_usage_above_the_stream_is_not_credited(
+    tmp_path: Path, home: Path
+) -> None:
+    agree = make_run(tmp_path / "v1-agree", home, claim="tps-claim", version=SPEC_VERSION_V1)
+    above = make_run(
+        tmp_path / "v1-above", home, claim="tps-claim", version=SPEC_VERSION_V1, usage_extra=1
+    )
+    assert "token_credit" not in summary_of(above)  # a v1 summary credits usage
+    (r,) = reconcile([tps_claim()], runs_of(home, above))
+    assert r.status is Status.unverified and r.verified is None
+    assert r.runs[0].reasons == (
+        "not credited: its v1 summary credits usage above the stream's content events on 200 "
+        "requests, so it holds no proven lower bound (re-run with this version)",
+    )
+    (ok,) = reconcile([tps_claim()], runs_of(home, agree))  # usage == events: proven as is
+    assert ok.status is Status.verified
+    assert ok.verified == summary_of(agree)["output_throughput_ci"]["low"]
+    assert ok.runs[0].reasons[0].startswith("lower 95% bound of output tokens/s: ")
 
 
 def test_unverified_without_matching_evidence(tmp_path: Path, home: Path) -> None:

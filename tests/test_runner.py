@@ -92,6 +92,21 @@ def test_connections_are_open_before_the_clock(tmp_path: Path) -> None:
     assert [w.connections_opened for w in result.workers] == [3, 2]
 
 
+def test_workers_ask_for_priority_and_record_what_they_got(tmp_path: Path) -> None:
+    # A worker asks for nice CLIENT_NICE; without the privilege it keeps the parent's niceness.
+    # Either way the niceness it ran at is part of the load report (evidence).
+    from inferaudit.measure.load.worker import CLIENT_NICE
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    may = os.geteuid() == 0
+    with FakeServer() as srv:
+        result = run_load(spec(srv.base_url, Load(concurrency=2, requests=4)), tmp_path / "r")
+    expected = min(own, CLIENT_NICE) if may else own
+    assert [w.nice for w in result.workers] == [expected, expected]
+    assert result.to_json()["workers"][0]["nice"] == expected
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the parent is left as it was
+
+
 def test_closed_loop_schedules_when_the_slot_frees(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     with FakeServer(Behaviour(delay_s=0.005)) as srv:

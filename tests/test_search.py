@@ -24,9 +24,9 @@ from inferaudit.audit.search import (
     result_line,
     search_result,
 )
-from inferaudit.cli.run import build_specs
+from inferaudit.audit.specs import SpecInputs, build_specs
 from inferaudit.errors import ConfigError
-from inferaudit.measure.protocol import Api, Arrivals, Endpoint, Load, RunSpec
+from inferaudit.measure.protocol import Endpoint, Load, RunSpec
 from inferaudit.measure.summary import Dist, Lag, SloBound, Summary
 from inferaudit.twin.engine import EngineConfig
 from inferaudit.twin.launch import start_twin
@@ -228,13 +228,13 @@ def test_search_against_the_twin_brackets_its_capacity(tmp_path: Path) -> None:
     low, high = twin_capacity()
     assert 6.9 < low < high < 7.6  # H100-SXM, llama-3.1-8b bf16, efficiency 0.3
     with start_twin(TWIN) as twin:
-        spec = build_specs(
-            endpoint=twin.base_url, model="llama-3.1-8b", api=Api.completions, api_key_env=None,
-            concurrency=None, rate=2.0, arrivals=Arrivals.poisson, sweep=None, requests=None,
-            duration=3.0, warmup=0, input_tokens=str(INPUT), output_tokens=str(OUTPUT),
-            dataset=None, enforce_length=True, slo="ttft_p99=500ms", seed=1, workers=1,
-            max_lag_ms=50.0, timeout=60.0,
-        )[0]  # fmt: skip
+        (spec,) = build_specs(
+            SpecInputs(
+                endpoint=twin.base_url, model="llama-3.1-8b", rate=2.0, duration=3.0,
+                input_tokens=str(INPUT), output_tokens=str(OUTPUT), slo="ttft_p99=500ms",
+                seed=1, workers=1, max_lag_ms=50.0, timeout=60.0,
+            )
+        )  # fmt: skip
         plan = SearchPlan(2.0, 32.0, tolerance=0.2, max_points=6)
         found = execute_search(spec, tmp_path / "s", plan, RunOptions(checks=(), sign=False))
     rates = [p.rate for p in found.points]

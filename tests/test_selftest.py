@@ -24,7 +24,7 @@ from inferaudit.measure.protocol import (
     RunSpec,
     Workload,
 )
-from inferaudit.measure.selftest import run_self_test, sse_events
+from inferaudit.measure.selftest import SelfTestResult, run_self_test, sse_events
 
 
 def spec(
@@ -57,14 +57,27 @@ def test_sse_events_known_answer() -> None:
     assert chat[-1]["usage"]["completion_tokens"] == 3
 
 
-def test_passes_at_a_modest_rate() -> None:
+def judged_by_its_bound(result: SelfTestResult, bound_ms: float) -> None:
+    """The verdict is the rule applied to what was measured, whatever this machine's speed: a
+    lag was measured, the stated bound was applied, and it passed iff the lag is within it."""
+    assert result.lag_p99_ms is not None and result.lag_p99_ms >= 0
+    assert result.lag_max_ms is not None and result.lag_max_ms >= result.lag_p99_ms
+    assert result.max_lag_p99_ms == bound_ms
+    assert result.passed == (result.lag_p99_ms <= bound_ms)
+    verdict = "<=" if result.passed else ">"
+    assert f"client lag p99 was {result.lag_p99_ms:.3g} ms {verdict} {bound_ms:.3g} ms" in (
+        result.message()
+    )
+
+
+def test_runs_at_twice_a_modest_rate() -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"  # never contacted: the self-test has its own
     result = run_self_test(spec(url, Load(rate=5.0, requests=3), 100.0), duration_s=1.5)
-    assert result.passed and result.mode == "open"
+    assert result.mode == "open"
     assert (result.planned, result.tested) == (5.0, 10.0)
     assert result.failed == 0 and result.requests > 0
     assert result.output_tokens == 8 and result.workers == 1
-    assert result.lag_p99_ms is not None and result.lag_p99_ms <= 100.0
+    judged_by_its_bound(result, 100.0)
     assert result.server_cpu_s > 0 and result.client_cpu_s > 0
     assert result.message().startswith(
         "client self-test: at 2x the planned load (10 req/s) client lag p99 was"
@@ -75,8 +88,10 @@ def test_closed_loop_chat() -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
     s = spec(url, Load(concurrency=2, requests=3), 100.0, api=Api.chat)
     result = run_self_test(s, duration_s=1.0)
-    assert result.passed and result.mode == "closed" and result.tested == 4.0
-    assert result.failed == 0 and result.requests > 4
+    assert result.mode == "closed" and result.tested == 4.0
+    # the 4 slots each start a request at once (closed loop): at least 4 were sent
+    assert result.failed == 0 and result.requests >= 4
+    judged_by_its_bound(result, 100.0)
 
 
 def test_execute_refuses_when_the_client_cannot_keep_up(tmp_path: Path) -> None:

@@ -49,19 +49,18 @@ def record(
 ) -> None:
     """Record greedy outputs on prompts drawn like a run's with the same workload flags, and
     calibrate the agreement threshold. Runs refuse a fingerprint of other workload flags."""
-    from inferaudit.cli.run import build_specs
+    from inferaudit.audit.specs import SpecInputs, build_specs
     from inferaudit.measure.fingerprint_record import record_fingerprint
     from inferaudit.measure.load.client import api_key_for
-    from inferaudit.measure.protocol import Arrivals
 
     if out.exists():
         raise ConfigError(f"--out {out}: file exists (will not overwrite a fingerprint)")
     (spec,) = build_specs(  # the run's own parsing of the workload flags
-        endpoint=endpoint, model=model, api=api, api_key_env=api_key_env, concurrency=1,
-        rate=None, arrivals=Arrivals.poisson, sweep=None, requests=prompts, duration=None,
-        warmup=0, input_tokens=input_tokens, output_tokens=output_tokens, dataset=dataset,
-        enforce_length=enforce_length, slo=None, seed=0, workers=1, max_lag_ms=None,
-        timeout=timeout,
+        SpecInputs(
+            endpoint=endpoint, model=model, api=api, api_key_env=api_key_env, concurrency=1,
+            requests=prompts, input_tokens=input_tokens, output_tokens=output_tokens,
+            dataset=dataset, enforce_length=enforce_length, timeout=timeout,
+        )
     )  # fmt: skip
     fp = record_fingerprint(
         spec.endpoint,

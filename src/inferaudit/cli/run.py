@@ -7,141 +7,30 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from inferaudit.cli.app import app, console
-from inferaudit.errors import ConfigError, validation_message
-from inferaudit.measure.protocol import (
-    SLO,
-    Api,
-    Arrivals,
-    Endpoint,
-    Length,
-    Load,
-    RunSpec,
-    Sampling,
-    Workload,
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
 )
-from inferaudit.seal.evidence import file_sha256
+
+from inferaudit.audit.specs import SpecInputs, build_specs
+from inferaudit.cli.app import app, console
+from inferaudit.errors import ConfigError
+from inferaudit.measure.metrics import proven_tokens
+from inferaudit.measure.protocol import Api, Arrivals
 
 if TYPE_CHECKING:
     from inferaudit.audit.run import RunOutcome
     from inferaudit.audit.search import SearchOutcome
     from inferaudit.measure.records import Record
-
-
-def _positive_list(text: str, what: str, cast: type) -> list[Any]:
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--sweep {what}={text}: expected a comma-separated list") from None
-    if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"--sweep {what}={text}: every value must be positive")
-    return values
-
-
-def build_specs(
-    *,
-    endpoint: str,
-    model: str,
-    api: Api,
-    api_key_env: str | None,
-    concurrency: int | None,
-    rate: float | None,
-    arrivals: Arrivals,
-    sweep: str | None,
-    requests: int | None,
-    duration: float | None,
-    warmup: int,
-    input_tokens: str,
-    output_tokens: str,
-    dataset: Path | None,
-    enforce_length: bool,
-    slo: str | None,
-    seed: int,
-    workers: int,
-    max_lag_ms: float | None,
-    timeout: float,
-    deployment: str | None = None,
-    claim: str | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed_per_request: bool = False,
-    allow_prompt_cache: bool = False,
-    keep_full_text: bool = False,
-) -> list[RunSpec]:
-    """Turn command-line values into one RunSpec per measurement point (a sweep has several)."""
-    if rate is not None and rate <= 0:
-        raise ConfigError(f"--rate {rate:g}: the arrival rate must be positive (requests/s)")
-    if concurrency is not None and concurrency <= 0:
-        raise ConfigError(f"--concurrency {concurrency}: must be at least 1")
-    points: list[dict[str, Any]]
-    if sweep:
-        kind, _, values = sweep.partition("=")
-        if kind == "rate":
-            points = [{"rate": v} for v in _positive_list(values, kind, float)]
-        elif kind == "concurrency":
-            points = [{"concurrency": v} for v in _positive_list(values, kind, int)]
-        else:
-            raise ConfigError(f"--sweep {sweep}: expected rate=R1,R2,... or concurrency=N1,N2,...")
-    elif (rate is None) == (concurrency is None):
-        raise ConfigError(
-            "give exactly one of --concurrency N (closed loop) or --rate R (open loop)"
-        )
-    else:
-        points = [{"rate": rate} if rate is not None else {"concurrency": concurrency}]
-    if requests is None and duration is None:
-        raise ConfigError("give --requests N or --duration SECONDS")
-    dataset_sha = None
-    if dataset is not None:
-        if not dataset.is_file():
-            raise ConfigError(f"--dataset {dataset}: no such file")
-        dataset_sha = file_sha256(dataset)
-    try:
-        workload = Workload(
-            input_tokens=Length.parse(input_tokens),
-            output_tokens=Length.parse(output_tokens),
-            dataset=str(dataset) if dataset else None,
-            dataset_sha256=dataset_sha,
-            enforce_output_length=enforce_length,
-            **({"max_text_bytes": None} if keep_full_text else {}),
-        )
-        base = {
-            "endpoint": Endpoint(base_url=endpoint, model=model, api=api, api_key_env=api_key_env),
-            "workload": workload,
-            "slo": SLO.parse(slo) if slo else SLO(),
-            "seed": seed,
-            "workers": workers,
-            "max_client_lag_p99_ms": max_lag_ms,
-            "deployment": deployment,
-            "claim": claim,
-            "sampling": Sampling(
-                temperature=temperature, top_p=top_p, seed_per_request=seed_per_request
-            ),
-            "allow_prompt_cache": allow_prompt_cache,
-        }
-        return [
-            RunSpec(
-                **base,
-                load=Load(
-                    **point,
-                    arrivals=arrivals,
-                    requests=requests,
-                    duration_s=duration,
-                    warmup=warmup,
-                    timeout_s=timeout,
-                ),
-            )
-            for point in points
-        ]
-    except ValidationError as exc:
-        raise ConfigError(validation_message(exc)) from None
 
 
 class LiveProgress:
@@ -157,7 +46,7 @@ class LiveProgress:
             console=console,
             transient=False,
         )
-        self.task: Any = None
+        self.task: TaskID | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -180,11 +69,14 @@ class LiveProgress:
         self.task = self.progress.add_task(name, total=total, stats="")
 
     def record(self, record: Record) -> None:
+        if self.task is None:
+            self.phase("requests", None)
+        assert self.task is not None
         self.done += 1
         if not record.ok:
             self.failed += 1
         else:
-            self.tokens += record.output_tokens
+            self.tokens += proven_tokens(record)  # what the summary will credit
             if record.first_content_ns is not None:
                 self.ttfts.append((record.first_content_ns - record.scheduled_ns) / 1e6)
         now = time.monotonic()
@@ -315,7 +207,13 @@ def run(
     slo: Annotated[
         str | None, typer.Option(help="Latency bounds, e.g. ttft_p99=2000ms,tpot_p99=100ms")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for prompts and arrivals")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Fix the run's seed (prompts, audit positions, arrivals) for a reproducible "
+            "rehearsal; a fixed seed is not secret (default: fresh and secret per run)"
+        ),
+    ] = None,
     temperature: Annotated[
         float, typer.Option(help="Sampling temperature of every request (identity needs 0)")
     ] = 0.0,
@@ -381,16 +279,20 @@ def run(
             raise ConfigError("--search needs --slo, e.g. --slo ttft_p99=2000ms,tpot_p99=100ms")
         plan = SearchPlan.parse(search, search_tolerance, search_max_points)
         rate = plan.lo
-    specs = build_specs(
+    specs = build_specs(SpecInputs(
         endpoint=endpoint, model=model, api=api, api_key_env=api_key_env,
         concurrency=concurrency, rate=rate, arrivals=arrivals, sweep=sweep, requests=requests,
         duration=duration, warmup=warmup, input_tokens=input_tokens, output_tokens=output_tokens,
-        dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed,
+        dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed or 0,
         workers=workers or (os.cpu_count() or 1), max_lag_ms=max_lag_ms, timeout=timeout,
         deployment=deployment, claim=claim, temperature=temperature, top_p=top_p,
         seed_per_request=seed_per_request, allow_prompt_cache=allow_prompt_cache,
         keep_full_text=keep_full_text,
-    )  # fmt: skip
+    ))  # fmt: skip
+    if seed is not None:  # --seed N: the same secret every time, hence no secret at all
+        from inferaudit.measure.workload import fixed_seed
+
+        specs = [s.model_copy(update={"secret_seed": fixed_seed(seed)}) for s in specs]
     for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
         if path is not None and not path.is_file():
             raise ConfigError(f"{what} {path}: no such file")

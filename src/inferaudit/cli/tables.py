@@ -69,20 +69,33 @@ def latency_table(summary: Summary) -> Table:
 
 def _throughput_line(summary: Summary) -> str:
     line = f"{fmt(summary.output_throughput_tok_s)} tok/s"
+    credit = summary.token_credit
+    if credit is not None:
+        line += " proven"
     ci = summary.output_throughput_ci
     if ci.subwindows:
         pct = round(100 * ci.confidence)
         line += f"  ({pct}% CI {fmt(ci.low)}–{fmt(ci.high)}, {ci.subwindows} sub-windows)"
+    if credit is not None and credit.uncredited_tokens:
+        line += f"; usage-based {fmt(credit.usage_based_throughput_tok_s)} tok/s, not credited"
     return line
 
 
 def _tokens_line(summary: Summary) -> str:
     src = summary.output_tokens_by_source
-    line = f"{fmt(summary.output_tokens)}  (usage {fmt(src.usage)}, "
-    line += f"content chunks {fmt(src.content_chunks)}"
+    credit = summary.token_credit
+    line = fmt(summary.output_tokens)
+    if credit is not None:
+        line += " credited (proven by the stream)"
+    line += f"  (usage {fmt(src.usage)}, content chunks {fmt(src.content_chunks)}"
     disagree = src.usage_above_chunks + src.usage_below_chunks
     if disagree:
         line += f"; they differ for {disagree} requests"
+    if credit is not None and credit.uncredited_tokens:
+        line += (
+            f"; {fmt(credit.uncredited_tokens)} usage tokens beyond the stream in "
+            f"{fmt(credit.requests_usage_above_proven)} requests not credited"
+        )
     return line + ")"
 
 
@@ -194,6 +207,7 @@ PRINTED_DEFINITIONS = (
     "itl_ms",
     "tpot_ms",
     "e2e_ms",
+    "output_tokens",
     "output_throughput_tok_s",
     "goodput_rps",
     "client_lag_ms",

@@ -18,7 +18,10 @@ Steps, per claim (each tagged in the code):
       run whose SLO verdict for the claim's bounds is not "pass" does not count at its load.
   (4) Verified value: the best usable run's lower 95% bound of output tokens/s
       (``summary.output_throughput_ci.low``); the point value only when no interval exists, and
-      the reason says so.
+      the reason says so. Only tokens the stream proves are credited: a v2 summary's throughput
+      counts them (``metrics.proven_tokens``; the usage-based figure beside it is never
+      credited); a v1 summary credits usage, so a v1 run whose usage exceeds its content events
+      on any request holds no proven bound and is set aside (it is credited when they agree).
   (5) Status: contradicted > implausible > verified (lower bound >= claimed x (1 - tolerance))
       / shortfall (with the ratio) > unverified (no usable verified evidence; runs that did not
       verify are named with their reason).
@@ -247,6 +250,14 @@ def judge_run(claim: Claim, run: VerifiedRun) -> RunJudgement:
             if entry is not None and entry.additional_requests_needed:
                 why += f" ({entry.additional_requests_needed} more passing requests needed)"
             return RunJudgement(label, False, False, None, None, (why,))
+    above = s.output_tokens_by_source.usage_above_chunks
+    if s.token_credit is None and above:
+        why = (
+            f"not credited: its v1 summary credits usage above the stream's content events on "
+            f"{above} requests, so it holds no proven lower bound (re-run with this version)"
+        )
+        return RunJudgement(label, False, False, None, None, (why,))
+    proven = "proven " if s.token_credit is not None else ""
     ci = s.output_throughput_ci
     if ci.low is not None:
         low = max(0.0, float(ci.low))
@@ -256,7 +267,7 @@ def judge_run(claim: Claim, run: VerifiedRun) -> RunJudgement:
             False,
             low,
             "ci-low",
-            (f"lower {ci.confidence:.0%} bound of output tokens/s: {low:.4g}",),
+            (f"lower {ci.confidence:.0%} bound of {proven}output tokens/s: {low:.4g}",),
         )
     point = s.output_throughput_tok_s
     if point is None:
@@ -268,8 +279,8 @@ def judge_run(claim: Claim, run: VerifiedRun) -> RunJudgement:
         float(point),
         "point",
         (
-            f"point value {float(point):.4g} tokens/s used: no confidence interval (too few "
-            "completed requests for sub-windows)",
+            f"point value {float(point):.4g} {proven}tokens/s used: no confidence interval "
+            "(too few completed requests for sub-windows)",
         ),
     )
 

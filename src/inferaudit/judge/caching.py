@@ -17,6 +17,14 @@ improvement is significant (one-sided Wilcoxon signed-rank test over the pairs, 
 0.01), unless the protocol allows prompt caching (``allow_prompt_cache``): then it passes, and
 says what was seen.
 
+Client noise (``judge.noise``, the rules every timing judge follows): with the run's client
+health windows, a pair (an audit request and its control) is judged only when the span from
+the first send to the last byte of the two lies in healthy windows. Too few judged pairs, a
+finding only in the pairs left out, or a run invalid for client lag make the verdict
+*inconclusive — the client was busy*, with the numbers, never FAIL; a run that recorded no
+health data never FAILs either. ``health=None`` (a caller without health data to give, e.g.
+crafted records) judges every pair as it is.
+
 ``prefix-cache`` (after Gu et al. 2025, "Auditing Prompt Caching in Language Model APIs"): a
 *hit* is a prompt of its own length made of an earlier (*prime*) prompt's first words and a tail
 of its own (tag ``prefix:hit:<prime id>:<shared words>``), sent ``c + 1 .. 2c + 1`` positions
@@ -26,11 +34,12 @@ after the prime. Its TTFT against its control's, same test and bounds.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
 
+from inferaudit.judge.noise import ClientWindow, busy_numbers, busy_verdict, split_by_health
 from inferaudit.judge.verdict import Outcome, Verdict, pct
 from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
@@ -135,9 +144,110 @@ def _dist(values: Sequence[float]) -> float:
     return round_sig(float(np.median(values)))
 
 
-def check_caching(records: Sequence[Record], *, allowed: bool = False) -> Verdict:
+Pair = tuple[Record, Record]  # (audit request, control)
+# A comparison of pairs: (its numbers, the finding when it shows caching, else None, the line
+# that says nothing was seen)
+Finding = tuple[dict[str, object], str | None, str]
+
+
+def _pair_span(pair: Pair) -> tuple[int, int]:
+    a, c = pair
+    assert a.done_ns is not None and c.done_ns is not None
+    return min(_sent(a), _sent(c)), max(a.done_ns, c.done_ns)
+
+
+def _decide(
+    name: str,
+    pairs: Sequence[Pair],
+    numbers: dict[str, object],
+    compare: Callable[[Sequence[Pair]], Finding],
+    *,
+    what: str,
+    allowed: str | None,
+    health: Sequence[ClientWindow] | None,
+    lag_problem: str | None,
+) -> Verdict:
+    """The verdict of a timing comparison over ``pairs``, by the client-noise rules (module
+    docstring). ``what`` names the audit requests; ``allowed``: the pass line's tail when the
+    protocol allows what was found (None: a finding fails)."""
+    judged, busy = list(pairs), []
+    if health is not None:
+        judged, busy = split_by_health(pairs, health, _pair_span)
+        numbers.update(busy_numbers(health, len(judged), len(busy), lag_problem))
+    if len(pairs) < MIN_PAIRS:
+        return Verdict(
+            name,
+            Outcome.inconclusive,
+            f"{len(pairs)} {what} could be paired with a control (need {MIN_PAIRS})",
+            numbers,
+        )
+    if len(judged) < MIN_PAIRS:
+        seen, line, _ = compare(pairs)
+        numbers.update(seen)
+        finding = line or f"{len(judged)} {what} paired in healthy windows (need {MIN_PAIRS})"
+        return busy_verdict(name, finding, numbers, lag_problem)
+    seen, line, clean = compare(judged)
+    numbers.update(seen)
+    if line is None:
+        if busy:
+            _, everywhere, _ = compare(pairs)
+            if everywhere is not None:
+                return busy_verdict(
+                    name, f"{everywhere}, counting pairs in busy windows", numbers, lag_problem
+                )
+        return Verdict(name, Outcome.passed, clean, numbers)
+    if allowed is not None:
+        return Verdict(name, Outcome.passed, f"{line}: {allowed}", numbers)
+    if lag_problem is not None or (health is not None and not health):
+        return busy_verdict(name, line, numbers, lag_problem)
+    return Verdict(name, Outcome.failed, line, numbers)
+
+
+def _compare_repeats(pairs: Sequence[Pair]) -> Finding:
+    rep_t = [_ttft_ms(r) for r, _ in pairs]
+    ctl_t = [_ttft_ms(c) for _, c in pairs]
+    rep_r = [_rate(r) for r, _ in pairs]
+    ctl_r = [_rate(c) for _, c in pairs]
+    ttft_gain = 1.0 - float(np.median(rep_t)) / max(float(np.median(ctl_t)), 1e-9)
+    rate_gain = float(np.median(rep_r)) / max(float(np.median(ctl_r)), 1e-9) - 1.0
+    ttft_p = _less_p(rep_t, ctl_t)
+    rate_p = _less_p([-x for x in rep_r], [-x for x in ctl_r])
+    gap = [abs(_sent(r) - _sent(c)) / 1e6 for r, c in pairs]
+    numbers: dict[str, object] = {
+        "pairs_judged": len(pairs),
+        "unique": {"ttft_p50_ms": _dist(ctl_t), "request_tok_s_p50": _dist(ctl_r)},
+        "repeat": {"ttft_p50_ms": _dist(rep_t), "request_tok_s_p50": _dist(rep_r)},
+        "control_gap_ms_p50": _dist(gap),
+        "ttft_improvement": round_sig(ttft_gain),
+        "throughput_improvement": round_sig(rate_gain),
+        "ttft_wilcoxon_p": round_sig(ttft_p),
+        "throughput_wilcoxon_p": round_sig(rate_p),
+    }
+    found = [
+        (gain, what, p)
+        for gain, what, p in ((ttft_gain, "first token", ttft_p), (rate_gain, "throughput", rate_p))
+        if gain >= LIMIT and p < ALPHA
+    ]
+    clean = (
+        f"repeated prompts no faster than unique (TTFT {pct(ttft_gain)}, throughput "
+        f"{pct(rate_gain)}; limit {pct(LIMIT)})"
+    )
+    if not found:
+        return numbers, None, clean
+    gain, what, p = max(found)
+    how = f"{1 + gain:.0f}x as fast as" if gain >= 1 else f"{pct(gain)} faster than"
+    return numbers, f"repeated prompts {how} unique ({what}, p={p:.2g}; limit {pct(LIMIT)})", clean
+
+
+def check_caching(
+    records: Sequence[Record],
+    *,
+    allowed: bool = False,
+    health: Sequence[ClientWindow] | None = None,
+    lag_problem: str | None = None,
+) -> Verdict:
     """The caching verdict: repeats against first-sent controls (module docstring)."""
-    pairs: list[tuple[Record, Record]] = []  # (repeat, control)
+    pairs: list[Pair] = []
     seen = early = 0
     for ph in _phases(records):
         for first, rep in ph.repeats:
@@ -158,58 +268,49 @@ def check_caching(records: Sequence[Record], *, allowed: bool = False) -> Verdic
         "order": "repeats and controls interleaved at seeded positions; control = the nearest "
         "first-sent request of similar length",
     }
-    if len(pairs) < MIN_PAIRS:
-        return Verdict(
-            CACHING,
-            Outcome.inconclusive,
-            f"{len(pairs)} repeated prompts could be paired with a control (need {MIN_PAIRS})",
-            numbers,
-        )
-    rep_t = [_ttft_ms(r) for r, _ in pairs]
-    ctl_t = [_ttft_ms(c) for _, c in pairs]
-    rep_r = [_rate(r) for r, _ in pairs]
-    ctl_r = [_rate(c) for _, c in pairs]
-    ttft_gain = 1.0 - float(np.median(rep_t)) / max(float(np.median(ctl_t)), 1e-9)
-    rate_gain = float(np.median(rep_r)) / max(float(np.median(ctl_r)), 1e-9) - 1.0
-    ttft_p = _less_p(rep_t, ctl_t)
-    rate_p = _less_p([-x for x in rep_r], [-x for x in ctl_r])
-    gap = [abs(_sent(r) - _sent(c)) / 1e6 for r, c in pairs]
-    numbers.update(
-        {
-            "unique": {"ttft_p50_ms": _dist(ctl_t), "request_tok_s_p50": _dist(ctl_r)},
-            "repeat": {"ttft_p50_ms": _dist(rep_t), "request_tok_s_p50": _dist(rep_r)},
-            "control_gap_ms_p50": _dist(gap),
-            "ttft_improvement": round_sig(ttft_gain),
-            "throughput_improvement": round_sig(rate_gain),
-            "ttft_wilcoxon_p": round_sig(ttft_p),
-            "throughput_wilcoxon_p": round_sig(rate_p),
-        }
-    )
-    found = [
-        (gain, what, p)
-        for gain, what, p in ((ttft_gain, "first token", ttft_p), (rate_gain, "throughput", rate_p))
-        if gain >= LIMIT and p < ALPHA
-    ]
-    if found:
-        gain, what, p = max(found)
-        how = f"{1 + gain:.0f}x as fast as" if gain >= 1 else f"{pct(gain)} faster than"
-        line = f"repeated prompts {how} unique ({what}, p={p:.2g}; limit {pct(LIMIT)})"
-        if allowed:
-            return Verdict(CACHING, Outcome.passed, f"{line}: caching allowed by the protocol",
-                           numbers)  # fmt: skip
-        return Verdict(CACHING, Outcome.failed, line, numbers)
-    return Verdict(
+    return _decide(
         CACHING,
-        Outcome.passed,
-        f"repeated prompts no faster than unique (TTFT {pct(ttft_gain)}, throughput "
-        f"{pct(rate_gain)}; limit {pct(LIMIT)})",
+        pairs,
         numbers,
+        _compare_repeats,
+        what="repeated prompts",
+        allowed="caching allowed by the protocol" if allowed else None,
+        health=health,
+        lag_problem=lag_problem,
     )
 
 
-def check_prefix_cache(records: Sequence[Record], *, allowed: bool = False) -> Verdict:
+def _compare_hits(pairs: Sequence[Pair]) -> Finding:
+    hit_t = [_ttft_ms(r) for r, _ in pairs]
+    ctl_t = [_ttft_ms(c) for _, c in pairs]
+    gain = 1.0 - float(np.median(hit_t)) / max(float(np.median(ctl_t)), 1e-9)
+    p = _less_p(hit_t, ctl_t)
+    numbers: dict[str, object] = {
+        "pairs_judged": len(pairs),
+        "hit_ttft_p50_ms": _dist(hit_t),
+        "control_ttft_p50_ms": _dist(ctl_t),
+        "ttft_improvement": round_sig(gain),
+        "wilcoxon_p": round_sig(p),
+    }
+    clean = f"no prefix caching seen (shared-prefix TTFT {pct(gain)} lower, p={p:.2g})"
+    if p < ALPHA and gain >= LIMIT:
+        line = (
+            f"prompts sharing a prefix with an earlier one get their first token {pct(gain)} "
+            f"sooner (p={p:.2g})"
+        )
+        return numbers, line, clean
+    return numbers, None, clean
+
+
+def check_prefix_cache(
+    records: Sequence[Record],
+    *,
+    allowed: bool = False,
+    health: Sequence[ClientWindow] | None = None,
+    lag_problem: str | None = None,
+) -> Verdict:
     """The prefix-cache verdict: shared-prefix prompts against controls (module docstring)."""
-    pairs: list[tuple[Record, Record]] = []
+    pairs: list[Pair] = []
     shared: list[int] = []
     hits = 0
     for ph in _phases(records):
@@ -233,39 +334,20 @@ def check_prefix_cache(records: Sequence[Record], *, allowed: bool = False) -> V
         "limit": LIMIT,
         "prompt_cache_allowed": allowed,
     }
-    if len(pairs) < MIN_PAIRS:
-        return Verdict(
-            PREFIX,
-            Outcome.inconclusive,
-            f"{len(pairs)} shared-prefix prompts could be paired with a control "
-            f"(need {MIN_PAIRS})",
-            numbers,
-        )
-    hit_t = [_ttft_ms(r) for r, _ in pairs]
-    ctl_t = [_ttft_ms(c) for _, c in pairs]
-    gain = 1.0 - float(np.median(hit_t)) / max(float(np.median(ctl_t)), 1e-9)
-    p = _less_p(hit_t, ctl_t)
-    numbers.update(
-        {
-            "hit_ttft_p50_ms": _dist(hit_t),
-            "control_ttft_p50_ms": _dist(ctl_t),
-            "ttft_improvement": round_sig(gain),
-            "wilcoxon_p": round_sig(p),
-        }
-    )
-    if p < ALPHA and gain >= LIMIT:
-        line = (
-            f"prompts sharing a prefix with an earlier one get their first token {pct(gain)} "
-            f"sooner (p={p:.2g})"
-        )
-        if allowed:
-            return Verdict(PREFIX, Outcome.passed, f"{line}: prefix caching allowed by the "
-                           "protocol", numbers)  # fmt: skip
-        return Verdict(PREFIX, Outcome.failed, f"{line}: the server caches prompt prefixes",
-                       numbers)  # fmt: skip
-    return Verdict(
+
+    def compare(judged: Sequence[Pair]) -> Finding:
+        seen, line, clean = _compare_hits(judged)
+        return seen, None if line is None else f"{line}" + (
+            "" if allowed else ": the server caches prompt prefixes"
+        ), clean
+
+    return _decide(
         PREFIX,
-        Outcome.passed,
-        f"no prefix caching seen (shared-prefix TTFT {pct(gain)} lower, p={p:.2g})",
+        pairs,
         numbers,
+        compare,
+        what="shared-prefix prompts",
+        allowed="prefix caching allowed by the protocol" if allowed else None,
+        health=health,
+        lag_problem=lag_problem,
     )

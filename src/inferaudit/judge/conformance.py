@@ -12,7 +12,11 @@ shaped exactly like load requests: the workload's own lengths and sampling keys)
      greedy runs do not depend on seeds): one prompt sent twice with the same seed must give the
      same text, and once with another seed a different text;
   4. ``stream_options.include_usage``: every probe's stream carries ``usage``;
-  5. the stream reassembles: content lengths add up to the final text.
+  5. the stream reassembles: content lengths add up to the final text;
+  6. concurrent requests: in no phase were streams cut off when another request arrived (a
+     server that serves one request at a time and aborts the one in flight, as
+     llama-cpp-python does by default: :mod:`inferaudit.measure.probes.interrupts`); the item
+     says what the server did and what to do.
 A parameter silently ignored is a finding, never a crash; a probe that errors makes its item
 inconclusive with the error class. Items the measurement relies on (1, 2, 5) fail the check when
 ignored: lengths or the model would not be what the protocol says. ``seed`` and
@@ -26,6 +30,7 @@ from collections.abc import Sequence
 
 from inferaudit.judge.counting import bounds
 from inferaudit.judge.verdict import Outcome, Verdict
+from inferaudit.measure.probes.interrupts import cut_by_arrivals
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
 from inferaudit.measure.tokenizer import Tokenizer
@@ -50,6 +55,7 @@ def check_conformance(
 ) -> Verdict:
     """The conformance verdict from the ``probe`` records (and the model-listing outcome)."""
     measured = [r for r in records if r.phase == MEASURE and r.max_tokens is not None]
+    concurrent = _concurrency_item(records)
     records = sorted((r for r in records if r.phase == PHASE), key=lambda r: r.id)
     if not records:
         return Verdict(NAME, Outcome.inconclusive, "no probe requests recorded", {})
@@ -64,6 +70,7 @@ def check_conformance(
         items["seed"] = _seed_item(seed_recs)
     items["include_usage"] = _usage_item(records)
     items["stream_reassembles"] = _reassembly_item(records)
+    items["concurrent_requests"] = concurrent
     ignored = sorted(k for k, v in items.items() if v.startswith("ignored"))
     unknown = sorted(k for k, v in items.items() if v.startswith("inconclusive"))
     notes = [f"{k} {items[k]} ({ADVISORY[k]})" for k in ignored if k in ADVISORY]
@@ -146,6 +153,15 @@ def _usage_item(recs: Sequence[Record]) -> str:
         return "inconclusive: no probe completed"
     missing = sum(1 for r in ok if r.usage_completion_tokens is None)
     return f"ignored: no usage on {missing} of {len(ok)} streams" if missing else "honoured"
+
+
+def _concurrency_item(recs: Sequence[Record]) -> str:
+    phases = sorted({r.phase for r in recs})
+    for phase in phases:
+        cut = cut_by_arrivals([r for r in recs if r.phase == phase])
+        if cut is not None:
+            return f"ignored: in phase {phase}, {cut.line()}"
+    return "honoured"
 
 
 def _reassembly_item(recs: Sequence[Record]) -> str:

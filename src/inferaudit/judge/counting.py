@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from inferaudit.measure import metrics
 from inferaudit.measure.records import Record
 from inferaudit.measure.tokenizer import Tokenizer
 
@@ -57,16 +58,6 @@ def bounds(record: Record, tokenizer: Tokenizer | None) -> tuple[int, int, str]:
 
 
 def proven_tokens(record: Record, tokenizer: Tokenizer | None = None) -> int:
-    """The tokens the stream itself proves were delivered: the credit-worthy count.
-
-    Without a tokenizer: the content events (each carries at least one token), capped by
-    ``usage`` when the server reports fewer (it has no reason to under-report). With one: the
-    larger of the events and the re-tokenized count (re-tokenization only merges generated
-    tokens, so it cannot overstate them), capped by ``usage`` the same way.
-    """
-    proven = record.content_chunks
-    if tokenizer is not None and record.output_text is not None:
-        proven = max(proven, tokenizer.count(record.output_text))
-    if record.usage_completion_tokens is not None:
-        proven = min(proven, record.usage_completion_tokens)
-    return proven
+    """The tokens the stream itself proves were delivered: the credit-worthy count, as the
+    summary credits it (``measure.metrics.proven_tokens``, the one definition)."""
+    return metrics.proven_tokens(record, tokenizer)

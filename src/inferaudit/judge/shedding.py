@@ -3,6 +3,8 @@
 Every failed request counts as an SLO violation and is excluded from goodput (``metrics``); this
 check reports the failures per phase and by class, and fails when the measured phase lost more
 than ``limit`` of its requests (0 by default: a capacity claim at this load should not shed).
+A ``cancelled`` request (still in flight when the run's end rule or a stop cut it off) is the
+client's doing, not the endpoint's: it is counted apart and never as a failure.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
 
 NAME = "errors"
-SHEDDING = ("http_429", "http_503", "timeout", "stream_truncated")
+SHEDDING = (
+    "http_429", "http_503", "timeout", "first_byte_timeout", "stall_timeout", "stream_truncated"
+)
 
 
 def check_errors(records: Sequence[Record], *, limit: float = 0.0) -> Verdict:
     per_phase: dict[str, Counter[str]] = defaultdict(Counter)
     sent: Counter[str] = Counter()
+    cancelled = 0
     for r in records:
+        if r.cancelled:
+            cancelled += r.phase == MEASURE
+            continue
         sent[r.phase] += 1
         if not r.ok:
             per_phase[r.phase][str(r.error_class)] += 1
@@ -44,6 +52,8 @@ def check_errors(records: Sequence[Record], *, limit: float = 0.0) -> Verdict:
         },
         "limit": limit,
     }
+    if cancelled:  # (absent when zero: v1 runs, which had no such records, recheck unchanged)
+        numbers["cancelled"] = cancelled
     if share > limit:
         classes = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
         return Verdict(

@@ -137,11 +137,13 @@ def recheck(
     """
     legacy = health is None
     windows: Sequence[ClientWindow] = () if health is None else health
-    timing = {"first-token", "fluidity"} & set(names)
-    lag = None if legacy or not timing else run_lag_problem(records, spec)
     # Traffic checks: a spec without a seed commitment is a v1 run (separate phases after the
     # load), judged by the frozen v1 rules (``judge.traffic_v1``).
     v1 = spec.seed_commitment is None
+    timing = {"first-token", "fluidity"} | (set() if v1 else {"caching", "prefix-cache"})
+    lag = None if legacy or not timing & set(names) else run_lag_problem(records, spec)
+    # caching's timing comparison follows the client-noise rules where the run has health data
+    noise = None if legacy else windows
     out: list[Verdict] = []
     for name in (n for n in ALL_CHECKS if n in names):
         if name == "conformance":
@@ -177,13 +179,17 @@ def recheck(
             out.append(
                 traffic_v1.check_caching_v1(records)
                 if v1
-                else caching.check_caching(records, allowed=spec.allow_prompt_cache)
+                else caching.check_caching(
+                    records, allowed=spec.allow_prompt_cache, health=noise, lag_problem=lag
+                )
             )
         elif name == "prefix-cache":
             out.append(
                 traffic_v1.check_prefix_cache_v1(records)
                 if v1
-                else caching.check_prefix_cache(records, allowed=spec.allow_prompt_cache)
+                else caching.check_prefix_cache(
+                    records, allowed=spec.allow_prompt_cache, health=noise, lag_problem=lag
+                )
             )
         elif name == "errors":
             out.append(check_errors(records))

@@ -5,8 +5,10 @@ fresh secret seed: same salt form and length distribution, or rows of the same d
 replaying them inside a run's load shows nothing a server could pick out. Every request is
 greedy (``temperature 0.0``, ``top_p 1.0``, no seed: the body of a run with default sampling);
 each entry asks for ``workload.output_tokens.hi`` tokens so that a replay of any drawn length can
-be compared in full. The data model, the file format and the calibration are described in
-:mod:`inferaudit.measure.fingerprint`.
+be compared in full. A reference that aborts a stream whenever another request arrives
+(llama-cpp-python's default) is named in one line with what to do
+(:mod:`inferaudit.measure.probes.interrupts`). The data model, the file format and the
+calibration are described in :mod:`inferaudit.measure.fingerprint`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from inferaudit.measure.fingerprint import (
     token_ends,
 )
 from inferaudit.measure.load.client import check_endpoint, send_plans
+from inferaudit.measure.probes.interrupts import cut_by_arrivals
 from inferaudit.measure.protocol import Api, Endpoint, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record
 from inferaudit.measure.workload import Planner, RequestPlan, commit_seed, fresh_seed
@@ -104,6 +107,9 @@ def record_fingerprint(
             # off, as llama-cpp-python without logits_all does): ask again without them.
             recs = send(conc, greedy)
         bad = [r for r in recs if not r.ok]
+        cut = cut_by_arrivals(recs) if bad and conc > 1 else None
+        if cut is not None:
+            raise EndpointError(f"fingerprint: {cut.line('reference streams')}")
         if bad:
             raise EndpointError(
                 f"fingerprint: {len(bad)} of {prompts} reference requests failed "

@@ -7,6 +7,12 @@ significant digits (``stats.round_sig``), and a JSON round trip gives back the s
 
 Only records with ``phase == "measure"`` count. The definitions follow vLLM ``bench serve`` and
 MLPerf LoadGen and are stated next to the numbers, in the summary's ``definitions``.
+
+Credited output tokens (issue 8, "credit only what is verified"). A v2 protocol's summary credits
+per request the tokens the stream proves (``proven_tokens``: its content events, capped by
+``usage`` when the server reports fewer) and shows the usage-based count beside them
+(``token_credit``); throughput, its confidence interval and goodput tokens use the proven count.
+A v1 protocol's summary credits ``usage`` (else the content events), exactly as v0.1 did.
 """
 
 from __future__ import annotations
@@ -15,14 +21,14 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from inferaudit.errors import RecordError
 from inferaudit.measure import stats
 from inferaudit.measure.budget import figure_of, lag_bound, summary_lag_problem
-from inferaudit.measure.protocol import RunSpec
+from inferaudit.measure.protocol import SPEC_VERSION_V1, RunSpec
 from inferaudit.measure.records import Record
-from inferaudit.measure.summary import BudgetBlock, Summary
+from inferaudit.measure.summary import BudgetBlock, Summary, TokenCredit
 
 MEASURE_PHASE = "measure"
 NS_PER_MS = 1_000_000
@@ -115,6 +121,50 @@ BUDGET_DEFINITION = (
     "floor_ms): the client lag p99 must be within that allowance of TTFT p50 (from the actual "
     "send), so 99% of requests moved TTFT p50 and p99 by at most their budget."
 )
+# v2 protocols credit the tokens the stream proves (see ``proven_tokens``).
+PROVEN_DEFINITIONS: dict[str, str] = {
+    "output_tokens": (
+        "Credited output tokens of completed requests: per request the tokens the stream "
+        "proves, its content events (each carries at least one token) capped by "
+        "usage.completion_tokens when the server reports fewer; throughput, its interval and "
+        "goodput tokens use this count. TPOT and ITL divide by usage when reported."
+    ),
+    "token_credit": (
+        "Usage-based count beside the credited one: per request usage.completion_tokens when "
+        "reported, else its content events, with its throughput over the same window; "
+        "uncredited_tokens is what usage claims beyond the proven count."
+    ),
+}
+CREDIT_BASIS = "proven: content events, capped by usage when reported (per request)"
+USAGE_BASIS = "usage when reported, else content chunks (per request)"
+
+
+class TokenCounter(Protocol):
+    """What ``proven_tokens`` needs of a tokenizer (``measure.tokenizer.Tokenizer`` has it)."""
+
+    def count(self, text: str) -> int: ...
+
+
+def proven_tokens(record: Record, tokenizer: TokenCounter | None = None) -> int:
+    """The output tokens the stream itself proves were delivered: the credit-worthy count.
+
+    The one definition (``judge.counting.proven_tokens`` calls it). The content events, each
+    carrying at least one token; with a tokenizer, the larger of the events and the re-tokenized
+    count of the kept text (re-tokenization only merges generated tokens, so it cannot overstate
+    them; a text cut by ``max_text_bytes`` only counts fewer); capped by ``usage`` when the
+    server reports fewer (it has no reason to under-report).
+    """
+    proven = record.content_chunks
+    if tokenizer is not None and record.output_text is not None:
+        proven = max(proven, tokenizer.count(record.output_text))
+    if record.usage_completion_tokens is not None:
+        proven = min(proven, record.usage_completion_tokens)
+    return proven
+
+
+def credits_proven(spec: RunSpec) -> bool:
+    """Whether ``spec``'s summary credits proven tokens (v2) or usage (a v1 spec)."""
+    return spec.spec_version != SPEC_VERSION_V1
 
 
 @dataclass(frozen=True)
@@ -128,6 +178,7 @@ class RequestTimes:
 
     ok: bool
     output_tokens: int  # usage when reported, else content chunks
+    proven_tokens: int  # what the stream proves (``proven_tokens``): what a v2 summary credits
     ttft_ns: int | None = None  # scheduled send -> first content chunk
     ttft_sent_ns: int | None = None  # actual send -> first content chunk
     e2e_ns: int | None = None  # scheduled send -> done
@@ -137,6 +188,10 @@ class RequestTimes:
     @property
     def ttft_ms(self) -> float | None:
         return None if self.ttft_ns is None else self.ttft_ns / NS_PER_MS
+
+    def credited_tokens(self, spec: RunSpec) -> int:
+        """The tokens ``spec``'s summary credits this request with (proven; usage for v1)."""
+        return self.proven_tokens if credits_proven(spec) else self.output_tokens
 
     @property
     def e2e_ms(self) -> float | None:
@@ -187,8 +242,9 @@ def request_times(record: Record) -> RequestTimes:
     """TTFT, E2E, TPOT and ITL of one record (see ``DEFINITIONS``); RecordError if inconsistent."""
     _check(record)
     tokens = record.output_tokens
+    proven = proven_tokens(record)
     if not record.ok:
-        return RequestTimes(ok=False, output_tokens=tokens)
+        return RequestTimes(ok=False, output_tokens=tokens, proven_tokens=proven)
     first, done = record.first_content_ns, record.done_ns
     tpot = None
     if first is not None and done is not None and tokens > 1:
@@ -196,6 +252,7 @@ def request_times(record: Record) -> RequestTimes:
     return RequestTimes(
         ok=True,
         output_tokens=tokens,
+        proven_tokens=proven,
         ttft_ns=None if first is None else first - record.scheduled_ns,
         ttft_sent_ns=None if first is None or record.sent_ns is None else first - record.sent_ns,
         e2e_ns=None if done is None else done - record.scheduled_ns,
@@ -328,7 +385,7 @@ def _lag(records: list[Record]) -> dict[str, float | None]:
     }
 
 
-def _token_sources(records: list[Record]) -> dict[str, Any]:
+def _token_sources(records: list[Record], proven: bool) -> dict[str, Any]:
     """Output tokens of completed requests counted from usage and from content chunks."""
     done = [r for r in records if r.ok]
     with_usage = [r for r in done if r.usage_completion_tokens is not None]
@@ -347,21 +404,26 @@ def _token_sources(records: list[Record]) -> dict[str, Any]:
         "usage_below_chunks": sum(
             1 for r in with_usage if (r.usage_completion_tokens or 0) < r.content_chunks
         ),
-        "throughput_uses": "usage when reported, else content chunks (per request)",
+        "throughput_uses": CREDIT_BASIS if proven else USAGE_BASIS,
     }
 
 
 def definitions(spec: RunSpec) -> dict[str, str]:
-    """The summary's definitions: v1's for a fixed lag bound, the error budget's otherwise."""
-    if spec.max_client_lag_p99_ms is not None:
-        return dict(DEFINITIONS)
+    """The summary's definitions: v1's for a fixed lag bound, the error budget's otherwise;
+    the proven-token credit's for a v2 protocol (v1: usage credited)."""
+    budget = spec.max_client_lag_p99_ms is None
+    proven = credits_proven(spec)
     out: dict[str, str] = {}
     for key, text in DEFINITIONS.items():
-        if key == "client_lag_ms":
+        if budget and key == "client_lag_ms":
             out[key] = BUDGET_LAG_DEFINITION
             out["error_budget"] = BUDGET_DEFINITION
+        elif proven and key == "output_tokens":
+            out[key] = PROVEN_DEFINITIONS[key]
         else:
             out[key] = text
+        if proven and key == "output_tokens_by_source":
+            out["token_credit"] = PROVEN_DEFINITIONS["token_credit"]
     return out
 
 
@@ -379,7 +441,8 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
     start = min((r.scheduled_ns for r in measured), default=None)
     end = max((r.done_ns for r in measured if r.done_ns is not None), default=None)
     span = None if start is None or end is None else end - start
-    output_tokens = sum(d.output_tokens for d in done_reqs)
+    proven = credits_proven(spec)
+    output_tokens = sum(d.credited_tokens(spec) for d in done_reqs)
 
     bounds = dict(spec.slo.bounds_ms)
     slo, meets_all = _slo(derived, bounds)
@@ -414,10 +477,22 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
         )
 
     done_tokens = [
-        (r.done_ns, d.output_tokens)
+        (r.done_ns, d.credited_tokens(spec))
         for r, d in zip(measured, derived, strict=True)
         if d.ok and r.done_ns is not None
     ]
+    credit = None
+    if proven:
+        usage_based = sum(d.output_tokens for d in done_reqs)
+        credit = TokenCredit(
+            credited=CREDIT_BASIS,
+            usage_based_tokens=usage_based,
+            usage_based_throughput_tok_s=_rate(usage_based, span),
+            requests_usage_above_proven=sum(
+                1 for d in done_reqs if d.output_tokens > d.proven_tokens
+            ),
+            uncredited_tokens=usage_based - output_tokens,
+        )
     return Summary.model_validate(
         {
             "load": spec.load.label(),
@@ -427,7 +502,8 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
             "excluded": dict(sorted(excluded.items())),
             "duration_s": None if span is None else stats.round_sig(span / NS_PER_S),
             "output_tokens": output_tokens,
-            "output_tokens_by_source": _token_sources(measured),
+            "output_tokens_by_source": _token_sources(measured, proven),
+            "token_credit": credit,
             "request_throughput_rps": _rate(completed, span),
             "output_throughput_tok_s": _rate(output_tokens, span),
             "output_throughput_ci": _throughput_ci(done_tokens, start or 0, span),
@@ -446,7 +522,9 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
             "itl_ms": stats.distribution([x for d in done_reqs for x in d.itl_ms]),
             "e2e_ms": dist([d.e2e_ns for d in done_reqs]),
             "goodput_rps": _rate(len(good), span) if bounds else None,
-            "goodput_tok_s": _rate(sum(d.output_tokens for d in good), span) if bounds else None,
+            "goodput_tok_s": (
+                _rate(sum(d.credited_tokens(spec) for d in good), span) if bounds else None
+            ),
             "goodput_requests": len(good) if bounds else None,
             "slo": slo,
             "client_lag_ms": lag,

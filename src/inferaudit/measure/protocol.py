@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 import rfc8785
 from pydantic import (
@@ -27,7 +27,13 @@ from pydantic import (
 
 from inferaudit.errors import ConfigError, validation_message
 
-SPEC_VERSION = "inferaudit.runspec/v1"
+# v1: what v0.1 wrote; its summary credits the server's usage (re-verified exactly as it was).
+# v2: the summary credits the output tokens the stream proves (``metrics.proven_tokens``) and
+# shows the usage-based count beside them. A stored spec.json names its version; a RunSpec
+# built in memory is v2.
+SPEC_VERSION_V1: Final = "inferaudit.runspec/v1"
+SPEC_VERSION: Final = "inferaudit.runspec/v2"
+SpecVersion = Literal["inferaudit.runspec/v1", "inferaudit.runspec/v2"]
 
 
 class Api(StrEnum):
@@ -60,12 +66,15 @@ class Endpoint(_Frozen):
         return v.rstrip("/")
 
 
+LengthDist = Literal["fixed", "uniform", "normal"]
+
+
 class Length(_Frozen):
     """A token length: fixed (``lo == hi``) or drawn per request from ``dist`` over [lo, hi]."""
 
     lo: int = Field(ge=1)
     hi: int = Field(ge=1)
-    dist: Literal["fixed", "uniform", "normal"] = "fixed"
+    dist: LengthDist = "fixed"
 
     @model_validator(mode="after")
     def _order(self) -> Length:
@@ -83,7 +92,11 @@ class Length(_Frozen):
             raise ConfigError(f"token length {text!r}: expected N, LO-HI or LO-HI:normal")
         lo = int(m.group(1))
         hi = int(m.group(2) or lo)
-        dist = m.group(3) or ("fixed" if lo == hi else "uniform")
+        dist: LengthDist = "fixed" if lo == hi else "uniform"
+        if m.group(3) == "normal":
+            dist = "normal"
+        elif m.group(3) == "uniform":
+            dist = "uniform"
         try:
             return cls(lo=lo, hi=hi, dist=dist)
         except ValueError as exc:
@@ -219,7 +232,7 @@ class Sampling(_Frozen):
 class RunSpec(_Frozen):
     """Everything fixed before a run starts. Its canonical hash is part of the evidence."""
 
-    spec_version: Literal["inferaudit.runspec/v1"] = SPEC_VERSION
+    spec_version: SpecVersion = SPEC_VERSION
     endpoint: Endpoint
     workload: Workload = Workload()
     load: Load

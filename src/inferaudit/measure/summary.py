@@ -3,8 +3,9 @@
 ``metrics.summarize(records, spec)`` builds it; ``Summary.to_json()`` is the ``summary.json``
 object, byte for byte what v0.1 wrote for the same records and protocol (same keys, order and
 values), so v1 evidence keeps verifying. ``Summary.from_json`` parses a stored summary: the v1
-form (its ``checks`` are verdicts, not metrics, and are left out: read them from the evidence)
-and the form with an ``error_budget`` block that budget-ruled protocols add.
+form (its ``checks`` are verdicts, not metrics, and are left out: read them from the evidence),
+the ``error_budget`` block that budget-ruled protocols add, and the ``token_credit`` block of a
+v2 protocol (its ``output_tokens`` are the proven ones; the block holds the usage-based count).
 
 ``Summary.row()`` is the one flat projection (sweep.json rows, search points, the sweep table).
 """
@@ -26,6 +27,7 @@ __all__ = [
     "Summary",
     "SummaryRow",
     "ThroughputCI",
+    "TokenCredit",
     "TokenSources",
 ]
 
@@ -61,6 +63,17 @@ class TokenSources(_Frozen):
     usage_above_chunks: int
     usage_below_chunks: int
     throughput_uses: str
+
+
+class TokenCredit(_Frozen):
+    """What a v2 summary credits (``output_tokens``: proven) and the usage-based count beside it
+    (absent from v1 summaries, which credit usage)."""
+
+    credited: str  # the per-request rule of the credited count
+    usage_based_tokens: int  # per request usage when reported, else content events
+    usage_based_throughput_tok_s: float | None  # over the same window
+    requests_usage_above_proven: int  # completed requests whose usage exceeds what is proven
+    uncredited_tokens: int  # usage_based_tokens - output_tokens (>= 0)
 
 
 class ThroughputCI(_Frozen):
@@ -146,6 +159,7 @@ class Summary(_Frozen):
     duration_s: float | None
     output_tokens: int
     output_tokens_by_source: TokenSources
+    token_credit: TokenCredit | None = None  # v2 protocols only (not in v1)
     request_throughput_rps: float | None
     output_throughput_tok_s: float | None
     output_throughput_ci: ThroughputCI
@@ -171,8 +185,9 @@ class Summary(_Frozen):
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` object (v1: byte for byte what v0.1 wrote)."""
         data = self.model_dump(mode="json", by_alias=True)
-        if self.error_budget is None:
-            del data["error_budget"]
+        for optional in ("token_credit", "error_budget"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod

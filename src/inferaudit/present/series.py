@@ -1,8 +1,9 @@
 """Per-run views: what the page shows of one verified run (its numbers, its verdicts, its charts).
 
 Per-request values come from ``measure.metrics.request_times`` (the summary's own definitions:
-TTFT and E2E from the scheduled send, output tokens = usage when reported, else content chunks),
-over the measured phase of the run's ``records.jsonl`` — a file the run's verification bound by
+TTFT and E2E from the scheduled send; output tokens as the run's summary credits them, the
+tokens the stream proves for a v2 protocol, usage else content chunks for v1), over the measured
+phase of the run's ``records.jsonl`` — a file the run's verification bound by
 digest. Nothing here re-derives a metric by hand.
 """
 
@@ -16,6 +17,7 @@ from markupsafe import Markup
 
 from inferaudit.intent.reconcile import run_label
 from inferaudit.measure.metrics import MEASURE_PHASE, request_times
+from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record, iter_records
 from inferaudit.measure.rundir import RECORDS_FILE
 from inferaudit.present.charts import Series, fmt_measure, line_chart
@@ -36,11 +38,11 @@ def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
 
 
 def throughput_over_time(
-    records: Sequence[Record], bins: int = 40
+    records: Sequence[Record], spec: RunSpec, bins: int = 40
 ) -> tuple[list[float], list[float]]:
-    """Output tokens/s per time bin (tokens counted at each request's done time)."""
+    """Credited output tokens/s per time bin (tokens counted at each request's done time)."""
     done = [
-        (r.done_ns, request_times(r).output_tokens)
+        (r.done_ns, request_times(r).credited_tokens(spec))
         for r in records
         if r.ok and r.done_ns is not None
     ]
@@ -87,18 +89,23 @@ class RunView:
 def _facts(run: VerifiedRun) -> list[Fact]:
     s = run.summary
     ms = "ms"
-    return [
+    credit = s.token_credit
+    proven = "" if credit is None else " (proven)"
+    facts = [
         Fact("model", run.spec.endpoint.model),
         Fact("load", s.load),
         Fact("deployment", run.spec.deployment or "—"),
         Fact("completed", f"{s.completed:,} / {s.requests:,}"),
-        Fact("output tok/s", fmt_measure(s.output_throughput_tok_s)),
-        Fact("95% low tok/s", fmt_measure(s.output_throughput_ci.low)),
-        Fact(
-            f"TTFT p50 / p99 {ms}", f"{fmt_measure(s.ttft_ms.p50)} / {fmt_measure(s.ttft_ms.p99)}"
-        ),
-        Fact(f"client lag p99 {ms}", fmt_measure(s.client_lag_ms.p99)),
+        Fact(f"output tok/s{proven}", fmt_measure(s.output_throughput_tok_s)),
+        Fact(f"95% low tok/s{proven}", fmt_measure(s.output_throughput_ci.low)),
     ]
+    if credit is not None and credit.uncredited_tokens:
+        usage_based = fmt_measure(credit.usage_based_throughput_tok_s)
+        facts.append(Fact("usage-based tok/s (not credited)", usage_based))
+    ttft = f"{fmt_measure(s.ttft_ms.p50)} / {fmt_measure(s.ttft_ms.p99)}"
+    facts.append(Fact(f"TTFT p50 / p99 {ms}", ttft))
+    facts.append(Fact(f"client lag p99 {ms}", fmt_measure(s.client_lag_ms.p99)))
+    return facts
 
 
 def run_view(run: VerifiedRun) -> RunView:
@@ -132,7 +139,7 @@ def run_view(run: VerifiedRun) -> RunView:
             y_label="share of completed requests",
         )
     )
-    xs, ys = throughput_over_time(measured)
+    xs, ys = throughput_over_time(measured, spec)
     tp = [Series("per time bin", xs, ys, markers=True)]
     low = run.summary.output_throughput_ci.low
     if low is not None and xs:

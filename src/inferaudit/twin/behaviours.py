@@ -33,6 +33,24 @@ inline: ``--behave NAME:key=value,key=value``. Honest is the default (no behavio
                               half its tokens with no finish and no ``[DONE]``.
 ``ignore-params``             ignores ``ignore_eos``, ``min_tokens`` and ``seed`` (sampling uses
                               the server's own generator).
+``replay-detect``             serves the real model only to requests that look like audit traffic
+                              and a substitute (``model-swap``'s other model) to the rest. Looks
+                              like audit: the first ``head`` (8) requests (probes come first); a
+                              request arriving after ``idle_ms`` (50) with nothing in flight (a
+                              separate phase starts); a body whose keys, value types or sampling
+                              values differ from the first body seen (``keys=true``); a prompt
+                              whose word count is outside the range of the first ``learn`` (32)
+                              prompts (``length=true``). Every guess a vendor could take from
+                              the code; replays inside the load match none of them (a closed
+                              loop for a duration still sends them in a block after the load).
+``prefill-cut``               prompts over ``above`` (512) words are read only from their last
+                              ``keep`` (0.5) share of words: the answer is written from that tail
+                              and the prefill work (TTFT) shrinks with it, while ``usage`` still
+                              reports the whole prompt's tokens.
+``cache-under-load``          a response cache (keyed like ``response-cache``, ``key=prompt``)
+                              that stores every answer but replays only while more than
+                              ``threshold`` (4) requests are in flight: first token after
+                              ``ttft_ms`` (1), then one every ``tpot_ms`` (0).
 ============================  ==================================================================
 """
 
@@ -57,6 +75,9 @@ class Name(StrEnum):
     model_swap = "model-swap"
     shed_under_load = "shed-under-load"
     ignore_params = "ignore-params"
+    replay_detect = "replay-detect"
+    prefill_cut = "prefill-cut"
+    cache_under_load = "cache-under-load"
 
 
 def _check(ok: bool, name: Name, message: str) -> None:
@@ -153,6 +174,41 @@ class IgnoreParams:
     pass
 
 
+@dataclass(frozen=True)
+class ReplayDetect:
+    head: int = 8
+    idle_ms: float = 50.0
+    keys: bool = True
+    length: bool = True
+    learn: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.head >= 0 and self.learn >= 1, Name.replay_detect, "head >= 0, learn >= 1")
+        _check(self.idle_ms >= 0, Name.replay_detect, "idle_ms must be >= 0")
+
+
+@dataclass(frozen=True)
+class PrefillCut:
+    above: int = 512
+    keep: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.above >= 1, Name.prefill_cut, "above must be >= 1")
+        _check(0.0 < self.keep < 1.0, Name.prefill_cut, "keep must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class CacheUnderLoad:
+    threshold: int = 4
+    ttft_ms: float = 1.0
+    tpot_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.threshold >= 0, Name.cache_under_load, "threshold must be >= 0")
+        _check(self.ttft_ms >= 0 and self.tpot_ms >= 0, Name.cache_under_load,
+               "times must be >= 0")  # fmt: skip
+
+
 _PARAMS: dict[Name, type] = {
     Name.response_cache: ResponseCache,
     Name.prefix_cache: PrefixCache,
@@ -164,6 +220,9 @@ _PARAMS: dict[Name, type] = {
     Name.model_swap: ModelSwap,
     Name.shed_under_load: ShedUnderLoad,
     Name.ignore_params: IgnoreParams,
+    Name.replay_detect: ReplayDetect,
+    Name.prefill_cut: PrefillCut,
+    Name.cache_under_load: CacheUnderLoad,
 }
 
 
@@ -181,6 +240,9 @@ class Behaviours:
     model_swap: ModelSwap | None = None
     shed_under_load: ShedUnderLoad | None = None
     ignore_params: IgnoreParams | None = None
+    replay_detect: ReplayDetect | None = None
+    prefill_cut: PrefillCut | None = None
+    cache_under_load: CacheUnderLoad | None = None
 
     def names(self) -> list[str]:
         return [

@@ -4,9 +4,10 @@ live in ``writer.py``; the behaviours' names and parameters in ``behaviours.py``
 
 Hooks, in the order ``server.Twin`` calls them:
 ``engine`` (prefix-cache lowers the engine's prefill floor), ``shed`` (shed-under-load),
-``params`` (ignore-params), ``identity`` (model-swap), ``cache_key`` / ``replay`` /
-``remember`` (response-cache), ``tamper`` (early-stop, usage-inflate), ``cached_prompt``
-(prefix-cache). Each hook that acts appends its name to ``Outcome.behaviours`` (the truth file).
+``params`` (ignore-params), ``identity`` (model-swap, replay-detect), ``cache_key`` /
+``replay`` / ``remember`` (response-cache, cache-under-load), ``read_prompt`` (prefill-cut),
+``tamper`` (early-stop, usage-inflate), ``cached_prompt`` (prefix-cache). Each hook that acts
+appends its name to ``Outcome.behaviours`` (the truth file).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 
 from inferaudit.twin import text
-from inferaudit.twin.behaviours import Behaviours
+from inferaudit.twin.behaviours import Behaviours, ReplayDetect
 from inferaudit.twin.config import SWAP_SUFFIX
 from inferaudit.twin.engine import BatchEngine, EngineConfig, FixedEngine
 from inferaudit.twin.request import ApiError, Params
@@ -54,6 +55,7 @@ class Cheats:
         self.model_name = model_name
         self.response_cache: dict[bytes, CachedReply] = {}
         self.prefix_blocks: set[bytes] = set()
+        self.detect = _AuditGuess(behaviours.replay_detect)
 
     def engine(self, engine: FixedEngine | EngineConfig) -> FixedEngine | BatchEngine:
         """The engine to serve with: prefix-cache lowers its prefill floor."""
@@ -85,37 +87,69 @@ class Cheats:
             return 0, False, None
         return p.min_tokens, p.ignore_eos, p.seed
 
-    def identity(self, out: Outcome, in_flight: int) -> str:
-        """The model identity that writes this request's text (model-swap may change it)."""
+    def identity(
+        self,
+        out: Outcome,
+        in_flight: int,
+        p: Params | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> str:
+        """The model identity that writes this request's text (model-swap may change it;
+        replay-detect serves the substitute to what does not look like audit traffic)."""
         swap = self.behaviours.model_swap
         if swap is not None and (
             out.seq > swap.after or (swap.above > 0 and in_flight > swap.above)
         ):
             out.behaviours.append("model-swap")
             return self.model_name + SWAP_SUFFIX
+        if p is not None and body is not None and not self.detect.looks_audit(
+            out, in_flight, p, body
+        ):
+            out.behaviours.append("replay-detect")
+            return self.model_name + SWAP_SUFFIX
         return self.model_name
 
+    def read_prompt(self, out: Outcome, prompt: str) -> str:
+        """prefill-cut: the part of a long prompt really read (its tail); else all of it."""
+        cut = self.behaviours.prefill_cut
+        words = prompt.split()
+        if cut is None or len(words) <= cut.above:
+            return prompt
+        out.behaviours.append("prefill-cut")
+        return " ".join(words[-max(1, math.ceil(len(words) * cut.keep)) :])
+
     def cache_key(self, api: str, body: dict[str, Any], p: Params) -> bytes | None:
-        """response-cache: what makes two requests "the same" (None when the cache is off)."""
+        """response-cache / cache-under-load: what makes two requests "the same" (None when
+        no cache is on)."""
         cache = self.behaviours.response_cache
-        if cache is None:
+        if cache is None and self.behaviours.cache_under_load is None:
             return None
         keyed: object = [p.prompt, p.max_tokens]
-        if cache.key == "body":
+        if cache is not None and cache.key == "body":
             keyed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         data = orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(api.encode() + b"\0" + data).digest()
 
-    def replay(self, out: Outcome, key: bytes | None) -> tuple[Served, FixedEngine] | None:
-        """response-cache: a stored reply for ``key`` and the fast engine that replays it."""
-        cache = self.behaviours.response_cache
+    def replay(
+        self, out: Outcome, key: bytes | None, in_flight: int = 0
+    ) -> tuple[Served, FixedEngine] | None:
+        """response-cache: a stored reply for ``key`` and the fast engine that replays it;
+        cache-under-load: the same, only while more than its threshold are in flight."""
         cached = None if key is None else self.response_cache.get(key)
-        if cached is None or cache is None:
+        if cached is None:
+            return None
+        cache = self.behaviours.response_cache
+        under = self.behaviours.cache_under_load
+        if cache is not None:
+            name, engine = "response-cache", FixedEngine(cache.ttft_ms, cache.tpot_ms)
+        elif under is not None and in_flight > under.threshold:
+            name, engine = "cache-under-load", FixedEngine(under.ttft_ms, under.tpot_ms)
+        else:
             return None
         out.cache_hit = True
-        out.behaviours.append("response-cache")
+        out.behaviours.append(name)
         served = Served(cached.words, cached.finish_reason, "cache-replay", cached.tokens_reported)
-        return served, FixedEngine(cache.ttft_ms, cache.tpot_ms)
+        return served, engine
 
     def remember(self, key: bytes | None, out: Outcome, served: Served) -> None:
         """response-cache: keep a reply that was served to its end, for later replays."""
@@ -166,3 +200,50 @@ class Cheats:
                 still = False
                 self.prefix_blocks.add(digest)
         return hit
+
+
+class _AuditGuess:
+    """replay-detect's guesses at what is audit traffic (see ``behaviours.ReplayDetect``)."""
+
+    def __init__(self, params: ReplayDetect | None) -> None:
+        self.params = params
+        self.seen = 0
+        self.shape: tuple[object, ...] | None = None
+        self.lengths: list[int] = []
+        self.open: list[Outcome] = []  # requests not yet seen finished
+        self.last_done_ns = 0
+
+    def looks_audit(self, out: Outcome, in_flight: int, p: Params, body: dict[str, Any]) -> bool:
+        """True: serve the real model (the request may be checked); False: substitute."""
+        rd = self.params
+        if rd is None:
+            return True
+        self.seen += 1
+        still = []
+        for o in self.open:
+            if o.done_ns:
+                self.last_done_ns = max(self.last_done_ns, o.done_ns)
+            else:
+                still.append(o)
+        self.open = [*still, out]
+        guesses = [self.seen <= rd.head]
+        # in_flight counts this request: 1 means the server sat idle until it came
+        idle = in_flight <= 1 and out.arrival_ns - self.last_done_ns >= rd.idle_ms * 1e6
+        guesses.append(idle and self.seen > 1)
+        shape = _shape(body)
+        if self.shape is None:
+            self.shape = shape
+        elif rd.keys and shape != self.shape:
+            guesses.append(True)
+        words = len(p.prompt.split())
+        if len(self.lengths) < rd.learn:
+            self.lengths.append(words)
+        elif rd.length and not min(self.lengths) <= words <= max(self.lengths):
+            guesses.append(True)
+        return any(guesses)
+
+
+def _shape(body: dict[str, Any]) -> tuple[object, ...]:
+    """Keys, value types and sampling values of a body (what a v1 replay differed in)."""
+    sampling = (body.get("temperature"), body.get("top_p"), "seed" in body, "logprobs" in body)
+    return tuple((k, type(v).__name__) for k, v in body.items() if k != "prompt") + sampling

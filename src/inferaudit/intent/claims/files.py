@@ -86,7 +86,8 @@ def _decode(decoder: json.JSONDecoder, text: str, pos: int, path: str) -> tuple[
         raise ClaimsError(f"{path} line {where}: invalid JSON (nested too deeply)") from None
 
 
-def _read_json(text: str, path: str) -> list[Located]:
+def _parse_json_records(text: str, path: str) -> list[Located]:
+    """Claims text in JSON (one object, or an array of them) -> each value with its line."""
     decoder = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     if text[pos : pos + 1] == "{":
@@ -108,7 +109,8 @@ def _read_json(text: str, path: str) -> list[Located]:
         pos = end
 
 
-def _read_jsonl(text: str, path: str) -> list[Located]:
+def _parse_jsonl_records(text: str, path: str) -> list[Located]:
+    """Claims text in JSON Lines -> each line's value with its line number."""
     out: list[Located] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if line.strip():
@@ -170,7 +172,7 @@ def _scalar(raw: str) -> object:
     return value if isinstance(value, int | float | bool) else raw
 
 
-def _read_csv(text: str, path: str) -> list[Located]:
+def _parse_csv_records(text: str, path: str) -> list[Located]:
     lists, scalars = _json_columns(Claim)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -238,8 +240,12 @@ def parse_claims(text: str, fmt: str, path: str = "<input>") -> list[Claim]:
     """Parse and validate every record; raise ``ClaimImportError`` listing every bad one."""
     if fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r}; expected json, jsonl or csv")
-    reader = {"json": _read_json, "jsonl": _read_jsonl, "csv": _read_csv}[fmt]
-    located = reader(text, path)
+    parse = {
+        "json": _parse_json_records,
+        "jsonl": _parse_jsonl_records,
+        "csv": _parse_csv_records,
+    }[fmt]
+    located = parse(text, path)
     claims: list[Claim] = []
     problems: list[str] = []
     seen: dict[str, int] = {}

@@ -94,6 +94,7 @@ class WorkerStats:
     connections_opened: int  # keep-alive connections opened before the epoch
     cpu_s: float  # user + system CPU of the worker process, start-up included
     cpu_run_s: float  # the part of it spent from the epoch to the end
+    nice: int | None = None  # the niceness the worker ran at (see worker.CLIENT_NICE)
 
 
 @dataclass(frozen=True)

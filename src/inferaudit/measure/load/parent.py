@@ -63,6 +63,7 @@ class WorkerInfo:
     clock_offset_ns: int  # worker perf_counter_ns minus parent's, measured at start
     clock_rtt_ns: int  # round trip of the best offset measurement
     exitcode: int | None
+    nice: int | None = None  # scheduling niceness the worker ran at (None: it did not report)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class Parent:
             clock_offset_ns=clock[0],
             clock_rtt_ns=clock[1],
             exitcode=proc.exitcode,
+            nice=s.nice,
         )
 
     def _handshake(self, procs: list[Any], ctrls: list[Connection]) -> list[tuple[int, int]]:

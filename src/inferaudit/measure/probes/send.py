@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from inferaudit.errors import EndpointError
 from inferaudit.measure.load.client import check_endpoint
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.protocol import Load, RunSpec
+from inferaudit.measure.records import Record
 from inferaudit.measure.workload import RequestPlan
 
 __all__ = ["model_listed", "send_phase"]
 
-OnRecord = Callable[[dict[str, Any]], None]
+OnRecord = Callable[[Record], None]
 
 
 def model_listed(spec: RunSpec, api_key: str | None) -> str:
@@ -48,7 +48,7 @@ def send_phase(
     phase_spec = spec.model_copy(update={"load": load, "workers": 1})
     count = 0
 
-    def collect(row: dict[str, Any]) -> None:
+    def collect(row: Record) -> None:
         nonlocal count
         count += 1
         if on_record is not None:

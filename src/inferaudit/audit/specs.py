@@ -1,0 +1,177 @@
+"""From what a user asks for to protocols: ``build_specs(SpecInputs) -> list[RunSpec]``.
+
+``SpecInputs`` holds the values of ``inferaudit run`` (and ``fingerprint record``, which parses
+the workload the same way) as typed fields, with the text forms the user writes where a value
+has a syntax of its own (``Length.parse``: ``128``, ``64-256:normal``; ``SLO.parse``:
+``ttft_p99=2000ms``; a sweep: ``rate=1,2,4`` or ``concurrency=1,8``). ``build_specs`` returns
+one RunSpec per measurement point (a sweep has several, identical but for the load) and raises
+one ``ConfigError`` line for anything it cannot use; the CLI only maps options onto the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from inferaudit.errors import ConfigError, validation_message
+from inferaudit.measure.protocol import (
+    SLO,
+    Api,
+    Arrivals,
+    Endpoint,
+    Length,
+    Load,
+    RunSpec,
+    Sampling,
+    Workload,
+)
+from inferaudit.seal.evidence import file_sha256
+
+__all__ = ["LoadPoint", "SpecInputs", "build_specs", "parse_sweep"]
+
+
+@dataclass(frozen=True)
+class SpecInputs:
+    """Everything a protocol is built from (the defaults are ``inferaudit run``'s)."""
+
+    endpoint: str  # base URL up to /v1
+    model: str
+    api: Api = Api.completions
+    api_key_env: str | None = None  # the variable's name; the key is never stored
+    concurrency: int | None = None  # closed loop; exactly one of concurrency, rate, sweep
+    rate: float | None = None  # open loop, requests/s (inf: every request at t=0)
+    arrivals: Arrivals = Arrivals.poisson
+    sweep: str | None = None  # "rate=1,2,4" or "concurrency=1,8,32"
+    requests: int | None = None  # measured requests per point; or duration
+    duration: float | None = None  # seconds per point
+    warmup: int = 0
+    input_tokens: str = "256"  # Length.parse syntax
+    output_tokens: str = "128"
+    dataset: Path | None = None  # JSONL, bound by its digest
+    enforce_length: bool = True
+    keep_full_text: bool = False  # records keep all output text (else Workload.max_text_bytes)
+    slo: str | None = None  # SLO.parse syntax
+    seed: int = 0
+    workers: int = 1
+    max_lag_ms: float | None = None  # a fixed client-lag p99 bound instead of the error budget
+    timeout: float = 600.0  # per request, seconds
+    deployment: str | None = None
+    claim: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed_per_request: bool = False
+    allow_prompt_cache: bool = False
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One measurement point's load mode: an arrival rate or a concurrency."""
+
+    rate: float | None = None
+    concurrency: int | None = None
+
+
+def _positive(text: str, kind: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {kind}={text}: expected a comma-separated list") from None
+    if not values or any(not v > 0 for v in values):
+        raise ConfigError(f"--sweep {kind}={text}: every value must be positive")
+    return values
+
+
+def parse_sweep(text: str) -> list[LoadPoint]:
+    """``rate=1,2,4`` or ``concurrency=1,8,32``: one point per value."""
+    kind, _, values = text.partition("=")
+    if kind == "rate":
+        return [LoadPoint(rate=v) for v in _positive(values, kind)]
+    if kind == "concurrency":
+        numbers = _positive(values, kind)
+        if any(v != int(v) for v in numbers):
+            raise ConfigError(f"--sweep {text}: a concurrency is a whole number")
+        return [LoadPoint(concurrency=int(v)) for v in numbers]
+    raise ConfigError(f"--sweep {text}: expected rate=R1,R2,... or concurrency=N1,N2,...")
+
+
+def _points(inputs: SpecInputs) -> list[LoadPoint]:
+    if inputs.rate is not None and not inputs.rate > 0:
+        raise ConfigError(
+            f"--rate {inputs.rate:g}: the arrival rate must be positive (requests/s)"
+        )
+    if inputs.concurrency is not None and inputs.concurrency <= 0:
+        raise ConfigError(f"--concurrency {inputs.concurrency}: must be at least 1")
+    if inputs.sweep:
+        return parse_sweep(inputs.sweep)
+    if (inputs.rate is None) == (inputs.concurrency is None):
+        raise ConfigError(
+            "give exactly one of --concurrency N (closed loop) or --rate R (open loop)"
+        )
+    return [LoadPoint(rate=inputs.rate, concurrency=inputs.concurrency)]
+
+
+def _workload(inputs: SpecInputs) -> Workload:
+    dataset_sha = None
+    if inputs.dataset is not None:
+        if not inputs.dataset.is_file():
+            raise ConfigError(f"--dataset {inputs.dataset}: no such file")
+        dataset_sha = file_sha256(inputs.dataset)
+    workload = Workload(
+        input_tokens=Length.parse(inputs.input_tokens),
+        output_tokens=Length.parse(inputs.output_tokens),
+        dataset=None if inputs.dataset is None else str(inputs.dataset),
+        dataset_sha256=dataset_sha,
+        enforce_output_length=inputs.enforce_length,
+    )
+    if inputs.keep_full_text:
+        return workload.model_copy(update={"max_text_bytes": None})
+    return workload
+
+
+def build_specs(inputs: SpecInputs) -> list[RunSpec]:
+    """One RunSpec per measurement point (see the module docstring); ConfigError if unusable."""
+    points = _points(inputs)
+    if inputs.requests is None and inputs.duration is None:
+        raise ConfigError("give --requests N or --duration SECONDS")
+    try:
+        workload = _workload(inputs)
+        endpoint = Endpoint(
+            base_url=inputs.endpoint,
+            model=inputs.model,
+            api=inputs.api,
+            api_key_env=inputs.api_key_env,
+        )
+        slo = SLO.parse(inputs.slo) if inputs.slo else SLO()
+        sampling = Sampling(
+            temperature=inputs.temperature,
+            top_p=inputs.top_p,
+            seed_per_request=inputs.seed_per_request,
+        )
+        return [
+            RunSpec(
+                endpoint=endpoint,
+                workload=workload,
+                load=Load(
+                    concurrency=point.concurrency,
+                    rate=point.rate,
+                    arrivals=inputs.arrivals,
+                    requests=inputs.requests,
+                    duration_s=inputs.duration,
+                    warmup=inputs.warmup,
+                    timeout_s=inputs.timeout,
+                ),
+                slo=slo,
+                seed=inputs.seed,
+                workers=inputs.workers,
+                max_client_lag_p99_ms=inputs.max_lag_ms,
+                deployment=inputs.deployment,
+                claim=inputs.claim,
+                sampling=sampling,
+                allow_prompt_cache=inputs.allow_prompt_cache,
+            )
+            for point in points
+        ]
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from None
