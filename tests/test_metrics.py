@@ -441,27 +441,58 @@ def lagged(lag_ms: float, ttft_ms: float, n: int = 5) -> list[Record]:
 
 
 def test_budget_scales_with_ttft() -> None:
-    # 10 ms of lag: 2% of a 500 ms TTFT allows 10 ms; 2% of 20 ms allows only the 1 ms floor
+    # every send 10 ms late moves TTFT p50 and p99 by 10 ms: 2% of a 500 ms TTFT allows 10 ms;
+    # 2% of 20 ms allows only the 1 ms floor
     slow = metrics.summarize(lagged(10.0, 500.0), spec(lag_ms=None))
     assert slow.valid and slow.error_budget is not None
     assert slow.error_budget.model_dump() == {
-        "share": 0.02, "floor_ms": 1.0, "figure": "ttft_from_sent_ms.p50", "figure_ms": 500.0,
-        "allowed_lag_p99_ms": 10.0, "lag_p99_ms": 10.0, "within": True,
+        "share": 0.02, "floor_ms": 1.0,
+        "figures": (
+            {"figure": "ttft_p50", "figure_ms": 510.0, "moved_ms": 10.0, "allowed_ms": 10.2},
+            {"figure": "ttft_p99", "figure_ms": 510.0, "moved_ms": 10.0, "allowed_ms": 10.2},
+        ),
+        "lag_p99_ms": 10.0, "within": True,
     }  # fmt: skip
     fast = metrics.summarize(lagged(10.0, 20.0), spec(lag_ms=None))
     assert not fast.valid
     assert fast.invalid_reasons == (
-        "client fell behind its schedule: lag p99 10 ms > 1 ms allowed (error budget 2% of "
-        "TTFT p50 20 ms, at least 1 ms) — the client, not the endpoint, was the bottleneck",
+        "client fell behind its schedule: its send lag moved ttft p50 30 ms by 10 ms > 1 ms "
+        "allowed (error budget 2% of the figure, at least 1 ms) — the client, not the endpoint, "
+        "was the bottleneck",
     )
     assert fast.error_budget is not None and fast.error_budget.within is False
-    # just over the allowance of a 500 ms TTFT
+    # just over the allowance of a 500 ms TTFT (2% of 510.5 = 10.21 < 10.5)
     assert not metrics.summarize(lagged(10.5, 500.0), spec(lag_ms=None)).valid
     # a stated share and floor are honoured
     wide = spec(lag_ms=None, budget=ErrorBudget(share=0.05, floor_ms=2.0))
     assert metrics.summarize(lagged(10.0, 200.0), wide).valid
     assert metrics.summarize(lagged(1.9, 20.0), wide).valid
     assert not metrics.summarize(lagged(2.1, 20.0), wide).valid
+
+
+def test_budget_judges_the_figures_not_single_sends() -> None:
+    # 1 of 200 sends 30 ms late (lag p99 stays 0) moves neither TTFT p50 nor p99: valid;
+    # 5 of 200 sends 30 ms late (lag p99 30 ms) move TTFT p99 by 30 ms: invalid
+    def run(late: int) -> Summary:
+        recs = [
+            rec(i, 100 * i, 100 * i + (30.0 if i < late else 0.0),
+                100 * i + (30.0 if i < late else 0.0) + 20.0,
+                [(100 * i + (30.0 if i < late else 0.0) + 20.0, 1)],
+                100 * i + (30.0 if i < late else 0.0) + 21.0, usage=1)
+            for i in range(200)
+        ]  # fmt: skip
+        return metrics.summarize(recs, spec(lag_ms=None))
+
+    one = run(1)
+    assert one.valid and one.client_lag_ms.max == 30.0
+    assert one.error_budget is not None
+    assert [m.moved_ms for m in one.error_budget.figures] == [0.0, 0.0]
+    five = run(5)
+    assert not five.valid and five.client_lag_ms.p99 == 30.0
+    assert five.error_budget is not None
+    assert [(m.figure, m.moved_ms) for m in five.error_budget.figures] == [
+        ("ttft_p50", 0.0), ("ttft_p99", 30.0),
+    ]  # fmt: skip
 
 
 def test_budget_states_itself_in_definitions_and_fixed_bound_keeps_v1_text() -> None:
@@ -560,7 +591,7 @@ def test_a_protocol_built_in_memory_is_v2() -> None:
         load=Load(rate=10.0, requests=4),
     )
     assert fresh.spec_version == SPEC_VERSION == "inferaudit.runspec/v2"
-    assert metrics.credits_proven(fresh) and not metrics.credits_proven(spec())
+    assert fresh.credits_proven and not spec().credits_proven
     assert metrics.summarize(scenario(), fresh).output_tokens == 6
     stored = RunSpec.model_validate_json(fresh.model_dump_json())
     assert stored.spec_version == SPEC_VERSION  # the version travels in spec.json

@@ -15,6 +15,7 @@ from inferaudit.cli import app
 from inferaudit.errors import ConfigError
 from inferaudit.intent.claims import seed_claims
 from inferaudit.intent.reconcile import RunSet, Status, reconcile
+from inferaudit.measure.records import read_records
 from inferaudit.present import charts, exports, report, series
 from inferaudit.present.demo_claim import demo_claim
 from test_reconcile import REFUSALS, forged_run, make_run, runs_of, tps_claim
@@ -244,3 +245,25 @@ def test_report_csv_escapes_formulas(tmp_path: Path) -> None:
     assert '\'=HYPERLINK("http://x")' in [r["key"] for r in rolled]
     cells = [v for r in rows + rolled for v in r.values()]
     assert not [v for v in cells if v[:1] in ("=", "+", "-", "@")]
+
+
+def test_run_view_credits_proven_tokens_and_shows_usage_beside(tmp_path: Path, home: Path) -> None:
+    honest = make_run(tmp_path / "honest", home, claim="tps-claim")
+    inflated = make_run(tmp_path / "inflated", home, claim="tps-claim", usage_extra=1)
+    data = report.build([tps_claim()], runs_of(home, honest, inflated))
+    views = {v.label: {f.name: f.value for f in v.facts} for v in data.runs}
+    s = json.loads((inflated / "summary.json").read_text())
+    assert views["inflated"]["output tok/s (proven)"] == views["honest"]["output tok/s (proven)"]
+    assert views["inflated"]["usage-based tok/s (not credited)"] == charts.fmt_measure(
+        s["token_credit"]["usage_based_throughput_tok_s"]
+    )
+    assert "usage-based tok/s (not credited)" not in views["honest"]  # nothing uncredited
+    # the throughput chart's bins count the proven tokens: the same for both runs
+    runs = {r.run_dir.name: r for r in runs_of(home, honest, inflated).verified}
+    measured = {
+        name: [x for x in read_records(name_dir / "records.jsonl") if x.phase == "measure"]
+        for name, name_dir in (("honest", honest), ("inflated", inflated))
+    }
+    assert series.throughput_over_time(measured["inflated"], runs["inflated"].spec) == (
+        series.throughput_over_time(measured["honest"], runs["honest"].spec)
+    )

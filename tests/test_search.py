@@ -167,16 +167,23 @@ def test_judge() -> None:
 
 
 def test_judge_uses_the_error_budget() -> None:
-    # lag p99 9 ms: within 2% of a 500 ms TTFT p50 (10 ms), not of a 100 ms one (2 ms)
+    # the send lag moved TTFT p99 by 9 ms: within 2% of a 500 ms figure (10 ms), not of 100 ms
     budget = run_spec(None)
     lag9 = Lag(p50=1.0, p99=9.0, max=9.0)
-    slow = summary(client_lag_ms=lag9, ttft_from_sent_ms=dist(500.0, 1900.0))
-    assert judge(10.0, slow, spec=budget).passed
-    fast = judge(10.0, summary(client_lag_ms=lag9), spec=budget)
-    assert fast.status == "invalid"
-    assert fast.reasons[0].startswith(
-        "client fell behind its schedule: lag p99 9 ms > 2 ms allowed"
+    slow = summary(
+        client_lag_ms=lag9, ttft_ms=dist(500.0, 509.0), ttft_from_sent_ms=dist(500.0, 500.0)
     )
+    assert judge(10.0, slow, spec=budget).passed
+    fast = summary(
+        client_lag_ms=lag9, ttft_ms=dist(100.0, 109.0), ttft_from_sent_ms=dist(100.0, 100.0)
+    )
+    fast_point = judge(10.0, fast, spec=budget)
+    assert fast_point.status == "invalid"
+    assert fast_point.reasons[0].startswith(
+        "client fell behind its schedule: its send lag moved ttft p99 109 ms by 9 ms > 2.18 ms"
+    )
+    # a lag p99 of 9 ms that moved neither figure does not void the point
+    assert judge(10.0, summary(client_lag_ms=lag9), spec=budget).passed
 
 
 @pytest.mark.parametrize(

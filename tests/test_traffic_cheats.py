@@ -103,14 +103,16 @@ def test_replay_detect_can_only_guess_and_identity_fails(tmp_path: Path, referen
               concurrency=4, fingerprint=reference)  # fmt: skip
     v = ran.verdicts["identity"]
     assert v.verdict is Outcome.failed, format_verdict(v)
-    assert v.numbers["replayed"] == 6 and v.numbers["agreement"] < 0.2
-    # What the server guessed: it served the real model to its first 8 requests (the probes
-    # and the first two of the load) and where it saw an idle server, and substituted the rest
-    # of the load and every replay alike: nothing in a replay told it apart.
-    measured = [r for r in ran.records if r.phase == "measure"]
+    assert v.numbers["replayed"] == 6
+    # What the server guessed (the truth file): it served the real model to its first 8
+    # requests (the 6 probes, 2 of the load), after an idle server, and to prompt lengths it
+    # had not seen among its first 32; the rest got the substitute. A replay got the real model
+    # only where a guess hit it by chance, as load requests did: the agreement is that share.
+    spared = [r for r in replays(ran) if "replay-detect" not in ran.truth[r.output_sha256]]
+    assert abs(v.numbers["agreement"] - len(spared) / 6) < 0.1
+    measured = [r for r in ran.records if r.phase == "measure" and not r.tag]
     swapped = [r for r in measured if "replay-detect" in ran.truth[r.output_sha256]]
-    assert all("replay-detect" in ran.truth[r.output_sha256] for r in replays(ran))
-    assert len(swapped) >= len(measured) - 4  # at most the load's first few were spared
+    assert len(swapped) >= len(measured) // 2  # the cheat paid: most of the load substituted
 
 
 def test_prefill_cut_fails_identity(tmp_path: Path, reference: Path) -> None:

@@ -158,7 +158,12 @@ def judge(
     metrics: dict[str, Any] = {**summary.row().to_json(), "bounds": {}}
     if interrupted:
         return PointResult(rate, "invalid", ("interrupted",), metrics=metrics)
-    lagged = summary_lag_problem(spec, summary.client_lag_ms.p99, summary.ttft_from_sent_ms.p50)
+    lagged = summary_lag_problem(
+        spec,
+        summary.client_lag_ms.p99,
+        (summary.ttft_ms.p50, summary.ttft_ms.p99),
+        (summary.ttft_from_sent_ms.p50, summary.ttft_from_sent_ms.p99),
+    )
     if lagged is not None:
         return PointResult(rate, "invalid", (lagged,), metrics=metrics)
     reasons = list(summary.invalid_reasons)

@@ -104,10 +104,12 @@ def _lag_line(summary: Summary) -> str:
     line = f"p50 {fmt(lag.p50)}, p99 {fmt(lag.p99)}, max {fmt(lag.max)}"
     budget = summary.error_budget
     if budget is not None:
-        line += (
-            f"  (allowed p99 {fmt(budget.allowed_lag_p99_ms)}: {budget.share:.0%} of TTFT p50 "
-            f"{fmt(budget.figure_ms)}, at least {fmt(budget.floor_ms)})"
+        moves = ", ".join(
+            f"{m.figure.replace('_', ' ')} moved {fmt(m.moved_ms)} of {fmt(m.allowed_ms)} allowed"
+            for m in budget.figures
         )
+        floor = fmt(budget.floor_ms)
+        line += f"  ({moves}: budget {budget.share:.0%} of the figure, at least {floor})"
     return line
 
 

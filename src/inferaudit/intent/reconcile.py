@@ -228,7 +228,12 @@ def judge_run(claim: Claim, run: VerifiedRun) -> RunJudgement:
     s = run.summary
     label = run_label(run.run_dir, run.spec.label)
     failed = [v for v in run.verdicts if v.verdict is Outcome.failed]
-    lag = summary_lag_problem(run.spec, s.client_lag_ms.p99, s.ttft_from_sent_ms.p50)
+    lag = summary_lag_problem(
+        run.spec,
+        s.client_lag_ms.p99,
+        (s.ttft_ms.p50, s.ttft_ms.p99),
+        (s.ttft_from_sent_ms.p50, s.ttft_from_sent_ms.p99),
+    )
     if lag is not None:
         why = "; ".join(s.invalid_reasons) or lag
         note = f"set aside, client-side fault: {why}"

@@ -39,7 +39,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from inferaudit.judge.noise import ClientWindow, busy_numbers, busy_verdict, split_by_health
+from inferaudit.judge.noise import (
+    ClientWindow,
+    busy_numbers,
+    busy_verdict,
+    record_span,
+    span_health,
+    split_by_health,
+)
 from inferaudit.judge.verdict import Outcome, Verdict, pct
 from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
@@ -141,19 +148,15 @@ def _less_p(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def _dist(values: Sequence[float]) -> float:
-    return round_sig(float(np.median(values)))
+    median = round_sig(float(np.median(values)))
+    assert median is not None, "a median of finite timings is finite"
+    return median
 
 
 Pair = tuple[Record, Record]  # (audit request, control)
 # A comparison of pairs: (its numbers, the finding when it shows caching, else None, the line
 # that says nothing was seen)
 Finding = tuple[dict[str, object], str | None, str]
-
-
-def _pair_span(pair: Pair) -> tuple[int, int]:
-    a, c = pair
-    assert a.done_ns is not None and c.done_ns is not None
-    return min(_sent(a), _sent(c)), max(a.done_ns, c.done_ns)
 
 
 def _decide(
@@ -172,7 +175,13 @@ def _decide(
     protocol allows what was found (None: a finding fails)."""
     judged, busy = list(pairs), []
     if health is not None:
-        judged, busy = split_by_health(pairs, health, _pair_span)
+        windows = health
+        judged, busy = split_by_health(
+            pairs,
+            windows,
+            lambda pair: record_span(pair[0]),
+            lambda pair, _: span_health(windows, *record_span(pair[1])).healthy,
+        )
         numbers.update(busy_numbers(health, len(judged), len(busy), lag_problem))
     if len(pairs) < MIN_PAIRS:
         return Verdict(
@@ -181,26 +190,26 @@ def _decide(
             f"{len(pairs)} {what} could be paired with a control (need {MIN_PAIRS})",
             numbers,
         )
-    if len(judged) < MIN_PAIRS:
-        seen, line, _ = compare(pairs)
-        numbers.update(seen)
-        finding = line or f"{len(judged)} {what} paired in healthy windows (need {MIN_PAIRS})"
-        return busy_verdict(name, finding, numbers, lag_problem)
-    seen, line, clean = compare(judged)
+    everywhere = compare(pairs)
+    enough = len(judged) >= MIN_PAIRS
+    seen, line, clean = compare(judged) if enough else everywhere
     numbers.update(seen)
-    if line is None:
-        if busy:
-            _, everywhere, _ = compare(pairs)
-            if everywhere is not None:
-                return busy_verdict(
-                    name, f"{everywhere}, counting pairs in busy windows", numbers, lag_problem
-                )
-        return Verdict(name, Outcome.passed, clean, numbers)
-    if allowed is not None:
-        return Verdict(name, Outcome.passed, f"{line}: {allowed}", numbers)
-    if lag_problem is not None or (health is not None and not health):
-        return busy_verdict(name, line, numbers, lag_problem)
-    return Verdict(name, Outcome.failed, line, numbers)
+    if enough and line is not None:
+        if allowed is not None:
+            return Verdict(name, Outcome.passed, f"{line}: {allowed}", numbers)
+        if lag_problem is not None or (health is not None and not health):
+            return busy_verdict(name, line, numbers, lag_problem)
+        return Verdict(name, Outcome.failed, line, numbers)
+    if everywhere[1] is not None:  # seen only with pairs the client may have distorted
+        if allowed is not None:
+            return Verdict(name, Outcome.passed, f"{everywhere[1]}: {allowed}", numbers)
+        why = "" if enough else f" ({len(judged)} pairs in healthy windows, need {MIN_PAIRS})"
+        return busy_verdict(
+            name, f"{everywhere[1]}, counting pairs in busy windows{why}", numbers, lag_problem
+        )
+    return Verdict(
+        name, Outcome.passed, f"{clean}; {len(judged)} of {len(pairs)} pairs judged", numbers
+    )
 
 
 def _compare_repeats(pairs: Sequence[Pair]) -> Finding:

@@ -112,6 +112,11 @@ def _p50(values: Sequence[float]) -> float | None:
     return round_sig(float(np.median(values))) if values else None
 
 
+def _number(value: object) -> float:
+    """A numbers-dict entry as a float (0.0 when absent)."""
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def check_first_token(
     records: Sequence[Record],
     *,
@@ -195,7 +200,7 @@ def check_first_token(
             Outcome.failed,
             f"an empty first chunk arrives ahead of the first token on "
             f"{pct(early_empty_judged / h)} of requests (median {numbers['lead_ms_p50']} ms "
-            f"early, {pct(float(numbers['lead_fraction_of_ttft_p50'] or 0.0))} of real TTFT): "
+            f"early, {pct(_number(numbers['lead_fraction_of_ttft_p50']))} of real TTFT): "
             "fakes TTFT",
             numbers,
         )

@@ -42,7 +42,7 @@ from inferaudit.judge.output_length import check_output_length
 from inferaudit.judge.shedding import check_errors
 from inferaudit.judge.token_accounting import check_token_accounting
 from inferaudit.judge.verdict import Verdict, format_verdict
-from inferaudit.measure.fingerprint import Fingerprint, check_fits, load_fingerprint
+from inferaudit.measure.fingerprint import Entry, Fingerprint, check_fits, load_fingerprint
 from inferaudit.measure.probes.plan import AuditTraffic, plan_traffic
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
@@ -82,7 +82,7 @@ class CheckSuite:
         """The audit traffic these checks need in ``spec``'s run (``spec`` carries its secret
         seed); refuses a fingerprint that does not fit the run (``check_fits``)."""
         on = self.names.__contains__
-        replays = ()
+        replays: tuple[Entry, ...] = ()
         if self.fingerprint is not None and on("identity"):
             check_fits(self.fingerprint, spec)
             replays = self.fingerprint.entries

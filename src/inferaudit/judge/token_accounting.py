@@ -212,4 +212,4 @@ def sign_p_value(above: int, below: int) -> float:
     m = above + below
     if m == 0:
         return 1.0
-    return sum(math.comb(m, i) for i in range(above, m + 1)) / 2**m
+    return float(sum(math.comb(m, i) for i in range(above, m + 1)) / 2**m)

@@ -6,7 +6,8 @@ does not depend on record order, integers stay integers, every computed float is
 significant digits (``stats.round_sig``), and a JSON round trip gives back the same object.
 
 Only records with ``phase == "measure"`` count. The definitions follow vLLM ``bench serve`` and
-MLPerf LoadGen and are stated next to the numbers, in the summary's ``definitions``.
+MLPerf LoadGen and are stated next to the numbers, in the summary's ``definitions``
+(``measure.definitions``).
 
 Credited output tokens (issue 8, "credit only what is verified"). A v2 protocol's summary credits
 per request the tokens the stream proves (``proven_tokens``: its content events, capped by
@@ -25,118 +26,32 @@ from typing import Any, Protocol
 
 from inferaudit.errors import RecordError
 from inferaudit.measure import stats
-from inferaudit.measure.budget import figure_of, lag_bound, summary_lag_problem
-from inferaudit.measure.protocol import SPEC_VERSION_V1, RunSpec
+from inferaudit.measure.budget import figure_shifts, summary_lag_problem
+from inferaudit.measure.definitions import CREDIT_BASIS, DEFINITIONS, USAGE_BASIS, definitions
+from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
-from inferaudit.measure.summary import BudgetBlock, Summary, TokenCredit
+from inferaudit.measure.summary import BudgetBlock, FigureMove, Summary, TokenCredit
+
+__all__ = [
+    "CREDIT_BASIS",
+    "DEFINITIONS",
+    "MEASURE_PHASE",
+    "USAGE_BASIS",
+    "RequestTimes",
+    "TokenCounter",
+    "definitions",
+    "itl_samples_ms",
+    "proven_tokens",
+    "request_times",
+    "summarize",
+    "tokens_per_chunk",
+]
 
 MEASURE_PHASE = "measure"
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 CI_MAX_SUBWINDOWS = 10
 CI_MIN_REQUESTS_PER_SUBWINDOW = 5
-
-DEFINITIONS: dict[str, str] = {
-    "requests": "Measured requests (phase 'measure'); warm-up and check phases are excluded.",
-    "completed": "Measured requests that ended without an error class.",
-    "failed": "Measured requests that ended with an error class (see errors).",
-    "duration_s": (
-        "Measurement window: first measured request's scheduled send to the last measured "
-        "request's done time (last byte or error)."
-    ),
-    "output_tokens": (
-        "Output tokens of completed requests, per request the server's usage.completion_tokens "
-        "when reported, else its count of content chunks; throughput uses this count."
-    ),
-    "output_tokens_by_source": (
-        "The same tokens counted from usage and from content chunks, with per-request "
-        "disagreements; client re-tokenization is not part of the summary (checks do it)."
-    ),
-    "request_throughput_rps": "Completed requests divided by the measurement window.",
-    "output_throughput_tok_s": "Output tokens of completed requests divided by the window.",
-    "output_throughput_ci": (
-        "Window split into equal sub-windows, output tokens of requests completed (done time) "
-        "in each divided by its length; Student-t 95% interval of the mean of these rates."
-    ),
-    "arrival_rate": (
-        "Requested rate from the protocol; scheduled and achieved rates are (n - 1) over the "
-        "span of scheduled and of actual send times."
-    ),
-    "ttft_ms": (
-        "TTFT: scheduled send -> first chunk carrying generated content (role-only or empty "
-        "chunks are not tokens), completed requests."
-    ),
-    "ttft_from_sent_ms": "TTFT from the actual send: first content chunk minus actual send time.",
-    "tpot_ms": (
-        "TPOT per request: (done - first content) / (output tokens - 1), i.e. (E2E - TTFT) / "
-        "(tokens - 1); requests with one output token are excluded."
-    ),
-    "itl_ms": (
-        "ITL: gaps between consecutive content chunks, pooled over completed requests; a chunk "
-        "holding k tokens gives k samples of gap/k; tokens of the first chunk give none."
-    ),
-    "tokens_per_chunk": (
-        "When usage exceeds the content-chunk count, usage tokens are spread over chunks in "
-        "proportion to chunk characters (largest remainder, at least 1 each); else 1 per chunk."
-    ),
-    "e2e_ms": "E2E: scheduled send -> done time (last byte), completed requests.",
-    "percentiles": (
-        "Percentiles by numpy linear interpolation (as vLLM); mean is the exact sum over n."
-    ),
-    "goodput_rps": (
-        "Completed requests meeting every SLO bound (own value <= bound; an undefined value, "
-        "e.g. TPOT of a 1-token reply, meets it) per second of window; null without bounds."
-    ),
-    "goodput_tok_s": "Output tokens of the requests counted in goodput per second of window.",
-    "slo": (
-        "MLPerf early stopping (99% confidence): a pXX bound holds iff P[X <= k] <= 0.01 for "
-        "X ~ Binomial(n, 1 - XX/100), n measured requests, k violations, failed ones included."
-    ),
-    "slo_estimate_ms": (
-        "MLPerf early-stopping percentile estimate: the t-th highest per-request value, t the "
-        "most violations n requests could absorb; null when n is too small or it is a failure."
-    ),
-    "slo_additional_requests_needed": (
-        "For a bound not (yet) proven: more requests needed if every further one met the bound "
-        "(MLPerf's recommendation); meaningless when the violation rate exceeds 1 - XX/100."
-    ),
-    "client_lag_ms": (
-        "Client lag: actual send - scheduled send per measured request; the run is invalid "
-        "when its p99 exceeds the protocol's max_client_lag_p99_ms."
-    ),
-    "errors": "Measured requests per error class.",
-    "empty_chunks_before_content": (
-        "Events before the first content chunk (role-only, empty deltas), summed over measured "
-        "requests; they never count as the first token."
-    ),
-    "rounding": "Computed floats are rounded to 6 significant digits; counts are exact integers.",
-}
-# Budget-ruled protocols (no fixed max_client_lag_p99_ms) state the error budget instead.
-BUDGET_LAG_DEFINITION = (
-    "Client lag: actual send - scheduled send per measured request; the run is invalid when its "
-    "p99 exceeds the error budget's allowance (see error_budget)."
-)
-BUDGET_DEFINITION = (
-    "The lag the client adds may move a reported figure by at most max(share x figure, "
-    "floor_ms): the client lag p99 must be within that allowance of TTFT p50 (from the actual "
-    "send), so 99% of requests moved TTFT p50 and p99 by at most their budget."
-)
-# v2 protocols credit the tokens the stream proves (see ``proven_tokens``).
-PROVEN_DEFINITIONS: dict[str, str] = {
-    "output_tokens": (
-        "Credited output tokens of completed requests: per request the tokens the stream "
-        "proves, its content events (each carries at least one token) capped by "
-        "usage.completion_tokens when the server reports fewer; throughput, its interval and "
-        "goodput tokens use this count. TPOT and ITL divide by usage when reported."
-    ),
-    "token_credit": (
-        "Usage-based count beside the credited one: per request usage.completion_tokens when "
-        "reported, else its content events, with its throughput over the same window; "
-        "uncredited_tokens is what usage claims beyond the proven count."
-    ),
-}
-CREDIT_BASIS = "proven: content events, capped by usage when reported (per request)"
-USAGE_BASIS = "usage when reported, else content chunks (per request)"
 
 
 class TokenCounter(Protocol):
@@ -160,11 +75,6 @@ def proven_tokens(record: Record, tokenizer: TokenCounter | None = None) -> int:
     if record.usage_completion_tokens is not None:
         proven = min(proven, record.usage_completion_tokens)
     return proven
-
-
-def credits_proven(spec: RunSpec) -> bool:
-    """Whether ``spec``'s summary credits proven tokens (v2) or usage (a v1 spec)."""
-    return spec.spec_version != SPEC_VERSION_V1
 
 
 @dataclass(frozen=True)
@@ -191,7 +101,7 @@ class RequestTimes:
 
     def credited_tokens(self, spec: RunSpec) -> int:
         """The tokens ``spec``'s summary credits this request with (proven; usage for v1)."""
-        return self.proven_tokens if credits_proven(spec) else self.output_tokens
+        return self.proven_tokens if spec.credits_proven else self.output_tokens
 
     @property
     def e2e_ms(self) -> float | None:
@@ -259,6 +169,10 @@ def request_times(record: Record) -> RequestTimes:
         tpot_ms=tpot,
         itl_ms=tuple(itl_samples_ms(record)),
     )
+
+
+def _opt(x: float | int | None) -> float | None:
+    return None if x is None else float(x)
 
 
 def _round(x: float) -> float:
@@ -408,25 +322,6 @@ def _token_sources(records: list[Record], proven: bool) -> dict[str, Any]:
     }
 
 
-def definitions(spec: RunSpec) -> dict[str, str]:
-    """The summary's definitions: v1's for a fixed lag bound, the error budget's otherwise;
-    the proven-token credit's for a v2 protocol (v1: usage credited)."""
-    budget = spec.max_client_lag_p99_ms is None
-    proven = credits_proven(spec)
-    out: dict[str, str] = {}
-    for key, text in DEFINITIONS.items():
-        if budget and key == "client_lag_ms":
-            out[key] = BUDGET_LAG_DEFINITION
-            out["error_budget"] = BUDGET_DEFINITION
-        elif proven and key == "output_tokens":
-            out[key] = PROVEN_DEFINITIONS[key]
-        else:
-            out[key] = text
-        if proven and key == "output_tokens_by_source":
-            out["token_credit"] = PROVEN_DEFINITIONS["token_credit"]
-    return out
-
-
 def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
     """The summary of one measurement point: pure, deterministic, JSON-ready (see module doc)."""
     measured = sorted(
@@ -441,7 +336,7 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
     start = min((r.scheduled_ns for r in measured), default=None)
     end = max((r.done_ns for r in measured if r.done_ns is not None), default=None)
     span = None if start is None or end is None else end - start
-    proven = credits_proven(spec)
+    proven = spec.credits_proven
     output_tokens = sum(d.credited_tokens(spec) for d in done_reqs)
 
     bounds = dict(spec.slo.bounds_ms)
@@ -458,20 +353,28 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
         reasons.append("no measured requests")
     elif completed == 0:
         reasons.append("no measured request completed")
-    figure = ttft_from_sent["p50"]
-    bound = lag_bound(spec, figure_of(None if figure is None else float(figure)))
+    ttft = dist([d.ttft_ns for d in done_reqs])
     lag_p99 = lag["p99"]
-    problem = summary_lag_problem(spec, lag_p99, None if figure is None else float(figure))
+    pair = (_opt(ttft["p50"]), _opt(ttft["p99"]))
+    pair_sent = (_opt(ttft_from_sent["p50"]), _opt(ttft_from_sent["p99"]))
+    problem = summary_lag_problem(spec, lag_p99, pair, pair_sent)
     if problem is not None:
         reasons.append(problem)
     budget_block = None
-    if bound.rule == "budget":
+    if spec.max_client_lag_p99_ms is None:
+        budget = spec.error_budget
         budget_block = BudgetBlock(
-            share=spec.error_budget.share,
-            floor_ms=spec.error_budget.floor_ms,
-            figure="ttft_from_sent_ms.p50",
-            figure_ms=bound.figure_ms,
-            allowed_lag_p99_ms=_round(bound.bound_ms),
+            share=budget.share,
+            floor_ms=budget.floor_ms,
+            figures=tuple(
+                FigureMove(
+                    figure=f.name,
+                    figure_ms=_round(f.figure_ms),
+                    moved_ms=_round(f.shift_ms),
+                    allowed_ms=_round(f.allowed_ms),
+                )
+                for f in figure_shifts(budget, pair, pair_sent)
+            ),
             lag_p99_ms=lag_p99,
             within=lag_p99 is not None and problem is None,
         )
@@ -514,7 +417,7 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
                     [r.sent_ns for r in measured if r.sent_ns is not None]
                 ),
             },
-            "ttft_ms": dist([d.ttft_ns for d in done_reqs]),
+            "ttft_ms": ttft,
             "ttft_from_sent_ms": ttft_from_sent,
             "tpot_ms": stats.distribution(
                 [d.tpot_ms for d in done_reqs if d.tpot_ms is not None]

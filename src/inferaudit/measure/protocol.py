@@ -256,6 +256,12 @@ class RunSpec(_Frozen):
     # form (``exclude``: not in spec.json nor its hash); revealed in seed.json after the run.
     secret_seed: bytes | None = Field(default=None, exclude=True, repr=False)
 
+    @property
+    def credits_proven(self) -> bool:
+        """Whether this protocol's summary credits the output tokens the stream proves (v2),
+        or the server's usage (a v1 spec, re-verified as v0.1 computed it)."""
+        return self.spec_version != SPEC_VERSION_V1
+
 
 def canonical_bytes(model: BaseModel) -> bytes:
     """RFC 8785 (JCS) bytes of a pydantic model's JSON form."""

@@ -22,6 +22,7 @@ __all__ = [
     "ArrivalRate",
     "BudgetBlock",
     "Dist",
+    "FigureMove",
     "Lag",
     "SloBound",
     "Summary",
@@ -111,14 +112,21 @@ class Lag(_Frozen):
     max: float | None
 
 
+class FigureMove(_Frozen):
+    """How far the client's send lag moved one reported figure (``budget.figure_shifts``)."""
+
+    figure: str  # "ttft_p50" | "ttft_p99"
+    figure_ms: float  # as reported, from the scheduled send
+    moved_ms: float  # reported minus the same figure from the actual send
+    allowed_ms: float  # max(share x figure, floor_ms)
+
+
 class BudgetBlock(_Frozen):
     """The error budget as this run applied it (absent for a fixed ``max_client_lag_p99_ms``)."""
 
     share: float
     floor_ms: float
-    figure: str  # which figure the allowance is a share of
-    figure_ms: float | None
-    allowed_lag_p99_ms: float
+    figures: tuple[FigureMove, ...]
     lag_p99_ms: float | None
     within: bool
 
