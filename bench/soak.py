@@ -181,7 +181,7 @@ def main() -> None:
         for line in fh:
             rec = json.loads(line)
             recorded += 1
-            statuses[rec.get("error_class") or rec.get("status") or "ok"] += 1
+            statuses[rec.get("error_class") or "ok"] += 1
     meta = json.loads((out / "meta.json").read_text())
     planned = meta.get("load", {}).get("planned")
     received = json.loads(counts_path.read_text()) if counts_path.exists() else {}

@@ -182,9 +182,11 @@ def check_summary(summary: dict[str, Any], records: list[Record]) -> None:
     assert summary["request_throughput_rps"] > 0
 
 
-def check_verdicts(summary: dict[str, Any], records: list[Record], probes: list[Record]) -> None:
+def check_verdicts(
+    verdicts: list[dict[str, Any]], records: list[Record], probes: list[Record]
+) -> None:
     """What the integrity checks must say about this server (see ``local_server``'s notes)."""
-    checks = {c["check"]: c for c in summary["checks"]}
+    checks = {c["check"]: c for c in verdicts}
     assert set(checks) == set(CHECKS.split(","))
     verdict = {name: c["verdict"] for name, c in checks.items()}
     # Its streams never carry usage although the client asks for it: a conformance note (not a
@@ -221,14 +223,16 @@ def test_run_concurrency_1_64_tokens(server: LocalServer, tmp_path: Path, api: s
     for record in records:
         check_record(record, role_first=api == "chat")
     # The server logs one timing block per request it served, in order; the measured requests
-    # (closed loop, one at a time) are the last ones of this run.
+    # and the audit block after them (closed loop, one at a time) are the last ones of this run.
     timings = server_timings(server.log_path, since=log_start)
     assert len(timings) == len(everything)
-    by_send = sorted(records, key=lambda r: r.sent_ns or 0)
-    for record, timing in zip(by_send, timings[-REQUESTS:], strict=True):
-        check_against_server(record, timing)
+    tail = sorted((r for r in everything if r.phase != "probe"), key=lambda r: r.sent_ns or 0)
+    for record, timing in zip(tail, timings[-len(tail) :], strict=True):
+        if record.phase == "measure":
+            check_against_server(record, timing)
     check_summary(summary, records)
-    check_verdicts(summary, records, [r for r in everything if r.phase == "probe"])
+    verdicts = orjson.loads((out / "verdicts.json").read_bytes())
+    check_verdicts(verdicts, records, [r for r in everything if r.phase == "probe"])
     # Closed loop at concurrency 1: each request is sent after the previous one ended.
     ordered = sorted(records, key=lambda r: r.sent_ns or 0)
     for before, after in itertools.pairwise(ordered):
@@ -236,7 +240,7 @@ def test_run_concurrency_1_64_tokens(server: LocalServer, tmp_path: Path, api: s
         assert after.sent_ns >= before.done_ns
     # Exit 0 only when the run is valid and no integrity check failed (here only output-length
     # can, when an end-of-turn token stopped a request early; see check_verdicts).
-    failed = [c["check"] for c in summary["checks"] if c["verdict"] == "fail"]
+    failed = [c["check"] for c in verdicts if c["verdict"] == "fail"]
     assert failed in ([], ["output-length"]), failed
     assert summary["_exit"] == (1 if failed else 0), summary["_output"]
     # The evidence re-checks offline: signatures, ledger inclusion, metrics recomputed from the
@@ -261,11 +265,7 @@ def fingerprint_run(endpoint: str, model: str, fp: Path, out: Path) -> dict[str,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
-    verdicts_path = out / "verdicts.json"  # v2 runs; a v1 run kept them in summary.json
-    if verdicts_path.is_file():
-        verdicts = orjson.loads(verdicts_path.read_bytes())
-    else:
-        verdicts = orjson.loads((out / "summary.json").read_bytes())["checks"]
+    verdicts = orjson.loads((out / "verdicts.json").read_bytes())
     (verdict,) = [c for c in verdicts if c["check"] == "identity"]
     return verdict
 

@@ -59,6 +59,15 @@ def test_build_specs_gives_one_protocol_per_point() -> None:
     assert (one.load.concurrency, one.load.duration_s, one.workload.max_text_bytes) == (
         3, 2.0, 65_536,
     )  # fmt: skip
+    assert (one.load.first_byte_timeout_s, one.load.stall_timeout_s, one.load.grace_s) == (
+        60.0, 30.0, 30.0,
+    )  # fmt: skip
+    (tight,) = build_specs(SpecInputs(endpoint="http://127.0.0.1:9/v1", model="m", concurrency=1,
+                                      duration=2.0, first_byte_timeout=5.0, stall_timeout=0.5,
+                                      grace=0.0))  # fmt: skip
+    assert (tight.load.first_byte_timeout_s, tight.load.stall_timeout_s, tight.load.grace_s) == (
+        5.0, 0.5, 0.0,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -74,6 +83,7 @@ def test_build_specs_gives_one_protocol_per_point() -> None:
         ({"input_tokens": "9-3"}, "token length '9-3'"),
         ({"dataset": Path("/nonexistent/d.jsonl")}, "--dataset /nonexistent/d.jsonl: no such"),
         ({"endpoint": "localhost:8000"}, "endpoint must be an http(s) URL"),
+        ({"stall_timeout": 0.0}, "stall_timeout_s"),
     ],
 )
 def test_build_specs_refuses_in_one_line(change: dict[str, object], message: str) -> None:

@@ -185,13 +185,20 @@ def cached_run(cache_from: int = 0) -> list[Record]:
     return out
 
 
-def windows(healthy_until_ms: float, end_ms: float = 20_000.0) -> list[Window]:
-    """1 s windows over the run, healthy before ``healthy_until_ms``."""
-    return [
-        Window(int(t * 1e6), int((t + 1000) * 1e6), t + 1000 <= healthy_until_ms,
-               reason=None if t + 1000 <= healthy_until_ms else "loop delay p99 9 ms > 2 ms")
-        for t in range(0, int(end_ms), 1000)
-    ]  # fmt: skip
+def windows(
+    healthy_until_ms: float, end_ms: float = 20_000.0, busy_stall_ms: float = 100.0
+) -> list[Window]:
+    """1 s windows over the run, healthy before ``healthy_until_ms``; the busy ones saw stalls
+    of up to ``busy_stall_ms`` (the healthy ones 2 ms)."""
+    out = []
+    for t in range(0, int(end_ms), 1000):
+        ok = t + 1000 <= healthy_until_ms
+        out.append(
+            Window(int(t * 1e6), int((t + 1000) * 1e6), ok,
+                   loop_delay_max_ms=2.0 if ok else busy_stall_ms,
+                   reason=None if ok else "loop delay p99 9 ms > 2 ms")
+        )  # fmt: skip
+    return out
 
 
 def test_caching_fails_only_on_a_healthy_client() -> None:
@@ -206,6 +213,12 @@ def test_caching_fails_only_on_a_healthy_client() -> None:
     assert busy.summary.startswith("inconclusive — the client was busy: repeated prompts")
     assert busy.numbers["busy_windows"] == 20 and busy.numbers["judged_requests"] == 0
     assert busy.numbers["ttft_improvement"] > 0.9
+    # ... unless stalls that short cannot explain it: 1 ms repeats against 120 ms controls,
+    # every control charged twice a 5 ms stall, is still a cache
+    robust = check_caching(records, health=windows(0.0, busy_stall_ms=5.0))
+    assert robust.verdict is Outcome.failed, robust.summary
+    assert robust.numbers["controls_hastened_by_client_stalls"] is True
+    assert "twice the client's worst stall" in robust.summary
     # a run that recorded no health data, or one invalid for client lag, never FAILs
     assert check_caching(records, health=[]).verdict is Outcome.inconclusive
     lag = "client fell behind its schedule: send lag p99 40 ms > 2 ms"

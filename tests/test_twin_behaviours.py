@@ -69,7 +69,8 @@ def test_response_cache_replays_identical_and_fast(tmp_path: Path) -> None:
     assert hits == [False, True, True, False]
     assert second["behaviours"] == ["response-cache"]
     assert ttft_ms(first) >= 50.0 and ttft_ms(shorter) >= 50.0
-    assert ttft_ms(second) < 25.0 and ttft_ms(other) < 25.0  # replayed: 1 ms, no engine work
+    # replayed: 1 ms, no engine work (a ratio: a busy machine delays both alike)
+    assert ttft_ms(second) < ttft_ms(first) / 2 and ttft_ms(other) < ttft_ms(first) / 2
     assert second["tokens_generated"] == 20
     # key=body: another seed is another request
     config, truth = twin(tmp_path / "body", "response-cache:key=body", ttft_ms=50.0)
@@ -93,7 +94,8 @@ def test_prefix_cache_cuts_ttft_for_a_shared_prefix(tmp_path: Path) -> None:
     assert (cold["cached_prompt_tokens"], warm["cached_prompt_tokens"]) == (0, 64)
     assert fresh["cached_prompt_tokens"] == 0
     assert ttft_ms(cold) >= 200.0 and ttft_ms(fresh) >= 200.0
-    assert 200.0 * 16 / 80 <= ttft_ms(warm) < 100.0  # 20% of the prompt left to prefill
+    # 20% of the prompt left to prefill (a ratio to the cold prefill, not a wall-clock bound)
+    assert 200.0 * 16 / 80 <= ttft_ms(warm) < ttft_ms(cold) / 2
 
 
 def test_prefix_cache_in_engine_mode_skips_prefill(tmp_path: Path) -> None:
@@ -161,7 +163,8 @@ def test_role_first_chunk_is_instant_and_empty(tmp_path: Path) -> None:
             if e["choices"]
             and (e["choices"][0].get("text") or e["choices"][0].get("delta", {}).get("content"))
         )
-        assert (t0 - r.sent_ns) / 1e6 < 75.0 <= 150.0 <= (content_t - r.sent_ns) / 1e6
+        early, real = (t0 - r.sent_ns) / 1e6, (content_t - r.sent_ns) / 1e6
+        assert early < real / 2 and real >= 150.0
         assert len(r.pieces()) == 20
     assert all("role-first-chunk" in ln["behaviours"] for ln in read_truth(truth))
 
@@ -192,7 +195,8 @@ def test_split_first_token_sends_a_fragment_at_once(tmp_path: Path) -> None:
         assert len(words) == 20 and len(content) == 21  # the fragment is an extra event
         assert head == " " + words[0][:1] and head + rest == " " + words[0]
         # the fragment at once, the rest of the first token after the real TTFT
-        assert (t0 - r.sent_ns) / 1e6 < 75.0 <= 150.0 <= (t1 - r.sent_ns) / 1e6
+        early, real = (t0 - r.sent_ns) / 1e6, (t1 - r.sent_ns) / 1e6
+        assert early < real / 2 and real >= 150.0
     assert all("split-first-token" in ln["behaviours"] for ln in read_truth(truth))
 
 
@@ -202,7 +206,8 @@ def test_burst_holds_tokens_and_flushes_together(tmp_path: Path) -> None:
     times = [t for t, e in r.events if e["choices"] and e["choices"][0]["text"]]
     assert len(times) == 20
     # tokens 2..20 were produced over 190 ms but arrive within a few ms of each other
-    assert (times[-1] - times[1]) / 1e6 < 20.0 and (times[1] - times[0]) / 1e6 >= 150.0
+    held = (times[1] - times[0]) / 1e6
+    assert (times[-1] - times[1]) / 1e6 < held / 5 and held >= 150.0
     (line,) = read_truth(truth)
     assert (line["token_ns"][-1] - line["arrival_ns"]) / 1e6 >= 20.0 + 19 * 10.0  # produced
     assert len(set(line["sent_ns"][1:])) == 1  # one write for all held tokens

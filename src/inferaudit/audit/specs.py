@@ -57,6 +57,9 @@ class SpecInputs:
     workers: int = 1
     max_lag_ms: float | None = None  # a fixed client-lag p99 bound instead of the error budget
     timeout: float = 600.0  # per request, seconds
+    first_byte_timeout: float = 60.0  # actual send -> first body byte, seconds
+    stall_timeout: float = 30.0  # the longest gap between body bytes, seconds
+    grace: float = 30.0  # after a --duration window, before in-flight requests are cancelled
     deployment: str | None = None
     claim: str | None = None
     temperature: float = 0.0
@@ -161,6 +164,9 @@ def build_specs(inputs: SpecInputs) -> list[RunSpec]:
                     duration_s=inputs.duration,
                     warmup=inputs.warmup,
                     timeout_s=inputs.timeout,
+                    first_byte_timeout_s=inputs.first_byte_timeout,
+                    stall_timeout_s=inputs.stall_timeout,
+                    grace_s=inputs.grace,
                 ),
                 slo=slo,
                 seed=inputs.seed,

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from inferaudit.cli.app import app, console
-from inferaudit.cli.run import LiveProgress, print_outcomes
+from inferaudit.cli.run import LiveProgress, MaxLagMs, print_outcomes
 
 
 @app.command()
@@ -22,13 +22,7 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option(help="Keys and ledger (INFERAUDIT_HOME)")] = None,
     db: Annotated[str | None, typer.Option(help="Ledger database URL (INFERAUDIT_DB)")] = None,
     workers: Annotated[int, typer.Option(help="Client worker processes (default: CPU cores)")] = 0,
-    max_lag_ms: Annotated[
-        float | None,
-        typer.Option(
-            help="Fixed client lag p99 bound (ms), overriding the error budget "
-            "(default: 2% of TTFT p50, at least 1 ms)"
-        ),
-    ] = None,
+    max_lag_ms: MaxLagMs = None,
 ) -> None:
     """Run a short verification against a simulated H100 serving Llama 3.1 8B, end to end."""
     from inferaudit.audit.demo import ACCELERATOR, MODEL, run_demo

@@ -32,6 +32,15 @@ if TYPE_CHECKING:
     from inferaudit.audit.search import SearchOutcome
     from inferaudit.measure.records import Record
 
+# Shared with `inferaudit demo`.
+MaxLagMs = Annotated[
+    float | None,
+    typer.Option(
+        help="Fixed client lag p99 bound (ms), overriding the error budget (default: the send "
+        "lag may move TTFT p50 and p99 by at most 2% of the figure, at least 1 ms)"
+    ),
+]
+
 
 class LiveProgress:
     """Rich progress: requests done/failed, request and token rates, TTFT p50 so far."""
@@ -225,14 +234,21 @@ def run(
         bool, typer.Option(help="Prompt/response caching is allowed: reported, not a failure")
     ] = False,
     workers: Annotated[int, typer.Option(help="Client worker processes (default: CPU cores)")] = 0,
-    max_lag_ms: Annotated[
-        float | None,
-        typer.Option(
-            help="Fixed client lag p99 bound (ms), overriding the error budget "
-            "(default: 2% of TTFT p50, at least 1 ms)"
-        ),
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds")] = 600.0,
+    max_lag_ms: MaxLagMs = None,
+    timeout: Annotated[
+        float, typer.Option(help="Per request: scheduled send -> last byte, seconds")
+    ] = 600.0,
+    first_byte_timeout: Annotated[
+        float, typer.Option(help="Per request: actual send -> first body byte, seconds")
+    ] = 60.0,
+    stall_timeout: Annotated[
+        float, typer.Option(help="Per request: the longest gap between body bytes, seconds")
+    ] = 30.0,
+    grace: Annotated[
+        float,
+        typer.Option(help="After a --duration window: seconds before in-flight requests are "
+                     "cancelled (recorded as cancelled)"),
+    ] = 30.0,
     checks: Annotated[
         str | None, typer.Option(help="Integrity checks: a,b,c or none (default: all that fit)")
     ] = None,
@@ -285,6 +301,7 @@ def run(
         duration=duration, warmup=warmup, input_tokens=input_tokens, output_tokens=output_tokens,
         dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed or 0,
         workers=workers or (os.cpu_count() or 1), max_lag_ms=max_lag_ms, timeout=timeout,
+        first_byte_timeout=first_byte_timeout, stall_timeout=stall_timeout, grace=grace,
         deployment=deployment, claim=claim, temperature=temperature, top_p=top_p,
         seed_per_request=seed_per_request, allow_prompt_cache=allow_prompt_cache,
         keep_full_text=keep_full_text,

@@ -159,6 +159,23 @@ Pair = tuple[Record, Record]  # (audit request, control)
 Finding = tuple[dict[str, object], str | None, str]
 
 
+def _hastened(r: Record, health: Sequence[ClientWindow]) -> Record:
+    """``r`` as if the client had stamped its first token and end ``2 x`` its span's worst loop
+    delay earlier (no health over the span: as if it took no time at all)."""
+    stall = span_health(health, *record_span(r)).loop_delay_max_ms
+    sent = _sent(r)
+    assert r.first_content_ns is not None and r.done_ns is not None
+    if stall is None:
+        return r.model_copy(update={"first_content_ns": sent, "done_ns": sent})
+    shift = int(2 * stall * 1e6)
+    return r.model_copy(
+        update={
+            "first_content_ns": max(sent, r.first_content_ns - shift),
+            "done_ns": max(sent, r.done_ns - shift),
+        }
+    )
+
+
 def _decide(
     name: str,
     pairs: Sequence[Pair],
@@ -173,7 +190,8 @@ def _decide(
     """The verdict of a timing comparison over ``pairs``, by the client-noise rules (module
     docstring). ``what`` names the audit requests; ``allowed``: the pass line's tail when the
     protocol allows what was found (None: a finding fails)."""
-    judged, busy = list(pairs), []
+    judged: list[Pair] = list(pairs)
+    busy: list[Pair] = []
     if health is not None:
         windows = health
         judged, busy = split_by_health(
@@ -200,6 +218,22 @@ def _decide(
         if lag_problem is not None or (health is not None and not health):
             return busy_verdict(name, line, numbers, lag_problem)
         return Verdict(name, Outcome.failed, line, numbers)
+    if everywhere[1] is not None and allowed is None and lag_problem is None and health:
+        # Client noise only delays what the client stamps: a control's TTFT and end can be late
+        # by at most a stall at its send and one at its read. Charge every control both stalls
+        # (its span's worst loop delay, twice) and no repeat: a finding that survives that is
+        # not the client's doing, healthy windows or not.
+        robust = compare([(r, _hastened(c, health)) for r, c in pairs])
+        if robust[1] is not None:
+            numbers.update(robust[0])
+            numbers["controls_hastened_by_client_stalls"] = True
+            return Verdict(
+                name,
+                Outcome.failed,
+                f"{robust[1]} (holds with every control hastened by twice the client's worst "
+                "stall in its span)",
+                numbers,
+            )
     if everywhere[1] is not None:  # seen only with pairs the client may have distorted
         if allowed is not None:
             return Verdict(name, Outcome.passed, f"{everywhere[1]}: {allowed}", numbers)
