@@ -38,6 +38,7 @@ from pathlib import Path
 
 from inferaudit.audit.run import RunOptions, run_verification
 from inferaudit.judge.verdict import Outcome, format_verdict
+from inferaudit.measure.fingerprint_record import record_fingerprint
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.twin.launch import TwinProcess, start_twin
 from inferaudit.twin.options import TwinOptions
@@ -56,7 +57,12 @@ CHEATS: tuple[tuple[str, str], ...] = (
     ("early-stop", "output-length"),
     ("shed-under-load:threshold=2", "errors"),
     ("response-cache", "caching"),
+    ("cache-under-load:threshold=2", "caching"),
     ("prefix-cache", "prefix-cache"),
+    ("ignore-params", "conformance"),
+    ("model-swap", "identity"),
+    ("replay-detect", "identity"),
+    ("prefill-cut:above=16", "identity"),
 )
 
 
@@ -122,11 +128,17 @@ def spec_for(base_url: str, model: str, args: argparse.Namespace, seed: int) -> 
 
 
 def one_run(
-    spec: RunSpec, out: Path, checks: Sequence[str], tokenizer: Path | None, tally: Tally
+    spec: RunSpec,
+    out: Path,
+    checks: Sequence[str],
+    tokenizer: Path | None,
+    tally: Tally,
+    fingerprint: Path | None = None,
 ) -> dict[str, Outcome]:
-    outcome = run_verification(
-        spec, out, RunOptions(checks=list(checks), sign=False, tokenizer=tokenizer)
+    options = RunOptions(
+        checks=list(checks), sign=False, tokenizer=tokenizer, fingerprint=fingerprint
     )
+    outcome = run_verification(spec, out, options)
     tally.runs += 1
     tally.invalid += not outcome.summary.valid
     got: dict[str, Outcome] = {}
@@ -174,8 +186,19 @@ def honest_llama(args: argparse.Namespace, tmp: Path) -> Tally | str:
     return tally
 
 
+def reference(args: argparse.Namespace, tmp: Path) -> Path:
+    """A fingerprint of the honest twin, recorded with the runs' workload (for identity)."""
+    path = tmp / "twin.fingerprint.json"
+    with twin() as t:
+        workload = spec_for(t.base_url, TWIN_MODEL, args, seed=0).workload
+        endpoint = Endpoint(base_url=t.base_url, model=TWIN_MODEL)
+        record_fingerprint(endpoint, workload=workload, prompts=16, repeats=2).save(path)
+    return path
+
+
 def cheats(args: argparse.Namespace, tmp: Path, tok: Path) -> list[str]:
     lines = []
+    fingerprint = reference(args, tmp)
     for behave, check in CHEATS:
         caught = 0
         seen: Counter[str] = Counter()
@@ -190,7 +213,8 @@ def cheats(args: argparse.Namespace, tmp: Path, tok: Path) -> list[str]:
                             "workload": spec.workload.model_copy(update={"output_tokens": long})
                         }
                     )
-                got = one_run(spec, tmp / f"cheat-{behave}-{i}", [check], tok, tally)
+                fp = fingerprint if check == "identity" else None
+                got = one_run(spec, tmp / f"cheat-{behave}-{i}", [check], tok, tally, fp)
             outcome = got.get(check)
             seen[outcome.value if outcome else "missing"] += 1
             caught += outcome is Outcome.failed

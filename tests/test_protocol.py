@@ -1,5 +1,6 @@
 import hashlib
 
+import orjson
 import pytest
 
 from inferaudit.errors import ConfigError
@@ -72,8 +73,11 @@ def test_canonical_hash_is_jcs_and_stable() -> None:
     a, b = spec(), spec()
     assert canonical_bytes(a) == canonical_bytes(b)
     raw = canonical_bytes(a)
-    assert raw.startswith(b'{"checks":[]')  # RFC 8785: keys sorted, no whitespace
-    assert b" " not in raw.replace(b"inferaudit.runspec/v1", b"")
+    # RFC 8785: keys sorted (at every level), no whitespace
+    assert raw.startswith(b'{"allow_prompt_cache":false,"checks":[]')
+    parsed = orjson.loads(raw)
+    assert list(parsed) == sorted(parsed) and list(parsed["load"]) == sorted(parsed["load"])
+    assert b" " not in raw
     assert spec_digest(a) == hashlib.sha256(raw).hexdigest()
     assert spec_digest(spec(requests=11)) != spec_digest(a)
     assert RunSpec.model_validate_json(raw) == a

@@ -68,8 +68,14 @@ ALL_CHECKS: tuple[str, ...] = (
     "prefix-cache",
     "errors",
 )
-# Checks whose verdict depends on the run's tokenizer file (token counts), when it had one.
-USES_TOKENIZER: tuple[str, ...] = ("conformance", "output-length", "token-accounting")
+# Checks whose verdict depends on the run's tokenizer file (token counts, token boundaries),
+# when it had one.
+USES_TOKENIZER: tuple[str, ...] = (
+    "conformance",
+    "output-length",
+    "token-accounting",
+    "first-token",
+)
 
 
 @dataclass(frozen=True)
