@@ -28,7 +28,11 @@ CASES = [
 def test_behaviour_is_caught(
     tmp_path: Path, behave: tuple[str, ...], checks: list[str], failing: str
 ) -> None:
-    verdicts = run_checks(tmp_path, behave, checks=checks)
+    # The cache tests give the twin a slow first token (400 ms): a cache's 1 ms answer then
+    # stands far beyond any stall a busy test machine puts on the client, which the caching
+    # judge charges to every control before it accuses (see judge/caching.py).
+    slow = failing in ("caching", "prefix-cache")
+    verdicts = run_checks(tmp_path, behave, checks=checks, ttft_ms=400 if slow else 30)
     assert set(verdicts) == set(checks)
     assert_fails(verdicts, failing)
 

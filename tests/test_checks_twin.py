@@ -77,10 +77,12 @@ def assert_fails(verdicts: dict[str, Verdict], name: str) -> Verdict:
 
 
 def test_response_cache_numbers(tmp_path: Path) -> None:
-    v = assert_fails(run_checks(tmp_path, ("response-cache",), checks=["caching"]), "caching")
-    # Replays answer in 1 ms instead of 30 ms (plus client overhead on a busy machine).
+    verdicts = run_checks(tmp_path, ("response-cache",), checks=["caching"], ttft_ms=400)
+    v = assert_fails(verdicts, "caching")
+    # Replays answer in 1 ms instead of 400 ms (plus client overhead on a busy machine): far
+    # beyond the stalls a busy machine charges to the controls.
     assert v.numbers["ttft_improvement"] > 0.8
-    assert v.numbers["unique"]["ttft_p50_ms"] >= 30.0
+    assert v.numbers["unique"]["ttft_p50_ms"] >= 400.0
     assert v.summary.startswith("repeated prompts ")
     assert re.fullmatch(
         r"repeated prompts (\d+% faster than|\d+x as fast as) unique "

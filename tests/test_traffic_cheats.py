@@ -157,6 +157,7 @@ class Window:
     loop_delay_p99_ms: float | None = 1.0
     loop_delay_max_ms: float | None = 2.0
     reason: str | None = None
+    phase: str = "measure"
 
 
 def rec(i: int, sent_ms: float, ttft_ms: float, prompt: str, tag: str | None = None) -> Record:

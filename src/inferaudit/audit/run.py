@@ -245,7 +245,7 @@ def run_verification(
         obs.phase("checks: audit block", len(traffic.after))
         send_phase(spec, traffic.after, api_key=options.api_key,
                    concurrency=traffic.concurrency, records_path=records_path,
-                   on_record=obs.record)  # fmt: skip
+                   on_record=obs.record, health_path=run_dir / HEALTH_FILE)  # fmt: skip
     write_seed(run_dir, secret)  # after the last request (contract C5)
     if not result.interrupted:
         verdicts = suite.judge(

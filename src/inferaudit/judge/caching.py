@@ -43,6 +43,7 @@ from inferaudit.judge.noise import (
     ClientWindow,
     busy_numbers,
     busy_verdict,
+    of_load,
     record_span,
     span_health,
     split_by_health,
@@ -192,6 +193,8 @@ def _decide(
     protocol allows what was found (None: a finding fails)."""
     judged: list[Pair] = list(pairs)
     busy: list[Pair] = []
+    if health is not None and pairs:  # the pairs of one phase: its own load's windows
+        health = of_load(health, pairs[0][0].phase)
     if health is not None:
         windows = health
         judged, busy = split_by_health(

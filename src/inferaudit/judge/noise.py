@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from inferaudit.judge.verdict import Outcome, Verdict
+from inferaudit.measure.health import epoch_phase
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
@@ -64,6 +65,16 @@ class ClientWindow(Protocol):
 
     @property
     def reason(self) -> str | None: ...
+
+    @property
+    def phase(self) -> str: ...
+
+
+def of_load(health: Sequence[ClientWindow], phase: str) -> list[ClientWindow]:
+    """The windows that timed the load ``phase``'s records were sent by (each load has its own
+    clock origin: records are judged only against their own load's windows)."""
+    own = epoch_phase(phase)
+    return [w for w in health if w.phase == own]
 
 
 @dataclass(frozen=True)

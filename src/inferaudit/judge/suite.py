@@ -37,7 +37,7 @@ from inferaudit.judge import caching, conformance, identity, traffic_v1
 from inferaudit.judge.first_token import check_first_token
 from inferaudit.judge.fluidity import check_fluidity
 from inferaudit.judge.legacy import check_first_token_v1, check_fluidity_v1
-from inferaudit.judge.noise import ClientWindow, run_lag_problem
+from inferaudit.judge.noise import ClientWindow, of_load, run_lag_problem
 from inferaudit.judge.output_length import check_output_length
 from inferaudit.judge.shedding import check_errors
 from inferaudit.judge.token_accounting import check_token_accounting
@@ -142,14 +142,15 @@ def recheck(
     (``judge.legacy``), which is how a v1 run (no ``verdicts.json``) must be re-verified.
     """
     legacy = health is None
-    windows: Sequence[ClientWindow] = () if health is None else health
+    # first-token and fluidity judge measured requests: the measured load's own windows
+    windows: Sequence[ClientWindow] = () if health is None else of_load(health, "measure")
     # Traffic checks: a spec without a seed commitment is a v1 run (separate phases after the
     # load), judged by the frozen v1 rules (``judge.traffic_v1``).
     v1 = spec.seed_commitment is None
     timing = {"first-token", "fluidity"} | (set() if v1 else {"caching", "prefix-cache"})
     lag = None if legacy or not timing & set(names) else run_lag_problem(records, spec)
     # caching's timing comparison follows the client-noise rules where the run has health data
-    noise = None if legacy else windows
+    noise = None if legacy else health
     out: list[Verdict] = []
     for name in (n for n in ALL_CHECKS if n in names):
         if name == "conformance":

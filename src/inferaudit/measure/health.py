@@ -86,6 +86,16 @@ class HealthWindow(BaseModel):
     allowed_lag_ms: float  # the bound both lags were held to
     healthy: bool
     reason: str | None  # why not healthy, with the numbers
+    # The phase whose load these windows timed: each run of the load runner (the measured load,
+    # an audit block after it) has its own clock origin, and its records are judged only
+    # against its own windows (``epoch_phase``).
+    phase: str = "measure"
+
+
+def epoch_phase(phase: str) -> str:
+    """The phase whose health windows (and clock origin) a record of ``phase`` shares: warm-up
+    and measured requests are one load; any other phase was sent by a load of its own."""
+    return "measure" if phase in ("measure", "warmup") else phase
 
 
 def read_health(path: Path) -> list[HealthWindow]:
@@ -280,8 +290,10 @@ class HealthRecorder:
         epoch_ns: int,
         workers: Iterable[int],
         window_ns: int = int(HEALTH_WINDOW_S * _NS),
+        phase: str = "measure",
     ) -> None:
         self.path = path
+        self.phase = phase
         self.spec = spec
         self.epoch = epoch_ns
         self.window_ns = window_ns
@@ -380,6 +392,7 @@ class HealthRecorder:
                 coalesced_share=coalesced / chunks if chunks else None,
                 allowed_lag_ms=0.0,  # set by _judge
                 healthy=False,
+                phase=self.phase,
                 reason=(
                     f"worker {min(missing)} sent no health sample (blocked or gone)"
                     if missing

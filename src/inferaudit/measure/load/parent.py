@@ -104,6 +104,7 @@ class Parent:
         should_stop: Callable[[], bool] | None,
         health_path: Path | None,
         health_ns: int,
+        health_phase: str = "measure",
     ) -> None:
         self.ctx = ctx
         self.args = args
@@ -114,6 +115,7 @@ class Parent:
         self.should_stop = should_stop
         self.health_path = health_path
         self.health_ns = health_ns
+        self.health_phase = health_phase
         self.interrupted = False
         self.stop_sent = False
         self.stats: dict[int, WorkerStats] = {}
@@ -169,7 +171,8 @@ class Parent:
             epoch = perf_counter_ns() + EPOCH_LEAD_NS
             epoch_wall = time.time_ns() + (epoch - perf_counter_ns())
             recorder = HealthRecorder(
-                self.health_path, self.spec, epoch, range(len(procs)), self.health_ns
+                self.health_path, self.spec, epoch, range(len(procs)), self.health_ns,
+                self.health_phase,
             )
             with RecordWriter(self.records_path) as writer:
                 if not self.stop_sent:

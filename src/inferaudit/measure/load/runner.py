@@ -111,6 +111,7 @@ def run_load(
     should_stop: Callable[[], bool] | None = None,
     health_path: Path | None = None,
     health_window_s: float = HEALTH_WINDOW_S,
+    health_phase: str = "measure",
 ) -> LoadResult:
     """Run ``spec``'s load, appending one record per request it sent to ``records_path``.
 
@@ -170,7 +171,8 @@ def run_load(
                 )
             )  # fmt: skip
     parent = Parent(
-        ctx, args, shared, records_path, spec, on_record, should_stop, health_path, health_ns
+        ctx, args, shared, records_path, spec, on_record, should_stop, health_path, health_ns,
+        health_phase,
     )
     out = parent.run()
     return LoadResult(

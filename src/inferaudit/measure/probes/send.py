@@ -39,9 +39,12 @@ def send_phase(
     concurrency: int,
     records_path: Path,
     on_record: OnRecord | None = None,
+    health_path: Path | None = None,
 ) -> int:
     """Send ``plans`` in order, closed loop at ``concurrency``, through the load runner (one
-    worker); their records are appended to ``records_path``. Returns the records written."""
+    worker); their records are appended to ``records_path``, and with ``health_path`` the
+    client's health windows, tagged with the plans' phase (this load's own clock origin).
+    Returns the records written."""
     if not plans:
         return 0
     load = Load(concurrency=max(1, concurrency), requests=len(plans), timeout_s=spec.load.timeout_s)
@@ -54,5 +57,13 @@ def send_phase(
         if on_record is not None:
             on_record(row)
 
-    run_load(phase_spec, records_path, api_key=api_key, plans=plans, on_record=collect)
+    run_load(
+        phase_spec,
+        records_path,
+        api_key=api_key,
+        plans=plans,
+        on_record=collect,
+        health_path=health_path,
+        health_phase=plans[0].phase,
+    )
     return count
