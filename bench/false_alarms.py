@@ -60,7 +60,7 @@ CHEATS: tuple[tuple[str, str], ...] = (
     ("cache-under-load:threshold=2", "caching"),
     ("prefix-cache", "prefix-cache"),
     ("ignore-params", "conformance"),
-    ("model-swap", "identity"),
+    ("model-swap:after=0", "identity"),
     ("replay-detect", "identity"),
     ("prefill-cut:above=16", "identity"),
 )
