@@ -15,7 +15,6 @@ user-fixed seed.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from inferaudit.measure.records import Record, read_records
 from inferaudit.measure.workload import fixed_seed, seed_commitment
 from inferaudit.twin.launch import start_twin
 from inferaudit.twin.options import TwinOptions
+from test_audit_traffic import rec
 
 MODEL = "twin-m"
 WORKLOAD = Workload(input_tokens=Length.parse("56-72"), output_tokens=Length(lo=16, hi=16))
@@ -158,18 +158,6 @@ class Window:
     loop_delay_max_ms: float | None = 2.0
     reason: str | None = None
     phase: str = "measure"
-
-
-def rec(i: int, sent_ms: float, ttft_ms: float, prompt: str, tag: str | None = None) -> Record:
-    sent = int(sent_ms * 1e6)
-    first = sent + int(ttft_ms * 1e6)
-    return Record(
-        id=i, tag=tag, scheduled_ns=sent, sent_ns=sent, first_chunk_ns=first,
-        first_content_ns=first, chunk_ns=[first], chunk_chars=[3], done_ns=first + 1_000_000,
-        status=200, finish_reason="length", content_chunks=1, usage_completion_tokens=1,
-        output_chars=3, prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
-        input_tokens=32, max_tokens=1,
-    )  # fmt: skip
 
 
 def cached_run(cache_from: int = 0) -> list[Record]:
