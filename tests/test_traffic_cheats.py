@@ -158,6 +158,7 @@ class Window:
     loop_delay_max_ms: float | None = 2.0
     reason: str | None = None
     phase: str = "measure"
+    stalls: tuple[tuple[int, int, int], ...] | None = None
 
 
 def cached_run(cache_from: int = 0) -> list[Record]:

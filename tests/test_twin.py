@@ -628,3 +628,26 @@ def test_client_disconnect_and_port_in_use(tmp_path: Path) -> None:
     asyncio.run(main())
     (line,) = read_truth(truth)
     assert line["true_finish"] == "client-closed" and 0 < line["tokens_generated"] < 2000
+
+
+def test_fixed_engine_does_not_catch_up_in_a_burst_after_a_stall() -> None:
+    # The twin's process stalls 30 ms (a blocking sleep in its loop) after its 3rd token, at a
+    # 2 ms TPOT: a real engine that was not scheduled goes on from then, one token a step; it
+    # never writes the tokens it "owed" at once. Each token follows the one before it by at
+    # least half a TPOT, however late the host is.
+    engine = FixedEngine(ttft_ms=1, tpot_ms=2)
+
+    async def produce() -> list[int]:
+        out = []
+        job = Job(prompt_tokens=4, output_tokens=12, arrival_ns=time.perf_counter_ns())
+        async for t in engine.generate(job):
+            out.append(t)
+            if len(out) == 3:
+                time.sleep(0.03)
+        return out
+
+    times = asyncio.run(produce())
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) == 12
+    assert min(gaps) >= 1_000_000, gaps  # half a 2 ms TPOT
+    assert gaps[2] >= 30_000_000  # the stall itself shows as one long gap

@@ -44,6 +44,7 @@ from inferaudit.measure.health import read_health
 from inferaudit.measure.load.client import check_endpoint
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
+from inferaudit.measure.probes.plan import top_up
 from inferaudit.measure.probes.send import model_listed, send_phase
 from inferaudit.measure.protocol import RunSpec, Sampling, canonical_bytes
 from inferaudit.measure.records import Record, read_records
@@ -231,6 +232,7 @@ def run_verification(
         records_path,
         api_key=options.api_key,
         injected=traffic.injected,
+        audit=traffic.stream,
         on_record=obs.record,
         should_stop=should_stop,
         health_path=run_dir / HEALTH_FILE,
@@ -239,11 +241,20 @@ def run_verification(
     write_json(run_dir / META_FILE, meta)
 
     # (5): the supplementary audit block (a short run's repeats, shared-prefix prompts and
-    # replays, interleaved with fresh prompts); then the seed is revealed; then every verdict.
+    # replays, interleaved with fresh prompts; for a closed loop run for a duration, only what
+    # its load fell short of); then the seed is revealed; then every verdict.
     verdicts: list[Verdict] = []
-    if not result.interrupted and traffic.after:
-        obs.phase("checks: audit block", len(traffic.after))
-        send_phase(spec, traffic.after, api_key=options.api_key,
+    after, label = traffic.after, "checks: audit block"
+    if not result.interrupted and traffic.stream is not None:
+        extra = top_up(spec, traffic, read_records(records_path))
+        meta["audit_top_up"] = extra.to_json()
+        write_json(run_dir / META_FILE, meta)
+        after = extra.plans
+        if after:
+            label = f"checks: audit block (the load fell short: {extra.line()})"
+    if not result.interrupted and after:
+        obs.phase(label, len(after))
+        send_phase(spec, after, api_key=options.api_key,
                    concurrency=traffic.concurrency, records_path=records_path,
                    on_record=obs.record, health_path=run_dir / HEALTH_FILE)  # fmt: skip
     write_seed(run_dir, secret)  # after the last request (contract C5)

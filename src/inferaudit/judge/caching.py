@@ -23,7 +23,10 @@ the first send to the last byte of the two lies in healthy windows. Too few judg
 finding only in the pairs left out, or a run invalid for client lag make the verdict
 *inconclusive — the client was busy*, with the numbers, never FAIL; a run that recorded no
 health data never FAILs either. ``health=None`` (a caller without health data to give, e.g.
-crafted records) judges every pair as it is.
+crafted records) judges every pair as it is. Where the windows record the client's loop stalls,
+every pair they cover is judged, its control charged what its own worker's stalls since its send
+can delay its send and its read (``_hastened_by``): a finding that survives that is not the
+client's doing.
 
 ``prefix-cache`` (after Gu et al. 2025, "Auditing Prompt Caching in Language Model APIs"): a
 *hit* is a prompt of its own length made of an earlier (*prime*) prompt's first words and a tail
@@ -41,8 +44,10 @@ from scipy import stats
 
 from inferaudit.judge.noise import (
     ClientWindow,
+    Stalls,
     busy_numbers,
     busy_verdict,
+    covered,
     of_load,
     record_span,
     span_health,
@@ -177,6 +182,81 @@ def _hastened(r: Record, health: Sequence[ClientWindow]) -> Record:
     )
 
 
+def _hastened_by(r: Record, stalls: Stalls) -> Record:
+    """``r`` as if the client had stamped its first token and its end earlier by all that its
+    worker's stalls since the send can delay two stamps (the send and the read;
+    ``Stalls.charge_ns``): a stall only delays what the client stamps."""
+    sent = _sent(r)
+    assert r.first_content_ns is not None and r.done_ns is not None
+    first = stalls.charge_ns(r.worker, sent, r.first_content_ns, 2)
+    end = stalls.charge_ns(r.worker, sent, r.done_ns, 2)
+    return r.model_copy(
+        update={
+            "first_content_ns": max(sent, r.first_content_ns - first),
+            "done_ns": max(sent, r.done_ns - end),
+        }
+    )
+
+
+def _decide_by_stalls(
+    name: str,
+    pairs: Sequence[Pair],
+    numbers: dict[str, object],
+    compare: Callable[[Sequence[Pair]], Finding],
+    *,
+    what: str,
+    allowed: str | None,
+    health: Sequence[ClientWindow],
+    stalls: Stalls,
+    lag_problem: str | None,
+) -> Verdict:
+    """``_decide`` with the client's recorded stalls: every covered pair is judged, its control
+    charged its own worker's stalls (``_hastened_by``); a finding must survive that."""
+    judged = [
+        (r, _hastened_by(c, stalls))
+        for r, c in pairs
+        if covered(health, *record_span(r)) and covered(health, *record_span(c))
+    ]
+    charged = sum(1 for _, c in pairs if stalls.stalled_ns(c.worker, _sent(c), c.done_ns or 0))
+    numbers.update(
+        busy_numbers(health, len(judged), len(pairs) - len(judged), lag_problem, charged)
+    )
+    numbers["controls_hastened_by_client_stalls"] = True
+    if len(pairs) < MIN_PAIRS:
+        return Verdict(
+            name,
+            Outcome.inconclusive,
+            f"{len(pairs)} {what} could be paired with a control (need {MIN_PAIRS})",
+            numbers,
+        )
+    enough = len(judged) >= MIN_PAIRS
+    seen, line, clean = compare(judged if enough else pairs)
+    numbers.update(seen)
+    if enough and line is not None:
+        if allowed is not None:
+            return Verdict(name, Outcome.passed, f"{line}: {allowed}", numbers)
+        if lag_problem is not None:
+            return busy_verdict(name, line, numbers, lag_problem)
+        return Verdict(
+            name,
+            Outcome.failed,
+            f"{line} (with every control hastened by all that the client's stalls in its "
+            "span can delay it)",
+            numbers,
+        )
+    raw = compare(pairs)[1]
+    if raw is not None:
+        if allowed is not None:
+            return Verdict(name, Outcome.passed, f"{raw}: {allowed}", numbers)
+        why = "" if enough else f" ({len(judged)} pairs covered by health windows)"
+        return busy_verdict(
+            name, f"{raw}, but not beyond the client's own stalls{why}", numbers, lag_problem
+        )
+    return Verdict(
+        name, Outcome.passed, f"{clean}; {len(judged)} of {len(pairs)} pairs judged", numbers
+    )
+
+
 def _decide(
     name: str,
     pairs: Sequence[Pair],
@@ -195,6 +275,12 @@ def _decide(
     busy: list[Pair] = []
     if health is not None and pairs:  # the pairs of one phase: its own load's windows
         health = of_load(health, pairs[0][0].phase)
+    stalls = Stalls.of(health) if health else None
+    if health and stalls is not None:
+        return _decide_by_stalls(
+            name, pairs, numbers, compare, what=what, allowed=allowed, health=health,
+            stalls=stalls, lag_problem=lag_problem,
+        )  # fmt: skip
     if health is not None:
         windows = health
         judged, busy = split_by_health(
@@ -383,9 +469,13 @@ def check_prefix_cache(
 
     def compare(judged: Sequence[Pair]) -> Finding:
         seen, line, clean = _compare_hits(judged)
-        return seen, None if line is None else f"{line}" + (
-            "" if allowed else ": the server caches prompt prefixes"
-        ), clean
+        return (
+            seen,
+            None
+            if line is None
+            else f"{line}" + ("" if allowed else ": the server caches prompt prefixes"),
+            clean,
+        )
 
     return _decide(
         PREFIX,

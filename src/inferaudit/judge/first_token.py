@@ -25,6 +25,12 @@ health data and a run valid for client lag, see ``judge.noise``):
    most (``FLAG_SHARE``, half) of the requests is flagged *inconclusive*, with TTFT to the
    second event beside TTFT to the first.
 
+With the client's recorded loop stalls (``judge.noise.Stalls``) a request is judged unless a
+stall of its worker could have made its first event look early (``stall_made``: what the stalls
+inside the lead of an empty event, or inside the gap after the first content event beyond the
+stream's later gaps, can delay one stamp covers it); more excused requests than judged ones:
+inconclusive.
+
 Numbers always report TTFT to the first and to the second event (and, with a tokenizer, to the
 first event that ends on a token boundary: the TTFT of the first whole token).
 """
@@ -39,8 +45,10 @@ from inferaudit.judge.counting import completed
 from inferaudit.judge.noise import (
     MIN_JUDGED,
     ClientWindow,
+    Stalls,
     busy_numbers,
     busy_verdict,
+    covered,
     split_by_health,
 )
 from inferaudit.judge.verdict import Outcome, Verdict, pct
@@ -85,6 +93,32 @@ def early_first_event(r: Record, min_lead_ms: float = MIN_LEAD_MS) -> bool:
     ttft1 = (r.chunk_ns[0] - _sent(r)) / MS
     gap = (r.chunk_ns[1] - r.chunk_ns[0]) / MS
     return gap >= min_lead_ms and gap >= ttft1
+
+
+def _later_gap_ns(r: Record) -> float:
+    """The stream's mean gap after its second event (0 below three events)."""
+    k = len(r.chunk_ns)
+    return (r.chunk_ns[-1] - r.chunk_ns[1]) / (k - 2) if k > 2 else 0.0
+
+
+def stall_made(r: Record, stalls: Stalls) -> bool:
+    """Could a stall of the record's worker have made its first event look early? A stall only
+    delays reads: it lengthens the lead of an empty event, or the gap after the first content
+    event, by at most what the stalls inside it can delay one stamp (``Stalls.charge_ns``).
+    Excused when that covers the lead (or the gap beyond the stream's later gaps)."""
+    if (
+        r.first_chunk_ns is not None
+        and r.first_content_ns is not None
+        and r.empty_chunks_before_content > 0
+    ):
+        lead = r.first_content_ns - r.first_chunk_ns
+        if lead > 0 and stalls.charge_ns(r.worker, r.first_chunk_ns, r.first_content_ns, 1) >= lead:
+            return True
+    if len(r.chunk_ns) >= 2:
+        gap = r.chunk_ns[1] - r.chunk_ns[0] - _later_gap_ns(r)
+        if gap > 0 and stalls.charge_ns(r.worker, r.chunk_ns[0], r.chunk_ns[1], 1) >= gap:
+            return True
+    return False
 
 
 def on_boundary(tokenizer: Tokenizer, text: str, cut: int) -> bool:
@@ -136,7 +170,16 @@ def check_first_token(
         if sum(r.chunk_chars) != r.output_chars
         or (r.output_text is not None and len(r.output_text) > r.output_chars)
     ]
-    judged, busy = split_by_health(done, health, _span)
+    stalls = Stalls.of(health)
+    excused = 0
+    if stalls is None:
+        judged, busy = split_by_health(done, health, _span)
+    else:
+        seen = [r for r in done if covered(health, *_span(r))]
+        judged = [r for r in seen if not stall_made(r, stalls)]
+        excused = len(seen) - len(judged)
+        kept = {r.id for r in judged}
+        busy = [r for r in done if r.id not in kept]
     # (2) early empty/role-only events
     leads = {r.id: e for r in done if (e := early_empty(r, min_lead_ms)) is not None}
 
@@ -182,7 +225,9 @@ def check_first_token(
             "flag_share": FLAG_SHARE,
             "min_judged": MIN_JUDGED,
         },
-        **busy_numbers(health, len(judged), len(busy), lag_problem),
+        **busy_numbers(
+            health, len(judged), len(busy), lag_problem, excused if stalls is not None else None
+        ),
     }
     if broken:
         return Verdict(
@@ -192,7 +237,7 @@ def check_first_token(
             numbers,
         )
     h = len(judged)
-    can_fail = lag_problem is None and h >= MIN_JUDGED and bool(health)
+    can_fail = lag_problem is None and h >= MIN_JUDGED and bool(health) and excused <= h
     t1, t2 = numbers["ttft_first_event_ms_p50"], numbers["ttft_second_event_ms_p50"]
     if early_empty_judged and early_empty_judged >= min_share * h and can_fail:
         return Verdict(

@@ -19,6 +19,13 @@ once. Only requests in healthy client windows whose loop delay p99 is below the 
 cannot merge events a TPOT apart, except on the rare stalls that its p99 already bounds. When
 grouping shows only where the client could have caused it, the verdict is *inconclusive — the
 client was busy* (``judge.noise``).
+
+With the client's recorded loop stalls (``HealthWindow.stalls``) the judge no longer needs quiet
+windows: every request the windows cover is judged, and a group is *excused* when a stall of the
+request's own worker overlaps the stretch in which its events could have been held by the
+client (from ``k`` TPOTs before its first read to 1 ms after its last). The share is taken over
+the tokens not excused; when more than half of the tokens are excused, nothing can be said
+(inconclusive).
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from inferaudit.judge.noise import (
     MIN_JUDGED,
     ClientWindow,
     SpanHealth,
+    Stalls,
     busy_numbers,
     busy_verdict,
+    covered,
     record_span,
     split_by_health,
 )
@@ -67,25 +76,41 @@ def tick_ms(r: Record, tick: float = TICK_MS) -> float:
     return tick if tpot is None else min(tick, TPOT_SHARE * tpot)
 
 
-def groups(r: Record, *, tick: float = TICK_MS) -> list[int]:
-    """Token counts of each group (>= 2 consecutive events within the tick) in one record."""
+def group_spans(r: Record, *, tick: float = TICK_MS) -> list[tuple[int, int, int]]:
+    """(first event, last event, tokens) of each group (>= 2 consecutive events within the
+    tick) in one record."""
     if len(r.chunk_ns) < 2:
         return []
     limit_ns = tick_ms(r, tick) * 1e6
     tokens = tokens_per_event(r)
-    out: list[int] = []
-    size, toks = 1, tokens[0]
-    for i in range(1, len(r.chunk_ns)):
-        if r.chunk_ns[i] - r.chunk_ns[i - 1] <= limit_ns:
-            size += 1
+    out: list[tuple[int, int, int]] = []
+    first, toks = 0, tokens[0]
+    for i in range(1, len(r.chunk_ns) + 1):
+        if i < len(r.chunk_ns) and r.chunk_ns[i] - r.chunk_ns[i - 1] <= limit_ns:
             toks += tokens[i]
             continue
-        if size >= 2:
-            out.append(toks)
-        size, toks = 1, tokens[i]
-    if size >= 2:
-        out.append(toks)
+        if i - 1 > first:
+            out.append((first, i - 1, toks))
+        if i < len(r.chunk_ns):
+            first, toks = i, tokens[i]
     return out
+
+
+def groups(r: Record, *, tick: float = TICK_MS) -> list[int]:
+    """Token counts of each group in one record."""
+    return [toks for _, _, toks in group_spans(r, tick=tick)]
+
+
+def _stall_made(r: Record, group: tuple[int, int, int], stalls: Stalls) -> bool:
+    """Could a stall of the record's worker have merged this group? Its ``k`` events were read
+    together; sent a TPOT apart they would have been readable ``(k - 1)`` TPOTs before the first
+    was: a stall overlapping that stretch (from ``k`` TPOTs before the group's first read to 1 ms
+    after its last) excuses the group."""
+    first, last, _ = group
+    tpot = tpot_ms(r) or 0.0
+    k = last - first + 1
+    start = r.chunk_ns[first] - round(k * tpot * 1e6)
+    return stalls.touches(r.worker, start, r.chunk_ns[last] + 1_000_000)
 
 
 def _client_could_group(r: Record, h: SpanHealth) -> bool:
@@ -118,6 +143,9 @@ def check_fluidity(
     done = [r for r in completed(records) if len(r.chunk_ns) >= 2]
     if not done:
         return Verdict(NAME, Outcome.inconclusive, "no stream with two or more tokens", {})
+    stalls = Stalls.of(health)
+    if stalls is not None:
+        return _by_stalls(done, health, stalls, lag_problem, limit)
     judged, busy = split_by_health(
         done, health, record_span, lambda r, h: not _client_could_group(r, h)
     )
@@ -161,5 +189,67 @@ def check_fluidity(
         Outcome.passed,
         f"tokens streamed steadily ({pct(share)} grouped, limit {pct(limit)}; "
         f"{len(judged)} of {len(done)} requests judged)",
+        numbers,
+    )
+
+
+def _by_stalls(
+    done: Sequence[Record],
+    health: Sequence[ClientWindow],
+    stalls: Stalls,
+    lag_problem: str | None,
+    limit: float,
+) -> Verdict:
+    """The verdict with the client's recorded stalls: each group is judged unless a stall of its
+    worker could have made it (``_stall_made``); the share is over the tokens not excused."""
+    judged = [r for r in done if covered(health, *record_span(r))]
+    total = grouped = excused = count = largest = 0
+    for r in judged:
+        total += sum(tokens_per_event(r))
+        for g in group_spans(r):
+            if _stall_made(r, g, stalls):
+                excused += g[2]
+                continue
+            grouped += g[2]
+            count += 1
+            largest = max(largest, g[2])
+    kept = total - excused
+    share = grouped / kept if kept else 0.0
+    tpots = sorted(t for r in done if (t := tpot_ms(r)) is not None)
+    numbers: dict[str, object] = {
+        "requests": len(done),
+        "tokens": total,
+        "grouped_tokens": grouped,
+        "grouped_share": round_sig(share),
+        "groups": count,
+        "largest_group_tokens": largest,
+        "grouped_tokens_excused_by_stalls": excused,
+        "tpot_ms_p50": round_sig(tpots[len(tpots) // 2]) if tpots else None,
+        "limits": {"tick_ms": TICK_MS, "tpot_share": TPOT_SHARE, "share": limit},
+        **busy_numbers(health, len(judged), len(done) - len(judged), lag_problem, excused),
+    }
+    seen = f"{pct(share)} of tokens arrived grouped (up to {largest} at once)"
+    if share >= limit:
+        if lag_problem is None and len(judged) >= MIN_JUDGED and 2 * excused <= total:
+            return Verdict(
+                NAME,
+                Outcome.failed,
+                f"{pct(share)} of tokens arrived grouped (up to {largest} at once within "
+                f"{TICK_MS:g} ms at a TPOT of {numbers['tpot_ms_p50']} ms; limit {pct(limit)}; "
+                f"{excused} grouped tokens overlapping a client stall not counted): tokens are "
+                "held and flushed, inter-token latency is not what it seems",
+                numbers,
+            )
+        return busy_verdict(NAME, seen, numbers, lag_problem)
+    if 2 * excused > total:
+        return busy_verdict(
+            NAME, f"{excused} of {total} tokens arrived grouped during client stalls", numbers,
+            lag_problem,
+        )  # fmt: skip
+    return Verdict(
+        NAME,
+        Outcome.passed,
+        f"tokens streamed steadily ({pct(share)} grouped, limit {pct(limit)}; {excused} grouped "
+        f"tokens during client stalls not counted; {len(judged)} of {len(done)} requests judged)",
         numbers,
     )

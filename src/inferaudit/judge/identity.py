@@ -1,7 +1,14 @@
 """Model identity: replayed fingerprint prompts, mixed into the measured load (or, for a run
 too short or of unknown length, into the supplementary ``audit`` block), against the reference
 outputs of the claimed model (see :mod:`inferaudit.measure.fingerprint` for the agreement rate
-and how its threshold is calibrated). Fails below the fingerprint's threshold."""
+and how its threshold is calibrated). Fails below the fingerprint's threshold.
+
+Where the fingerprint holds a likelihood calibration (a v3 file from a reference that gave
+logprobs), replays are also scored by the reference's log-likelihood of the served tokens
+(:mod:`inferaudit.measure.likelihood`): the check also fails when their summed deficit exceeds
+what the same model may show over the tokens scored. Either rule failing fails the check; both
+numbers are in the verdict. Without a calibration (v1/v2 files) the verdict is exactly the
+agreement rule's."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from collections.abc import Sequence
 
 from inferaudit.judge.verdict import Outcome, Verdict, pct
 from inferaudit.measure.fingerprint import TAG, Fingerprint, agreement, token_ends
+from inferaudit.measure.likelihood import NOTHING, Scored, allowed_deficit, score
 from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
 
@@ -30,6 +38,7 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
         return Verdict(NAME, Outcome.inconclusive, "no fingerprint prompt completed", numbers)
     got = room = exact = ties = 0
     per: list[float] = []
+    lk: Scored = NOTHING
     for r in done:
         e = fp.entry(r.tag[len(TAG) :]) if r.tag else None
         if e is None:
@@ -44,6 +53,10 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
         )
         got += m
         room += n
+        top = e.top_logprobs
+        if fp.likelihood is not None and top is not None and len(top) == len(e.token_ends):
+            served = token_ends(r.chunk_chars)
+            lk += score(e.text, e.token_ends, top, r.output_text or "", served, r.max_tokens)
         exact += int(m == n and not tie)
         ties += int(tie)
         per.append(m / n if n else 1.0)
@@ -62,20 +75,39 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
             "per_prompt_min": round_sig(min(per)),
         }
     )
-    if rate < fp.threshold:
-        return Verdict(
-            NAME,
-            Outcome.failed,
-            f"greedy outputs agree with the {fp.model} reference on {pct(rate)} of tokens "
-            f"(threshold {pct(fp.threshold)}): not the claimed model",
-            numbers,
+    likely = None  # the likelihood rule's line, when the fingerprint has its calibration
+    unlikely = False
+    if fp.likelihood is not None and lk.tokens:
+        allowed = allowed_deficit(fp.likelihood, lk.tokens)
+        unlikely = lk.deficit > allowed
+        numbers.update(
+            {
+                "likelihood_gap_nats_per_token": round_sig(lk.gap),
+                "likelihood_deficit_nats": round_sig(lk.deficit),
+                "likelihood_allowed_nats": round_sig(allowed),
+                "likelihood_tokens_scored": lk.tokens,
+                "likelihood_partings": lk.partings,
+                "likelihood_bounded_partings": lk.bounded,
+                "reference_parting_rate_bound": fp.likelihood.rate,
+            }
         )
+        likely = (
+            f"the served tokens cost the reference {lk.deficit:.3g} nats of log-likelihood "
+            f"over {lk.tokens} scored tokens ({lk.partings} parted; at most {allowed:.3g} "
+            "for the same model)"
+        )
+    agreeing = f"greedy outputs agree with the {fp.model} reference on {pct(rate)} of tokens"
+    if rate < fp.threshold or unlikely:
+        why = [f"{agreeing} (threshold {pct(fp.threshold)})"] if rate < fp.threshold else []
+        if unlikely and likely is not None:
+            why.append(likely)
+        return Verdict(NAME, Outcome.failed, "; ".join(why) + ": not the claimed model", numbers)
     return Verdict(
         NAME,
         Outcome.passed,
-        f"greedy outputs agree with the {fp.model} reference on {pct(rate)} of tokens "
-        f"({exact} of {len(per)} prompts exactly"
+        f"{agreeing} ({exact} of {len(per)} prompts exactly"
         + (f", {ties} parted on a near-tie" if ties else "")
-        + f"; threshold {pct(fp.threshold)})",
+        + f"; threshold {pct(fp.threshold)})"
+        + (f"; {likely}" if likely is not None else ""),
         numbers,
     )

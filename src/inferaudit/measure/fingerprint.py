@@ -36,13 +36,20 @@ That token counts as reproduced and the rest of that answer is not compared. A d
 rarely diverges on the reference's near-ties: it picks tokens the reference ranked far lower.
 Replays never ask for logprobs, so they still look like any other request.
 
-File format (JSON): ``inferaudit.fingerprint/v2``: model, api, seed (null: none sent), created,
+Likelihood: where the reference gave logprobs, replays are also scored by the reference's
+log-likelihood of the served tokens (:mod:`inferaudit.measure.likelihood`), against a bound
+calibrated from the reference's own repeats (``likelihood``: :class:`LikelihoodCalibration`).
+
+File format (JSON): ``inferaudit.fingerprint/v3``: model, api, seed (null: none sent), created,
 self_agreement, threshold, calibration (text), ``workload`` (the input/output length flags, the
 dataset digest and whether lengths were enforced: what a run must match, :func:`check_fits`),
-and ``entries`` (id, prompt, max_tokens, text, token_ends, output_sha256, top_logprobs: per
+``likelihood`` (null: no logprobs; else tokens, partings, deficit, max_deficit, rate, nats) and
+``entries`` (id, prompt, max_tokens, text, token_ends, output_sha256, top_logprobs: per
 token ``{text: logprob}`` or null, input_tokens: words of a synthetic prompt or null).
-``inferaudit.fingerprint/v1`` files (64-word prompts, ``temperature 0`` and a fixed seed) still
-load: their workload is read as fixed-length prompts of their entries' word count.
+``inferaudit.fingerprint/v2`` files (no ``likelihood``) still load and are judged by agreement
+alone, exactly as before. ``inferaudit.fingerprint/v1`` files (64-word prompts, ``temperature 0``
+and a fixed seed) still load: their workload is read as fixed-length prompts of their entries'
+word count.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ from inferaudit.errors import ConfigError
 from inferaudit.measure.protocol import Length, RunSpec, Workload
 from inferaudit.measure.records import Record
 
-VERSION = "inferaudit.fingerprint/v2"
+VERSION = "inferaudit.fingerprint/v3"
+VERSION_V2 = "inferaudit.fingerprint/v2"
 VERSION_V1 = "inferaudit.fingerprint/v1"
 CALIBRATION_FACTOR = 0.9
 TOP_LOGPROBS = 5  # alternatives per token asked of the reference (OpenAI's limit for completions)
@@ -100,6 +108,19 @@ class RecordedWorkload:
 
 
 @dataclass(frozen=True)
+class LikelihoodCalibration:
+    """The reference's own variation in the likelihood statistic, from its repeat rounds scored
+    against the stored round (see :mod:`inferaudit.measure.likelihood`)."""
+
+    tokens: int  # reference tokens scored over the repeats (common prefixes and partings)
+    partings: int  # repeats that parted from the stored path within the tokens asked for
+    deficit: float  # their summed deficit (nats)
+    max_deficit: float  # the largest single one (nats)
+    rate: float  # 95% upper bound of the reference's partings per scored token
+    nats: float  # the most one same-model parting may cost: max(NEAR_TIE_NATS, max_deficit)
+
+
+@dataclass(frozen=True)
 class Fingerprint:
     model: str
     api: str
@@ -111,10 +132,14 @@ class Fingerprint:
     entries: tuple[Entry, ...]
     workload: RecordedWorkload | None = None  # None: a v1 file (see :meth:`recorded_workload`)
     version: str = VERSION
+    # None: a v1/v2 file, or a reference without logprobs (agreement alone is judged)
+    likelihood: LikelihoodCalibration | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["entries"] = [asdict(e) for e in self.entries]
+        if self.version != VERSION:  # an older file saved again keeps its own keys
+            data.pop("likelihood")
         return data
 
     def recorded_workload(self) -> RecordedWorkload:
@@ -133,14 +158,14 @@ class Fingerprint:
         return next((e for e in self.entries if e.id == ident), None)
 
 
-
 def load_fingerprint(path: Path) -> Fingerprint:
     try:
         data = orjson.loads(path.read_bytes())
         version = data.get("version")
-        if version not in (VERSION, VERSION_V1):
-            raise ConfigError(f"--fingerprint {path}: not an {VERSION} (or v1) file")
-        wl = data.get("workload") if version == VERSION else None
+        if version not in (VERSION, VERSION_V2, VERSION_V1):
+            raise ConfigError(f"--fingerprint {path}: not an {VERSION} (or v2, v1) file")
+        wl = data.get("workload") if version != VERSION_V1 else None
+        lk = data["likelihood"] if version == VERSION else None
         entries = tuple(
             Entry(
                 id=str(e["id"]),
@@ -172,6 +197,16 @@ def load_fingerprint(path: Path) -> Fingerprint:
                 enforce_output_length=bool(wl["enforce_output_length"]),
             ),
             version=str(version),
+            likelihood=None
+            if lk is None
+            else LikelihoodCalibration(
+                tokens=int(lk["tokens"]),
+                partings=int(lk["partings"]),
+                deficit=float(lk["deficit"]),
+                max_deficit=float(lk["max_deficit"]),
+                rate=float(lk["rate"]),
+                nats=float(lk["nats"]),
+            ),
         )
     except FileNotFoundError:
         raise ConfigError(f"--fingerprint {path}: no such file") from None

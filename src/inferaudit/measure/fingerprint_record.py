@@ -32,6 +32,7 @@ from inferaudit.measure.fingerprint import (
     aligned_top,
     token_ends,
 )
+from inferaudit.measure.likelihood import calibrate, score
 from inferaudit.measure.load.client import check_endpoint, send_plans
 from inferaudit.measure.probes.interrupts import cut_by_arrivals
 from inferaudit.measure.protocol import Api, Endpoint, Load, RunSpec, Sampling, Workload
@@ -132,6 +133,20 @@ def record_fingerprint(
             room += n
     self_agreement = got / room if room else 0.0
     threshold = round(CALIBRATION_FACTOR * self_agreement, 6)
+    likelihood = None
+    if all(t is not None for t in tops):
+        likelihood = calibrate(
+            score(
+                a.output_text or "",
+                token_ends(a.chunk_chars),
+                top,
+                b.output_text or "",
+                token_ends(b.chunk_chars),
+            )
+            for again in rounds[1:]
+            for a, top, b in zip(ref, tops, again, strict=True)
+            if top is not None
+        )
     entries = tuple(
         Entry(
             id=str(k),
@@ -161,7 +176,15 @@ def record_fingerprint(
                 if all(t is not None for t in tops)
                 else "no usable logprobs from the reference: every divergence counts"
             )
+            + (
+                ""
+                if likelihood is None
+                else f"; likelihood: {likelihood.partings} partings over {likelihood.tokens} "
+                f"scored tokens of the repeats (deficit {likelihood.deficit:g} nats), rate bound "
+                f"{likelihood.rate:g}/token, {likelihood.nats:g} nats per parting"
+            )
         ),
         entries=entries,
         workload=RecordedWorkload.of(workload),
+        likelihood=likelihood,
     )

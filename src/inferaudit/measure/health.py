@@ -4,12 +4,20 @@ The load client is part of the measurement (DESIGN §10). While the load runs, e
 samples per window (default 1 s, aligned to the run's epoch; ``start_ns``/``end_ns`` are on the
 records' clock):
 
-  loop delay    a timer every ``LOOP_TICK_S`` (10 ms) notes how late it woke. Each lateness is
+  loop delay    a timer every ``LOOP_TICK_S`` (2 ms) notes how late it woke. Each lateness is
                 weighted by the time it lasted, so ``loop_delay_p99_ms`` is "the event loop was
                 late by more than this for 1% of the window's time": a 300 ms stall in a 1 s
                 window gives ~300 ms, however few timer wake-ups it let through. A stall
                 counts, whole, in every window it touches (its late reads land in one of
                 them). ``loop_delay_max_ms`` is the longest lateness.
+  stalls        every wake-up late by ``STALL_MS`` (1 ms) or more, as the stretch from the
+                wake-up before it to this one, ``(worker, start_ns, end_ns)`` on the records'
+                clock, in the window where it ended: while a stretch lasted, the loop may not have
+                read a byte. A loop blocked for longer than ``LOOP_TICK_S + STALL_MS`` always
+                leaves one. A worker whose sample is missing from a window (blocked or gone) is
+                taken as stalled over the whole window. Judges charge a timing signal to the
+                stalls of its own worker (``judge.noise.Stalls``); windows written before stalls
+                were recorded have ``stalls = None`` and are judged by ``healthy`` alone.
   send lag      actual send - scheduled send of the requests sent in the window (p99, nearest
                 rank; None when none was sent).
   CPU           ``time.process_time()`` of each worker and of the parent.
@@ -63,7 +71,8 @@ __all__ = [
 ]
 
 HEALTH_WINDOW_S = 1.0
-LOOP_TICK_S = 0.01
+LOOP_TICK_S = 0.002
+STALL_MS = 1.0
 MISSING_AFTER_WINDOWS = 3  # a worker silent this many windows past one: that window is judged
 _NS = 1_000_000_000
 _MS = 1_000_000
@@ -90,6 +99,8 @@ class HealthWindow(BaseModel):
     # an audit block after it) has its own clock origin, and its records are judged only
     # against its own windows (``epoch_phase``).
     phase: str = "measure"
+    # (worker, start_ns, end_ns) of each loop stall that ended in the window; None: not recorded
+    stalls: tuple[tuple[int, int, int], ...] | None = None
 
 
 def epoch_phase(phase: str) -> str:
@@ -136,12 +147,14 @@ class HealthSample:
     cpu_s: float
     chunks: int
     coalesced: int
+    stalls: tuple[tuple[int, int], ...] = ()  # (start, end) ns from the epoch: STALL_MS or later
 
 
 @dataclass(slots=True)
 class _Acc:
     delays: list[tuple[float, float]] = field(default_factory=list)
     lags: list[int] = field(default_factory=list)
+    stalls: list[tuple[int, int]] = field(default_factory=list)
 
 
 class HealthSampler:
@@ -203,6 +216,8 @@ class HealthSampler:
         for k in range(self._window(start), self._window(now) + 1):
             self._acc(k).delays.append((late_ms, weight_ms))
         current = self._window(now)
+        if late_ms >= STALL_MS:
+            self._acc(current).stalls.append((start - self.epoch, now - self.epoch))
         if current > self.k:
             self.flush(upto=current)
 
@@ -219,6 +234,7 @@ class HealthSampler:
                     worker=self.worker,
                     window=k,
                     loop_delays_ms=tuple(acc.delays),
+                    stalls=tuple(acc.stalls),
                     lag_p99_ms=_p99([x / _MS for x in acc.lags]),
                     cpu_s=cpu - self.cpu0 if first else 0.0,  # CPU is read once per flush
                     chunks=meter.chunks - self.chunks0 if first else 0,
@@ -376,6 +392,10 @@ class HealthRecorder:
         worst = [max((d for d, _ in s.loop_delays_ms), default=0.0) for s in got.values()]
         lags = [s.lag_p99_ms for s in got.values() if s.lag_p99_ms is not None]
         chunks = sum(s.chunks for s in got.values())
+        stalls = sorted(
+            [(w, a, b) for w, s in got.items() for a, b in s.stalls]
+            + [(w, start - self.epoch, end - self.epoch) for w in missing]
+        )
         coalesced = sum(s.coalesced for s in got.values())
         wall_s = max(end - start, 1) / _NS
         cpu = host.cpu_s + sum(s.cpu_s for s in got.values())
@@ -393,6 +413,7 @@ class HealthRecorder:
                 allowed_lag_ms=0.0,  # set by _judge
                 healthy=False,
                 phase=self.phase,
+                stalls=tuple(stalls),
                 reason=(
                     f"worker {min(missing)} sent no health sample (blocked or gone)"
                     if missing

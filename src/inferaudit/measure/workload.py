@@ -35,8 +35,9 @@ Sampling (``spec.sampling``; None in a v1 spec: no keys): every plan's ``extra_b
 probes alike (:func:`sampling_body`).
 
 Callers may inject their own plans at given ids (``injected``: fingerprint replays and cache
-repeats mixed into the load, sent exactly like the others) or run an explicit list of plans
-through the runner.
+repeats mixed into the load, sent exactly like the others; or ``audit``, a lookup that computes
+them on demand for a run of unknown length) or run an explicit list of plans through the
+runner.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -59,6 +60,7 @@ __all__ = [
     "SALT_WORDS",
     "SEED_FILE",
     "VOCAB",
+    "AuditLookup",
     "DatasetRow",
     "Planner",
     "RequestPlan",
@@ -292,12 +294,21 @@ def _dataset_row(path: Path, number: int, line: bytes) -> DatasetRow:
     return DatasetRow(prompt, out)
 
 
+class AuditLookup(Protocol):
+    """Audit plans computed on demand, one id at a time (a run whose length is not known in
+    advance): ``at(i, planner)`` is the plan sent at id ``i`` instead of the workload's, or None.
+    It may only use ``planner.generated`` (never ``plan``), and must be picklable."""
+
+    def at(self, i: int, planner: Planner) -> RequestPlan | None: ...
+
+
 class Planner:
     """``plan(i)``: the request with id ``i`` of a run, the same every time for the same seed.
 
     Ids ``0 .. warmup-1`` are phase ``"warmup"``, later ids ``"measure"``. ``injected`` plans
-    replace the generated ones at their ids (their own ``phase``/``tag`` are kept). Planners are
-    picklable: the runner builds one in the parent (reading any dataset once) and ships it.
+    replace the generated ones at their ids (their own ``phase``/``tag`` are kept), then
+    ``audit`` (an :class:`AuditLookup`) may replace any other. Planners are picklable: the runner
+    builds one in the parent (reading any dataset once) and ships it.
     """
 
     def __init__(
@@ -306,11 +317,13 @@ class Planner:
         *,
         injected: Mapping[int, RequestPlan] | None = None,
         dataset: Sequence[DatasetRow] | None = None,
+        audit: AuditLookup | None = None,
     ) -> None:
         self.workload = spec.workload
         self.sampling = spec.sampling
         self.warmup = spec.load.warmup
         self.injected = dict(injected or {})
+        self.audit = audit
         for i, p in self.injected.items():
             if p.id != i:
                 raise ConfigError(f"injected plan at id {i} carries id {p.id}")
@@ -327,13 +340,17 @@ class Planner:
 
     @classmethod
     def from_spec(
-        cls, spec: RunSpec, *, injected: Mapping[int, RequestPlan] | None = None
+        cls,
+        spec: RunSpec,
+        *,
+        injected: Mapping[int, RequestPlan] | None = None,
+        audit: AuditLookup | None = None,
     ) -> Planner:
         """A planner for ``spec``, reading its dataset (if any) now."""
         rows = None
         if spec.workload.dataset is not None:
             rows = load_dataset(Path(spec.workload.dataset), spec.workload.dataset_sha256)
-        return cls(spec, injected=injected, dataset=rows)
+        return cls(spec, injected=injected, dataset=rows, audit=audit)
 
     @property
     def dataset_rows(self) -> int | None:
@@ -344,6 +361,8 @@ class Planner:
         injected = self.injected.get(i)
         if injected is not None:
             return injected
+        if self.audit is not None and (audited := self.audit.at(i, self)) is not None:
+            return audited
         return self.generated(i)
 
     def generated(self, i: int, phase: str | None = None) -> RequestPlan:

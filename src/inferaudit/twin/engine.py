@@ -4,7 +4,8 @@ Both engines answer one question for the server: for this job, at which instants
 ``time.perf_counter_ns()``) does each of its tokens come out? ``generate(job)`` is an async
 iterator of those instants; the server writes each token when it comes out. Emission is always
 scheduled at absolute deadlines (sleep until a deadline, never a chain of relative sleeps), so
-timing does not drift with the length of a stream.
+timing does not drift with the length of a stream; when the host falls behind, the deadlines
+move with it (a real engine that was not scheduled does not then decode in a burst).
 
 ``FixedEngine``: first token ``ttft`` after arrival, then one every ``tpot``, whatever the load.
 
@@ -98,8 +99,15 @@ class FixedEngine:
         first = job.arrival_ns + self.ttft_ns(job)
         tpot = self.tpot_ms * 1e6
         for i in range(job.output_tokens):
-            await sleep_until(first + round(i * tpot))
-            yield time.perf_counter_ns()
+            due = first + round(i * tpot)
+            await sleep_until(due)
+            now = time.perf_counter_ns()
+            if now - due > tpot / 2:
+                # The host fell behind (the twin's process was not scheduled): like a real
+                # engine, go on decoding from now rather than catching up in a burst (a token
+                # never follows the one before it by less than half a TPOT).
+                first += now - due
+            yield now
 
     def describe(self) -> dict[str, object]:
         return {"mode": "fixed", "ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms}

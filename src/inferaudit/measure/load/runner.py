@@ -2,7 +2,7 @@
 
     1. The parent (this module) builds the request plans' source (reading any dataset once),
        the target and, for open loop, the full arrival schedule
-       (``schedule.arrival_offsets_ns``).
+       (``schedule.arrival_offsets_ns``, drawn from the run's secret seed where it has one).
     2. It spawns ``spec.workers`` processes (:mod:`~.worker`; fewer when there is less work
        than workers). Each runs its own event loop (uvloop where installed) and one aiohttp
        session, opens its keep-alive connections (closed loop: one per slot; open loop: up to
@@ -54,10 +54,14 @@ from inferaudit.measure.health import HEALTH_WINDOW_S, HealthWindow
 from inferaudit.measure.load.client import Target, api_key_for, timeouts_of
 from inferaudit.measure.load.messages import WorkerArgs
 from inferaudit.measure.load.parent import Parent, WorkerInfo
-from inferaudit.measure.load.schedule import arrival_offsets_ns, split_concurrency
+from inferaudit.measure.load.schedule import (
+    arrival_offsets_ns,
+    arrival_seed,
+    split_concurrency,
+)
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
-from inferaudit.measure.workload import Planner, RequestPlan
+from inferaudit.measure.workload import AuditLookup, Planner, RequestPlan
 
 __all__ = ["LoadResult", "WorkerInfo", "run_load"]
 
@@ -107,6 +111,7 @@ def run_load(
     api_key: str | None = None,
     plans: Sequence[RequestPlan] | None = None,
     injected: Mapping[int, RequestPlan] | None = None,
+    audit: AuditLookup | None = None,
     on_record: Callable[[Record], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     health_path: Path | None = None,
@@ -119,14 +124,19 @@ def run_load(
     ``spec.endpoint.api_key_env`` (if any). It travels to the workers in memory only.
     ``plans``: send exactly these (in order, under ``spec.load``'s pattern) instead of the
     workload; ``requests``/``duration_s`` are then ignored. ``injected``: plans that replace the
-    workload's at their ids. ``on_record`` is called in this process with each record as it
+    workload's at their ids; ``audit``: a lookup computing such plans on demand (in the workers).
+    ``on_record`` is called in this process with each record as it
     is written; ``should_stop`` is polled every 50 ms. ``health_path``: where the client health
     windows are appended (None: sampled, returned in the result, not written). Returns when
     every worker has ended; raises ``WorkerError`` / ``StorageError`` as the module says.
     """
     load = spec.load
     plan_list = tuple(plans) if plans is not None else None
-    planner = None if plan_list is not None else Planner.from_spec(spec, injected=injected)
+    planner = (
+        None
+        if plan_list is not None
+        else Planner.from_spec(spec, injected=injected, audit=audit)
+    )
     if api_key is None:
         api_key = api_key_for(spec.endpoint)
     target = Target.of(spec.endpoint, api_key, spec.workload, timeouts_of(load))
@@ -158,7 +168,7 @@ def run_load(
     else:
         mode = "open"
         count = len(plan_list) if plan_list is not None else None
-        offsets = arrival_offsets_ns(load, spec.seed, count)
+        offsets = arrival_offsets_ns(load, arrival_seed(spec), count)
         planned = len(offsets)
         n_workers = max(1, min(spec.workers, planned))
         start = int(offsets[load.warmup]) if duration_ns and planned > load.warmup else None

@@ -14,11 +14,29 @@ Inside the load (the measured positions ``warmup .. warmup + n - 1``, ``n`` know
   ``TAIL`` words of their own (tag ``prefix:hit:<prime id>:<shared words>``).
 
 ``R = H = clamp(n // 16, 8, 64)``; they go inside the load when ``n >= IN_LOAD_MIN`` (128).
-Otherwise (a short run, or a closed loop run for a duration, whose length is not known) they go,
-with the replays, in a supplementary block of ``AUDIT_BLOCK`` (64) + K requests (12 repeats, 12
-shared-prefix prompts) sent after the
-load at its concurrency (phase ``audit``): fresh plans with the audit plans at seeded random
-positions among them, so that host drift hits both arms (never unique-then-repeat).
+Otherwise (a short run) they go, with the replays, in a supplementary block of ``AUDIT_BLOCK``
+(64) + K requests (12 repeats, 12 shared-prefix prompts) sent after the load at its concurrency
+(phase ``audit``): fresh plans with the audit plans at seeded random positions among them, so
+that host drift hits both arms (never unique-then-repeat).
+
+A closed loop run for a duration (``n`` unknown) carries them inside its load too
+(:class:`AuditStream`): each measured position ``i`` draws its role from the 64-bit number
+``prf(key, "role", i)`` (``key = prf(secret seed, "audit-stream", 0)``): a repeat with
+probability 1/16 (``PAIR_EVERY``; from the ``2c``-th measured position on), a shared-prefix
+prompt with 1/16 (from the ``c + 1``-th), a replay with 1/10 (``REPLAY_EVERY``), else ordinary
+(the bands of checks that are off are ordinary). A repeat resends the plan of an ordinary
+position ``2c .. 4c`` before it, a shared-prefix prompt takes its prime among the ordinary
+positions ``c + 1 .. 2c + 1`` before it, each chosen by ``prf(key, "source"/"prime", i)``
+(none there: the position keeps its own plan). The ``t``-th replay position of the run replays
+entry ``perm_u[t mod E]``, ``u = t div E``, ``perm_u`` a permutation of the ``E`` entries drawn
+from ``prf(key, "replay-order", u)``: every entry once before any twice. So every position's
+plan is a function of its id (and the seed) alone, whatever the run's length; a run of about
+``16 * MIN_PAIRS + 2c`` measured positions carries the ``MIN_PAIRS`` (8) pairs a judge needs.
+When the load has ended (:func:`top_up`), only what it fell short of is sent after it in an
+``audit`` block: ``ceil((MIN_PAIRS - got) * BLOCK_PAIRS / MIN_PAIRS)`` repeats (likewise
+shared-prefix prompts) when fewer than ``MIN_PAIRS`` measured repeats completed, and
+``min(E, AUDIT_BLOCK // 10)`` replays when no measured replay completed; the numbers go into
+the run's ``meta.json`` (``audit_top_up``) and the observer's phase line.
 
 Conformance probes (phase ``probe``, before the load): ``LENGTH_PROBES`` fresh plans of the
 workload's own lengths; with ``temperature > 0`` and ``seed_per_request``, three more of one
@@ -32,24 +50,32 @@ to the server.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
 from inferaudit.measure.fingerprint import TAG, Entry
 from inferaudit.measure.protocol import Load, RunSpec
-from inferaudit.measure.workload import Planner, RequestPlan, planning_seed, prf_rng
+from inferaudit.measure.records import Record
+from inferaudit.measure.workload import Planner, RequestPlan, planning_seed, prf, prf_rng
 
 __all__ = [
     "AUDIT",
     "CACHE_REPEAT",
     "LENGTH_TAG",
+    "MIN_PAIRS",
     "PREFIX_HIT",
     "PROBE",
+    "AuditCounts",
+    "AuditStream",
     "AuditTraffic",
+    "TopUp",
     "measured_count",
     "plan_traffic",
+    "top_up",
 ]
 
 PROBE, AUDIT = "probe", "audit"
@@ -64,6 +90,112 @@ BLOCK_PAIRS = 12  # repeats and shared-prefix prompts in the block (a judge need
 LENGTH_PROBES = 6
 PROBE_ID_BASE = 1 << 52
 AUDIT_ID_BASE = PROBE_ID_BASE + (1 << 32)
+MIN_PAIRS = 8  # = judge.caching.MIN_PAIRS (measure may not import judge; a test keeps them equal)
+PAIR_EVERY = 16  # a stream's repeats and shared-prefix prompts: 1 measured position in 16 each
+REPLAY_EVERY = 10  # a stream's replays: 1 in 10
+_SPAN = 1 << 64
+
+
+class Role(Enum):
+    """What a measured position of an :class:`AuditStream` carries."""
+
+    ordinary = "ordinary"
+    repeat = "repeat"
+    hit = "hit"
+    replay = "replay"
+
+
+class AuditStream:
+    """The audit plans of a closed loop run for a duration, on demand (module docstring): an
+    ``AuditLookup`` for the run's ``Planner``. Picklable (it travels to the load workers); it
+    holds a key derived from the secret seed, never the seed. Its caches only speed up lookups
+    in increasing id order: any id's plan is the same whatever was looked up before."""
+
+    def __init__(
+        self,
+        key: bytes,
+        start: int,
+        conc: int,
+        *,
+        caching: bool,
+        prefix: bool,
+        replays: Sequence[Entry] = (),
+    ) -> None:
+        self.key = key
+        self.start = start  # the first measured position (load.warmup)
+        self.conc = conc
+        self.caching = caching
+        self.prefix = prefix
+        self.replays = tuple(replays)
+        repeat = _SPAN // PAIR_EVERY if caching else 0
+        hit = _SPAN // PAIR_EVERY if prefix else 0
+        replay = _SPAN // REPLAY_EVERY if self.replays else 0
+        self._cuts = (repeat, repeat + hit, repeat + hit + replay)
+        self._scanned = start  # replay ordinals are known for the ids below this one
+        self._replays_before = 0  # replay positions below ``_scanned``
+        self._ordinals: dict[int, int] = {}  # replay position -> its ordinal in the run
+        self._orders: dict[int, list[int]] = {}  # cycle -> permutation of the entries
+
+    def role(self, i: int) -> Role:
+        """What measured position ``i`` carries (its id alone decides)."""
+        m = i - self.start
+        if m < 0:
+            return Role.ordinary
+        u = int.from_bytes(prf(self.key, b"role", i)[:8], "big")
+        repeat, hit, replay = self._cuts
+        if u < repeat:
+            return Role.repeat if m >= 2 * self.conc else Role.ordinary
+        if u < hit:
+            return Role.hit if m >= self.conc + 1 else Role.ordinary
+        return Role.replay if u < replay else Role.ordinary
+
+    def at(self, i: int, planner: Planner) -> RequestPlan | None:
+        """The audit plan sent at measured position ``i`` (None: its own plan)."""
+        role = self.role(i)
+        c = self.conc
+        if role is Role.ordinary:
+            return None
+        own = planner.generated(i)
+        if role is Role.repeat:
+            q = self._earlier(i, 2 * c, 4 * c, b"source")
+            if q is None:
+                return None
+            first = planner.generated(q)
+            return dataclasses.replace(first, id=i, phase=own.phase, tag=CACHE_REPEAT)
+        if role is Role.hit:
+            q = self._earlier(i, c + 1, 2 * c + 1, b"prime")
+            if q is None or own.input_tokens is None:
+                return None
+            return _shared_prefix(own, planner.generated(q), planner)
+        return _replay(own, self._entry(self._ordinal(i)))
+
+    def _earlier(self, i: int, lo: int, hi: int, label: bytes) -> int | None:
+        """An ordinary measured position ``lo .. hi`` before ``i``, drawn by ``prf(key, label,
+        i)`` (None when there is none)."""
+        cands = [
+            q for q in range(max(self.start, i - hi), i - lo + 1) if self.role(q) is Role.ordinary
+        ]
+        if not cands:
+            return None
+        return cands[int.from_bytes(prf(self.key, label, i)[:8], "big") % len(cands)]
+
+    def _ordinal(self, i: int) -> int:
+        """How many replay positions precede replay position ``i`` (scanned once, in order)."""
+        if i >= self._scanned:
+            for q in range(self._scanned, i + 1):
+                if self.role(q) is Role.replay:
+                    self._ordinals[q] = self._replays_before
+                    self._replays_before += 1
+            self._scanned = i + 1
+        return self._ordinals[i]
+
+    def _entry(self, t: int) -> Entry:
+        cycle, k = divmod(t, len(self.replays))
+        order = self._orders.get(cycle)
+        if order is None:
+            rng = prf_rng(self.key, b"replay-order", cycle)
+            order = self._orders[cycle] = rng.permutation(len(self.replays)).tolist()
+        return self.replays[order[k]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +204,65 @@ class AuditTraffic:
     before: tuple[RequestPlan, ...]  # phase "probe", before the load
     after: tuple[RequestPlan, ...]  # phase "audit", after the load (may be empty)
     concurrency: int  # of the separate phases: the run's (closed loop) or 4
+    # a closed loop run for a duration: its in-load audit plans, on demand (``run_load(audit=)``);
+    # what it falls short of goes after the load (``top_up``)
+    stream: AuditStream | None = None
+
+
+@dataclass(frozen=True)
+class AuditCounts:
+    """Audit requests of each kind (repeats, shared-prefix prompts, replays)."""
+
+    repeats: int
+    hits: int
+    replays: int
+
+    @classmethod
+    def completed(cls, records: Iterable[Record]) -> AuditCounts:
+        """The measured (phase ``measure``) audit requests that completed without error."""
+        repeats = hits = replays = 0
+        for r in records:
+            if r.phase != "measure" or not r.ok or r.tag is None:
+                continue
+            repeats += r.tag == CACHE_REPEAT
+            hits += r.tag.startswith(PREFIX_HIT)
+            replays += r.tag.startswith(TAG)
+        return cls(repeats, hits, replays)
+
+    def to_json(self) -> dict[str, int]:
+        return {"repeats": self.repeats, "prefix_hits": self.hits, "replays": self.replays}
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """What a closed loop run for a duration carried inside its load against what its judges
+    need, and the ``audit`` block that makes up the difference (empty when nothing is short)."""
+
+    in_load: AuditCounts  # completed measured audit requests
+    needed: AuditCounts  # what the judges need of them (0 for a check that is off)
+    added: AuditCounts  # sent after the load
+    plans: tuple[RequestPlan, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "in_load_completed": self.in_load.to_json(),
+            "needed": self.needed.to_json(),
+            "after_load": self.added.to_json(),
+            "after_load_requests": len(self.plans),
+        }
+
+    def line(self) -> str:
+        """One line for the observer: what was short, and what the block adds."""
+        parts = [
+            f"{got} of {need} {what} in the load, {add} more after it"
+            for got, need, add, what in (
+                (self.in_load.repeats, self.needed.repeats, self.added.repeats, "repeats"),
+                (self.in_load.hits, self.needed.hits, self.added.hits, "shared-prefix prompts"),
+                (self.in_load.replays, self.needed.replays, self.added.replays, "replays"),
+            )
+            if add
+        ]
+        return "; ".join(parts)
 
 
 def measured_count(load: Load) -> int | None:
@@ -97,36 +288,92 @@ def plan_traffic(
     seed = planning_seed(spec)
     conc = spec.load.concurrency or 4
     n = measured_count(spec.load)
-    k = min(len(replays), max(1, (n or AUDIT_BLOCK) // 10)) if replays else 0
-    pairs = int(np.clip((n or 0) // 16, 8, 64))
-    in_load = n is not None and n >= IN_LOAD_MIN
     before = _probes(spec, planner) if conformance else ()
+    if n is None:  # a closed loop for a duration: inside the load, on demand
+        stream = None
+        if caching or prefix or replays:
+            key = prf(seed, b"audit-stream", 0)
+            stream = AuditStream(key, spec.load.warmup, conc, caching=caching, prefix=prefix,
+                                 replays=replays)  # fmt: skip
+        return AuditTraffic({}, before, (), conc, stream)
+    k = min(len(replays), max(1, n // 10)) if replays else 0
+    pairs = int(np.clip(n // 16, 8, 64))
     injected: dict[int, RequestPlan] = {}
     after: tuple[RequestPlan, ...] = ()
     rng = prf_rng(seed, b"audit-positions", 0)
     picks = _pick_entries(rng, replays, k)
-    if in_load:
-        assert n is not None
+    if n >= IN_LOAD_MIN:
         positions = list(range(spec.load.warmup, spec.load.warmup + n))
         plans = [planner.generated(i) for i in positions]
         chosen = _place(rng, plans, planner, picks, pairs if caching else 0, pairs if prefix else 0,
                         conc)  # fmt: skip
         injected = {p.id: p for p in chosen}
     else:
-        if n is not None and picks:
+        if picks:
             ids = rng.choice(n, size=len(picks), replace=False) + spec.load.warmup
             for i, e in zip(sorted(int(x) for x in ids), picks, strict=True):
                 injected[i] = _replay(planner.generated(i), e)
-            picks = []
-        if caching or prefix or picks:
-            size = AUDIT_BLOCK + len(picks)
-            plans = [planner.generated(AUDIT_ID_BASE + j, phase=AUDIT) for j in range(size)]
-            chosen = _place(rng, plans, planner, picks, BLOCK_PAIRS if caching else 0,
-                            BLOCK_PAIRS if prefix else 0,
-                            conc)  # fmt: skip
-            by_id = {p.id: p for p in chosen}
-            after = tuple(by_id.get(p.id, p) for p in plans)
+        if caching or prefix:
+            after = _block(rng, planner, (), BLOCK_PAIRS if caching else 0,
+                           BLOCK_PAIRS if prefix else 0, conc)  # fmt: skip
     return AuditTraffic(injected, before, after, conc)
+
+
+def top_up(
+    spec: RunSpec,
+    traffic: AuditTraffic,
+    records: Iterable[Record],
+    *,
+    planner: Planner | None = None,
+) -> TopUp:
+    """After a closed loop run for a duration (``traffic.stream``): what its load fell short of,
+    as an ``audit`` block to send after it (see the module docstring). ``records``: the run's
+    records so far (only completed measured audit requests count)."""
+    stream = traffic.stream
+    assert stream is not None, "top_up is for a run whose audit traffic is a stream"
+    got = AuditCounts.completed(records)
+    needed = AuditCounts(
+        MIN_PAIRS if stream.caching else 0,
+        MIN_PAIRS if stream.prefix else 0,
+        1 if stream.replays else 0,
+    )
+
+    def short(have: int, need: int) -> int:
+        return 0 if have >= need else math.ceil((need - have) * BLOCK_PAIRS / MIN_PAIRS)
+
+    repeats, hits = short(got.repeats, needed.repeats), short(got.hits, needed.hits)
+    k = 0
+    if got.replays < needed.replays:
+        k = min(len(stream.replays), max(1, AUDIT_BLOCK // 10))
+    plans: tuple[RequestPlan, ...] = ()
+    if repeats or hits or k:
+        planner = planner or Planner.from_spec(spec)
+        rng = prf_rng(planning_seed(spec), b"audit-top-up", 0)
+        picks = _pick_entries(rng, stream.replays, k)
+        plans = _block(rng, planner, picks, repeats, hits, traffic.concurrency)
+    added = AuditCounts(
+        sum(p.tag == CACHE_REPEAT for p in plans),
+        sum(bool(p.tag and p.tag.startswith(PREFIX_HIT)) for p in plans),
+        sum(bool(p.tag and p.tag.startswith(TAG)) for p in plans),
+    )
+    return TopUp(got, needed, added, plans)
+
+
+def _block(
+    rng: np.random.Generator,
+    planner: Planner,
+    picks: Sequence[Entry],
+    repeats: int,
+    hits: int,
+    conc: int,
+) -> tuple[RequestPlan, ...]:
+    """The supplementary ``audit`` block: ``AUDIT_BLOCK`` + replays fresh plans, the audit
+    plans at seeded positions among them."""
+    size = AUDIT_BLOCK + len(picks)
+    plans = [planner.generated(AUDIT_ID_BASE + j, phase=AUDIT) for j in range(size)]
+    chosen = _place(rng, plans, planner, picks, repeats, hits, conc)
+    by_id = {p.id: p for p in chosen}
+    return tuple(by_id.get(p.id, p) for p in plans)
 
 
 def _pick_entries(rng: np.random.Generator, entries: Sequence[Entry], k: int) -> list[Entry]:
