@@ -20,6 +20,7 @@ processes, by pid) on every exit path. Run by hand, not a test:
     .venv/bin/python bench/false_alarms.py                     # the full benchmark
     .venv/bin/python bench/false_alarms.py --twin-runs 3 --llama-runs 1 --requests 12
     .venv/bin/python bench/false_alarms.py --burners 0         # the same on an idle machine
+    .venv/bin/python bench/false_alarms.py --twin-runs 5 --llama-runs 5 --checks all  # 5 seeds
 
 Figures depend on what else the machine runs; quote them with the load average it printed.
 """
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferaudit.audit.run import RunOptions, run_verification
+from inferaudit.judge.suite import ALL_CHECKS
 from inferaudit.judge.verdict import Outcome, format_verdict
 from inferaudit.measure.fingerprint_record import record_fingerprint
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
@@ -158,12 +160,29 @@ def twin(behave: Sequence[str] = ()) -> TwinProcess:
     return start_twin(TwinOptions(ttft_ms=20, tpot_ms=2, model=TWIN_MODEL, behave=tuple(behave)))
 
 
+def own_fingerprint(
+    args: argparse.Namespace, base_url: str, model: str, path: Path, spec: RunSpec
+) -> Path | None:
+    """With ``identity`` among the checks: a fingerprint of the honest target itself, recorded
+    with the runs' workload (an honest server must agree with its own reference)."""
+    if "identity" not in args.checks:
+        return None
+    endpoint = Endpoint(base_url=base_url, model=model)
+    fp = record_fingerprint(endpoint, workload=spec.workload, prompts=args.fingerprint_prompts)
+    fp.save(path)
+    return path
+
+
 def honest_twin(args: argparse.Namespace, tmp: Path, tok: Path) -> Tally:
     tally = Tally()
     with twin() as t:
+        fp = own_fingerprint(
+            args, t.base_url, TWIN_MODEL, tmp / "twin-own.json",
+            spec_for(t.base_url, TWIN_MODEL, args, seed=0),
+        )  # fmt: skip
         for i in range(args.twin_runs):
             spec = spec_for(t.base_url, TWIN_MODEL, args, seed=1000 + i)
-            one_run(spec, tmp / f"twin-{i}", args.checks, tok, tally)
+            one_run(spec, tmp / f"twin-{i}", args.checks, tok, tally, fp)
     return tally
 
 
@@ -179,12 +198,14 @@ def honest_llama(args: argparse.Namespace, tmp: Path) -> Tally | str:
     model = assemble_model(tmp)
     tally = Tally()
     with llama_server(model, tmp / "llama-server.log") as srv:
+        base = spec_for(srv.base_url, srv.model, args, seed=0)
+        fp = own_fingerprint(args, srv.base_url, srv.model, tmp / "llama-own.json", base)
         for i in range(args.llama_runs):
             spec = spec_for(srv.base_url, srv.model, args, seed=2000 + i)
             spec = spec.model_copy(
                 update={"load": Load(concurrency=1, requests=args.llama_requests)}
             )
-            one_run(spec, tmp / f"llama-{i}", args.checks, model, tally)
+            one_run(spec, tmp / f"llama-{i}", args.checks, model, tally, fp)
     return tally
 
 
@@ -246,7 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--output-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--burners", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--checks", type=lambda s: tuple(s.split(",")), default=DEFAULT_CHECKS)
+    ap.add_argument(
+        "--checks",
+        type=lambda s: ALL_CHECKS if s == "all" else tuple(s.split(",")),
+        default=DEFAULT_CHECKS,
+        help="comma-separated, or 'all' (identity against a fingerprint of the target itself)",
+    )
+    ap.add_argument("--fingerprint-prompts", type=int, default=8)
     ap.add_argument("--no-cheats", action="store_true")
     args = ap.parse_args(argv)
     started = time.monotonic()

@@ -30,8 +30,8 @@ from inferaudit.measure.probes.plan import (
     AuditTraffic,
     Role,
     plan_traffic,
-    top_up,
 )
+from inferaudit.measure.probes.top_up import top_up
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record, read_records
 from inferaudit.measure.workload import Planner, RequestPlan, commit_seed, fixed_seed

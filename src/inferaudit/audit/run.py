@@ -44,8 +44,8 @@ from inferaudit.measure.health import read_health
 from inferaudit.measure.load.client import check_endpoint
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
-from inferaudit.measure.probes.plan import top_up
 from inferaudit.measure.probes.send import model_listed, send_phase
+from inferaudit.measure.probes.top_up import top_up
 from inferaudit.measure.protocol import RunSpec, Sampling, canonical_bytes
 from inferaudit.measure.records import Record, read_records
 from inferaudit.measure.rundir import (

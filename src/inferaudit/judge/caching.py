@@ -198,63 +198,19 @@ def _hastened_by(r: Record, stalls: Stalls) -> Record:
     )
 
 
-def _decide_by_stalls(
-    name: str,
-    pairs: Sequence[Pair],
-    numbers: dict[str, object],
-    compare: Callable[[Sequence[Pair]], Finding],
-    *,
-    what: str,
-    allowed: str | None,
-    health: Sequence[ClientWindow],
-    stalls: Stalls,
-    lag_problem: str | None,
-) -> Verdict:
-    """``_decide`` with the client's recorded stalls: every covered pair is judged, its control
-    charged its own worker's stalls (``_hastened_by``); a finding must survive that."""
-    judged = [
-        (r, _hastened_by(c, stalls))
-        for r, c in pairs
-        if covered(health, *record_span(r)) and covered(health, *record_span(c))
-    ]
-    charged = sum(1 for _, c in pairs if stalls.stalled_ns(c.worker, _sent(c), c.done_ns or 0))
-    numbers.update(
-        busy_numbers(health, len(judged), len(pairs) - len(judged), lag_problem, charged)
-    )
-    numbers["controls_hastened_by_client_stalls"] = True
-    if len(pairs) < MIN_PAIRS:
-        return Verdict(
-            name,
-            Outcome.inconclusive,
-            f"{len(pairs)} {what} could be paired with a control (need {MIN_PAIRS})",
-            numbers,
-        )
-    enough = len(judged) >= MIN_PAIRS
-    seen, line, clean = compare(judged if enough else pairs)
-    numbers.update(seen)
-    if enough and line is not None:
-        if allowed is not None:
-            return Verdict(name, Outcome.passed, f"{line}: {allowed}", numbers)
-        if lag_problem is not None:
-            return busy_verdict(name, line, numbers, lag_problem)
-        return Verdict(
-            name,
-            Outcome.failed,
-            f"{line} (with every control hastened by all that the client's stalls in its "
-            "span can delay it)",
-            numbers,
-        )
-    raw = compare(pairs)[1]
-    if raw is not None:
-        if allowed is not None:
-            return Verdict(name, Outcome.passed, f"{raw}: {allowed}", numbers)
-        why = "" if enough else f" ({len(judged)} pairs covered by health windows)"
-        return busy_verdict(
-            name, f"{raw}, but not beyond the client's own stalls{why}", numbers, lag_problem
-        )
-    return Verdict(
-        name, Outcome.passed, f"{clean}; {len(judged)} of {len(pairs)} pairs judged", numbers
-    )
+def _loads(
+    health: Sequence[ClientWindow], pairs: Sequence[Pair]
+) -> dict[str, tuple[list[ClientWindow], Stalls]] | None:
+    """Per phase of ``pairs``: its own load's windows and their stalls (each load has its own
+    clock); None when some of them did not record stalls (judged by ``healthy`` as before)."""
+    out: dict[str, tuple[list[ClientWindow], Stalls]] = {}
+    for phase in {r.phase for r, _ in pairs}:
+        windows = of_load(health, phase)
+        stalls = Stalls.of(windows)
+        if stalls is None:
+            return None
+        out[phase] = (windows, stalls)
+    return out
 
 
 def _decide(
@@ -273,15 +229,34 @@ def _decide(
     protocol allows what was found (None: a finding fails)."""
     judged: list[Pair] = list(pairs)
     busy: list[Pair] = []
+    full = health
     if health is not None and pairs:  # the pairs of one phase: its own load's windows
         health = of_load(health, pairs[0][0].phase)
-    stalls = Stalls.of(health) if health else None
-    if health and stalls is not None:
-        return _decide_by_stalls(
-            name, pairs, numbers, compare, what=what, allowed=allowed, health=health,
-            stalls=stalls, lag_problem=lag_problem,
-        )  # fmt: skip
-    if health is not None:
+    loads = _loads(full, pairs) if full else None
+    hastened = busy_seen = ""
+    shown: dict[str, object] = {}
+    if full and loads is not None:
+        # Every pair its own load's windows cover is judged, its control charged what its
+        # worker's stalls can have delayed it (``_hastened_by``): a finding must survive that.
+        covered_pairs = [
+            (r, c)
+            for r, c in pairs
+            if covered(loads[r.phase][0], *record_span(r))
+            and covered(loads[r.phase][0], *record_span(c))
+        ]
+        judged = [(r, _hastened_by(c, loads[r.phase][1])) for r, c in covered_pairs]
+        charged = sum(
+            1 for r, c in pairs if loads[r.phase][1].stalled_ns(c.worker, _sent(c), c.done_ns or 0)
+        )
+        numbers.update(
+            busy_numbers(full, len(judged), len(pairs) - len(judged), lag_problem, charged)
+        )
+        numbers["controls_hastened_by_client_stalls"] = True
+        if len(covered_pairs) >= MIN_PAIRS:
+            shown = compare(covered_pairs)[0]  # what was measured; judged on ``judged``
+        hastened = " (with every control hastened by all that the client's stalls can delay it)"
+        busy_seen = ", but not beyond the client's own stalls"
+    elif health is not None:
         windows = health
         judged, busy = split_by_health(
             pairs,
@@ -300,14 +275,24 @@ def _decide(
     everywhere = compare(pairs)
     enough = len(judged) >= MIN_PAIRS
     seen, line, clean = compare(judged) if enough else everywhere
-    numbers.update(seen)
+    if shown:
+        numbers.update(shown)
+        numbers["after_charging_client_stalls"] = seen
+    else:
+        numbers.update(seen)
     if enough and line is not None:
         if allowed is not None:
             return Verdict(name, Outcome.passed, f"{line}: {allowed}", numbers)
         if lag_problem is not None or (health is not None and not health):
             return busy_verdict(name, line, numbers, lag_problem)
-        return Verdict(name, Outcome.failed, line, numbers)
-    if everywhere[1] is not None and allowed is None and lag_problem is None and health:
+        return Verdict(name, Outcome.failed, line + hastened, numbers)
+    if (
+        loads is None
+        and everywhere[1] is not None
+        and allowed is None
+        and lag_problem is None
+        and (health)
+    ):
         # Client noise only delays what the client stamps: a control's TTFT and end can be late
         # by at most a stall at its send and one at its read. Charge every control both stalls
         # (its span's worst loop delay, twice) and no repeat: a finding that survives that is
@@ -326,10 +311,9 @@ def _decide(
     if everywhere[1] is not None:  # seen only with pairs the client may have distorted
         if allowed is not None:
             return Verdict(name, Outcome.passed, f"{everywhere[1]}: {allowed}", numbers)
-        why = "" if enough else f" ({len(judged)} pairs in healthy windows, need {MIN_PAIRS})"
-        return busy_verdict(
-            name, f"{everywhere[1]}, counting pairs in busy windows{why}", numbers, lag_problem
-        )
+        why = "" if enough else f" ({len(judged)} pairs judged, need {MIN_PAIRS})"
+        seen_where = busy_seen or ", counting pairs in busy windows"
+        return busy_verdict(name, f"{everywhere[1]}{seen_where}{why}", numbers, lag_problem)
     return Verdict(
         name, Outcome.passed, f"{clean}; {len(judged)} of {len(pairs)} pairs judged", numbers
     )

@@ -153,7 +153,6 @@ def check_fluidity(
     all_total, all_grouped, _, all_largest = _share(done)
     share = grouped / total if total else 0.0
     all_share = all_grouped / all_total if all_total else 0.0
-    tpots = sorted(t for r in done if (t := tpot_ms(r)) is not None)
     numbers: dict[str, object] = {
         "requests": len(done),
         "tokens": total,
@@ -163,7 +162,7 @@ def check_fluidity(
         "largest_group_tokens": largest,
         "requests_with_groups": sum(1 for r in judged if groups(r)),
         "all_requests_grouped_share": round_sig(all_share),
-        "tpot_ms_p50": round_sig(tpots[len(tpots) // 2]) if tpots else None,
+        "tpot_ms_p50": _tpot_p50(done),
         "limits": {"tick_ms": TICK_MS, "tpot_share": TPOT_SHARE, "share": limit},
         **busy_numbers(health, len(judged), len(busy), lag_problem),
     }
@@ -171,9 +170,7 @@ def check_fluidity(
         return Verdict(
             NAME,
             Outcome.failed,
-            f"{pct(share)} of tokens arrived grouped (up to {largest} at once within "
-            f"{TICK_MS:g} ms at a TPOT of {numbers['tpot_ms_p50']} ms; limit {pct(limit)}): "
-            "tokens are held and flushed, inter-token latency is not what it seems",
+            _held(share, largest, numbers, limit),
             numbers,
         )
     if share >= limit or all_share >= limit:
@@ -190,6 +187,21 @@ def check_fluidity(
         f"tokens streamed steadily ({pct(share)} grouped, limit {pct(limit)}; "
         f"{len(judged)} of {len(done)} requests judged)",
         numbers,
+    )
+
+
+def _tpot_p50(rs: Sequence[Record]) -> float | None:
+    tpots = sorted(t for r in rs if (t := tpot_ms(r)) is not None)
+    return round_sig(tpots[len(tpots) // 2]) if tpots else None
+
+
+def _held(
+    share: float, largest: int, numbers: dict[str, object], limit: float, note: str = ""
+) -> str:
+    return (
+        f"{pct(share)} of tokens arrived grouped (up to {largest} at once within {TICK_MS:g} ms "
+        f"at a TPOT of {numbers['tpot_ms_p50']} ms; limit {pct(limit)}{note}): tokens are held "
+        "and flushed, inter-token latency is not what it seems"
     )
 
 
@@ -215,7 +227,6 @@ def _by_stalls(
             largest = max(largest, g[2])
     kept = total - excused
     share = grouped / kept if kept else 0.0
-    tpots = sorted(t for r in done if (t := tpot_ms(r)) is not None)
     numbers: dict[str, object] = {
         "requests": len(done),
         "tokens": total,
@@ -224,7 +235,7 @@ def _by_stalls(
         "groups": count,
         "largest_group_tokens": largest,
         "grouped_tokens_excused_by_stalls": excused,
-        "tpot_ms_p50": round_sig(tpots[len(tpots) // 2]) if tpots else None,
+        "tpot_ms_p50": _tpot_p50(done),
         "limits": {"tick_ms": TICK_MS, "tpot_share": TPOT_SHARE, "share": limit},
         **busy_numbers(health, len(judged), len(done) - len(judged), lag_problem, excused),
     }
@@ -234,10 +245,13 @@ def _by_stalls(
             return Verdict(
                 NAME,
                 Outcome.failed,
-                f"{pct(share)} of tokens arrived grouped (up to {largest} at once within "
-                f"{TICK_MS:g} ms at a TPOT of {numbers['tpot_ms_p50']} ms; limit {pct(limit)}; "
-                f"{excused} grouped tokens overlapping a client stall not counted): tokens are "
-                "held and flushed, inter-token latency is not what it seems",
+                _held(
+                    share,
+                    largest,
+                    numbers,
+                    limit,
+                    f"; {excused} grouped tokens overlapping a client stall not counted",
+                ),
                 numbers,
             )
         return busy_verdict(NAME, seen, numbers, lag_problem)

@@ -1,5 +1,6 @@
 """Model identity: replayed fingerprint prompts, mixed into the measured load (or, for a run
-too short or of unknown length, into the supplementary ``audit`` block), against the reference
+too short, or a closed loop for a duration that ended without one, into the supplementary
+``audit`` block), against the reference
 outputs of the claimed model (see :mod:`inferaudit.measure.fingerprint` for the agreement rate
 and how its threshold is calibrated). Fails below the fingerprint's threshold.
 

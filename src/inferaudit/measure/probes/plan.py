@@ -50,8 +50,7 @@ to the server.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -59,7 +58,6 @@ import numpy as np
 
 from inferaudit.measure.fingerprint import TAG, Entry
 from inferaudit.measure.protocol import Load, RunSpec
-from inferaudit.measure.records import Record
 from inferaudit.measure.workload import Planner, RequestPlan, planning_seed, prf, prf_rng
 
 __all__ = [
@@ -69,13 +67,10 @@ __all__ = [
     "MIN_PAIRS",
     "PREFIX_HIT",
     "PROBE",
-    "AuditCounts",
     "AuditStream",
     "AuditTraffic",
-    "TopUp",
     "measured_count",
     "plan_traffic",
-    "top_up",
 ]
 
 PROBE, AUDIT = "probe", "audit"
@@ -135,9 +130,18 @@ class AuditStream:
         self._replays_before = 0  # replay positions below ``_scanned``
         self._ordinals: dict[int, int] = {}  # replay position -> its ordinal in the run
         self._orders: dict[int, list[int]] = {}  # cycle -> permutation of the entries
+        self._roles: dict[int, Role] = {}  # recent roles (the windows of later lookups)
 
     def role(self, i: int) -> Role:
         """What measured position ``i`` carries (its id alone decides)."""
+        role = self._roles.get(i)
+        if role is None:
+            role = self._roles[i] = self._draw(i)
+            if len(self._roles) > 16 * self.conc + 256:  # keep the ones near ``i``
+                self._roles = {q: r for q, r in self._roles.items() if q >= i - 4 * self.conc - 1}
+        return role
+
+    def _draw(self, i: int) -> Role:
         m = i - self.start
         if m < 0:
             return Role.ordinary
@@ -205,64 +209,8 @@ class AuditTraffic:
     after: tuple[RequestPlan, ...]  # phase "audit", after the load (may be empty)
     concurrency: int  # of the separate phases: the run's (closed loop) or 4
     # a closed loop run for a duration: its in-load audit plans, on demand (``run_load(audit=)``);
-    # what it falls short of goes after the load (``top_up``)
+    # what it falls short of goes after the load (``probes.top_up``)
     stream: AuditStream | None = None
-
-
-@dataclass(frozen=True)
-class AuditCounts:
-    """Audit requests of each kind (repeats, shared-prefix prompts, replays)."""
-
-    repeats: int
-    hits: int
-    replays: int
-
-    @classmethod
-    def completed(cls, records: Iterable[Record]) -> AuditCounts:
-        """The measured (phase ``measure``) audit requests that completed without error."""
-        repeats = hits = replays = 0
-        for r in records:
-            if r.phase != "measure" or not r.ok or r.tag is None:
-                continue
-            repeats += r.tag == CACHE_REPEAT
-            hits += r.tag.startswith(PREFIX_HIT)
-            replays += r.tag.startswith(TAG)
-        return cls(repeats, hits, replays)
-
-    def to_json(self) -> dict[str, int]:
-        return {"repeats": self.repeats, "prefix_hits": self.hits, "replays": self.replays}
-
-
-@dataclass(frozen=True)
-class TopUp:
-    """What a closed loop run for a duration carried inside its load against what its judges
-    need, and the ``audit`` block that makes up the difference (empty when nothing is short)."""
-
-    in_load: AuditCounts  # completed measured audit requests
-    needed: AuditCounts  # what the judges need of them (0 for a check that is off)
-    added: AuditCounts  # sent after the load
-    plans: tuple[RequestPlan, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "in_load_completed": self.in_load.to_json(),
-            "needed": self.needed.to_json(),
-            "after_load": self.added.to_json(),
-            "after_load_requests": len(self.plans),
-        }
-
-    def line(self) -> str:
-        """One line for the observer: what was short, and what the block adds."""
-        parts = [
-            f"{got} of {need} {what} in the load, {add} more after it"
-            for got, need, add, what in (
-                (self.in_load.repeats, self.needed.repeats, self.added.repeats, "repeats"),
-                (self.in_load.hits, self.needed.hits, self.added.hits, "shared-prefix prompts"),
-                (self.in_load.replays, self.needed.replays, self.added.replays, "replays"),
-            )
-            if add
-        ]
-        return "; ".join(parts)
 
 
 def measured_count(load: Load) -> int | None:
@@ -301,7 +249,7 @@ def plan_traffic(
     injected: dict[int, RequestPlan] = {}
     after: tuple[RequestPlan, ...] = ()
     rng = prf_rng(seed, b"audit-positions", 0)
-    picks = _pick_entries(rng, replays, k)
+    picks = pick_entries(rng, replays, k)
     if n >= IN_LOAD_MIN:
         positions = list(range(spec.load.warmup, spec.load.warmup + n))
         plans = [planner.generated(i) for i in positions]
@@ -314,52 +262,12 @@ def plan_traffic(
             for i, e in zip(sorted(int(x) for x in ids), picks, strict=True):
                 injected[i] = _replay(planner.generated(i), e)
         if caching or prefix:
-            after = _block(rng, planner, (), BLOCK_PAIRS if caching else 0,
+            after = audit_block(rng, planner, (), BLOCK_PAIRS if caching else 0,
                            BLOCK_PAIRS if prefix else 0, conc)  # fmt: skip
     return AuditTraffic(injected, before, after, conc)
 
 
-def top_up(
-    spec: RunSpec,
-    traffic: AuditTraffic,
-    records: Iterable[Record],
-    *,
-    planner: Planner | None = None,
-) -> TopUp:
-    """After a closed loop run for a duration (``traffic.stream``): what its load fell short of,
-    as an ``audit`` block to send after it (see the module docstring). ``records``: the run's
-    records so far (only completed measured audit requests count)."""
-    stream = traffic.stream
-    assert stream is not None, "top_up is for a run whose audit traffic is a stream"
-    got = AuditCounts.completed(records)
-    needed = AuditCounts(
-        MIN_PAIRS if stream.caching else 0,
-        MIN_PAIRS if stream.prefix else 0,
-        1 if stream.replays else 0,
-    )
-
-    def short(have: int, need: int) -> int:
-        return 0 if have >= need else math.ceil((need - have) * BLOCK_PAIRS / MIN_PAIRS)
-
-    repeats, hits = short(got.repeats, needed.repeats), short(got.hits, needed.hits)
-    k = 0
-    if got.replays < needed.replays:
-        k = min(len(stream.replays), max(1, AUDIT_BLOCK // 10))
-    plans: tuple[RequestPlan, ...] = ()
-    if repeats or hits or k:
-        planner = planner or Planner.from_spec(spec)
-        rng = prf_rng(planning_seed(spec), b"audit-top-up", 0)
-        picks = _pick_entries(rng, stream.replays, k)
-        plans = _block(rng, planner, picks, repeats, hits, traffic.concurrency)
-    added = AuditCounts(
-        sum(p.tag == CACHE_REPEAT for p in plans),
-        sum(bool(p.tag and p.tag.startswith(PREFIX_HIT)) for p in plans),
-        sum(bool(p.tag and p.tag.startswith(TAG)) for p in plans),
-    )
-    return TopUp(got, needed, added, plans)
-
-
-def _block(
+def audit_block(
     rng: np.random.Generator,
     planner: Planner,
     picks: Sequence[Entry],
@@ -376,7 +284,7 @@ def _block(
     return tuple(by_id.get(p.id, p) for p in plans)
 
 
-def _pick_entries(rng: np.random.Generator, entries: Sequence[Entry], k: int) -> list[Entry]:
+def pick_entries(rng: np.random.Generator, entries: Sequence[Entry], k: int) -> list[Entry]:
     if not k:
         return []
     return [entries[int(j)] for j in rng.choice(len(entries), size=k, replace=False)]
