@@ -58,18 +58,20 @@ def held_by_three(i: int) -> Record:
 
 
 def test_fluidity_charges_each_group_to_its_own_workers_stalls() -> None:
-    three = [held_by_three(i) for i in range(3)]
-    # a busy client (every window unhealthy) that stalled 4 times per request, 5 ms each, on
-    # worker 0: the groups away from the stalls still show tokens held and flushed
+    three = [held_by_three(i) for i in range(3)]  # groups read at 50, 80, 110, ... ms
+    # a busy client (every window unhealthy) that stalled 4 times per request on worker 0,
+    # each stall ending as a group was read: two of 5 ms, too short to merge 3 tokens 10 ms
+    # apart (that takes 20 ms less the tick, less 3 ms unrecorded), and two of 25 ms that could
     stalls = tuple(
-        (0, 1000 * MS * i + off * MS, 1000 * MS * i + (off + 5) * MS)
+        (0, 1000 * MS * i + (end - length) * MS, 1000 * MS * i + end * MS)
         for i in range(3)
-        for off in (100, 200, 300, 400)
+        for end, length in ((80, 5), (140, 5), (200, 25), (260, 25))
     )
     busy = [window(k, tuple(s for s in stalls if s[1] // (1000 * MS) == k)) for k in range(3)]
     v = check_fluidity(three, health=busy)
     assert v.verdict is Outcome.failed, format_verdict(v)
-    assert v.numbers["grouped_tokens_excused_by_stalls"] > 0
+    assert v.numbers["grouped_tokens_excused_by_stalls"] == 3 * 2 * 3  # 2 groups of 3 each
+    assert v.numbers["grouped_tokens"] == 90 - 18
     assert v.numbers["judged_requests"] == 3 and v.numbers["client_stalls"] == 12
     # the stalls of another worker excuse nothing
     other = [window(k, tuple((1, a, b) for _, a, b in w.stalls or ())) for k, w in enumerate(busy)]
@@ -117,7 +119,11 @@ def test_first_token_split_is_caught_between_stalls_and_excused_inside_one(
     assert v.verdict is Outcome.failed, format_verdict(v)
     assert v.numbers["excused_by_stalls"] == 0 and v.numbers["early_fragments"] == 4
     # a stall over most of the gap could have delayed the second read: excused, inconclusive
-    long = [window(k, ((0, (1000 * k + 2) * MS, (1000 * k + 40) * MS),)) for k in range(4)]
+    long = [window(k, ((0, (1000 * k + 2) * MS, (1000 * k + 47) * MS),)) for k in range(4)]
+    assert check_first_token(rs, tokenizer=tok, health=long).verdict is Outcome.inconclusive
+    # ... but a 38 ms stall (+ 3 ms unseen) leaves 8 ms of the 49 ms gap: still early, FAIL
+    part = [window(k, ((0, (1000 * k + 2) * MS, (1000 * k + 40) * MS),)) for k in range(4)]
+    assert check_first_token(rs, tokenizer=tok, health=part).verdict is Outcome.failed
     v = check_first_token(rs, tokenizer=tok, health=long)
     assert v.verdict is Outcome.inconclusive, format_verdict(v)
     assert v.numbers["excused_by_stalls"] == 4

@@ -198,7 +198,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}
         )
     assert done.returncode == 0, done.stderr
-    assert "self-agreement 1.0000, threshold 0.9000, with logprobs" in done.stdout
+    assert (
+        "self-agreement 1.0000, threshold 0.9000, likelihood calibrated on 128 tokens "
+        "(0 partings, at most 0.25 nats each)"
+    ) in done.stdout
     return path
 
 

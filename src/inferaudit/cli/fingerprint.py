@@ -72,9 +72,15 @@ def record(
         on_progress=lambda line: err_console.print(line, highlight=False),
     )
     fp.save(out)
+    cal = fp.likelihood
+    likelihood = (
+        f"likelihood calibrated on {cal.tokens} tokens ({cal.partings} partings, at most "
+        f"{cal.nats:.2f} nats each)"
+        if cal is not None
+        else "no likelihood calibration (the reference gave no logprobs)"
+    )
     console.print(
         f"fingerprint of {fp.model}: {len(fp.entries)} prompts, reference self-agreement "
-        f"{fp.self_agreement:.4f}, threshold {fp.threshold:.4f}, "
-        f"{'with' if all(e.top_logprobs for e in fp.entries) else 'no'} logprobs -> {out}",
+        f"{fp.self_agreement:.4f}, threshold {fp.threshold:.4f}, {likelihood} -> {out}",
         highlight=False,
     )

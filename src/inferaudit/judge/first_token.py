@@ -26,9 +26,9 @@ health data and a run valid for client lag, see ``judge.noise``):
    second event beside TTFT to the first.
 
 With the client's recorded loop stalls (``judge.noise.Stalls``) a request is judged unless a
-stall of its worker could have made its first event look early (``stall_made``: what the stalls
-inside the lead of an empty event, or inside the gap after the first content event beyond the
-stream's later gaps, can delay one stamp covers it); more excused requests than judged ones:
+stall of its worker could have made its first event look early (``stall_made``: the lead of an
+empty event, or the gap after the first content event, shortened by what the stalls inside it
+can delay one stamp, is no longer early); more excused requests than judged ones:
 inconclusive.
 
 Numbers always report TTFT to the first and to the second event (and, with a tokenizer, to the
@@ -88,35 +88,40 @@ def early_empty(r: Record, min_lead_ms: float = MIN_LEAD_MS) -> tuple[float, flo
 
 def early_first_event(r: Record, min_lead_ms: float = MIN_LEAD_MS) -> bool:
     """The first content event came in the first half of the wait for the second one."""
+    return _early_by(r, min_lead_ms)
+
+
+def _early_empty_by(r: Record, min_lead_ms: float, less_ns: int = 0) -> bool:
+    """Is the record's empty first event early, its lead shortened by ``less_ns``?"""
+    if r.empty_chunks_before_content <= 0 or r.first_chunk_ns is None:
+        return False
+    assert r.first_content_ns is not None
+    lead = (r.first_content_ns - r.first_chunk_ns - less_ns) / MS
+    return lead >= min_lead_ms and lead >= LEAD_FRACTION * (r.first_content_ns - _sent(r)) / MS
+
+
+def _early_by(r: Record, min_lead_ms: float, less_ns: int = 0) -> bool:
+    """Is the record's first content event early, the gap after it shortened by ``less_ns``?"""
     if len(r.chunk_ns) < 2:
         return False
     ttft1 = (r.chunk_ns[0] - _sent(r)) / MS
-    gap = (r.chunk_ns[1] - r.chunk_ns[0]) / MS
+    gap = (r.chunk_ns[1] - r.chunk_ns[0] - less_ns) / MS
     return gap >= min_lead_ms and gap >= ttft1
 
 
-def _later_gap_ns(r: Record) -> float:
-    """The stream's mean gap after its second event (0 below three events)."""
-    k = len(r.chunk_ns)
-    return (r.chunk_ns[-1] - r.chunk_ns[1]) / (k - 2) if k > 2 else 0.0
-
-
-def stall_made(r: Record, stalls: Stalls) -> bool:
+def stall_made(r: Record, stalls: Stalls, min_lead_ms: float = MIN_LEAD_MS) -> bool:
     """Could a stall of the record's worker have made its first event look early? A stall only
     delays reads: it lengthens the lead of an empty event, or the gap after the first content
     event, by at most what the stalls inside it can delay one stamp (``Stalls.charge_ns``).
-    Excused when that covers the lead (or the gap beyond the stream's later gaps)."""
-    if (
-        r.first_chunk_ns is not None
-        and r.first_content_ns is not None
-        and r.empty_chunks_before_content > 0
-    ):
-        lead = r.first_content_ns - r.first_chunk_ns
-        if lead > 0 and stalls.charge_ns(r.worker, r.first_chunk_ns, r.first_content_ns, 1) >= lead:
+    Excused when the signal, shortened by that, is no longer early."""
+    if _early_empty_by(r, min_lead_ms):
+        assert r.first_chunk_ns is not None and r.first_content_ns is not None
+        charge = stalls.charge_ns(r.worker, r.first_chunk_ns, r.first_content_ns, 1)
+        if not _early_empty_by(r, min_lead_ms, charge):
             return True
-    if len(r.chunk_ns) >= 2:
-        gap = r.chunk_ns[1] - r.chunk_ns[0] - _later_gap_ns(r)
-        if gap > 0 and stalls.charge_ns(r.worker, r.chunk_ns[0], r.chunk_ns[1], 1) >= gap:
+    if _early_by(r, min_lead_ms):
+        charge = stalls.charge_ns(r.worker, r.chunk_ns[0], r.chunk_ns[1], 1)
+        if not _early_by(r, min_lead_ms, charge):
             return True
     return False
 
@@ -176,7 +181,7 @@ def check_first_token(
         judged, busy = split_by_health(done, health, _span)
     else:
         seen = [r for r in done if covered(health, *_span(r))]
-        judged = [r for r in seen if not stall_made(r, stalls)]
+        judged = [r for r in seen if not stall_made(r, stalls, min_lead_ms)]
         excused = len(seen) - len(judged)
         kept = {r.id for r in judged}
         busy = [r for r in done if r.id not in kept]
@@ -184,8 +189,7 @@ def check_first_token(
     leads = {r.id: e for r in done if (e := early_empty(r, min_lead_ms)) is not None}
 
     def is_early_empty(r: Record) -> bool:
-        e = leads.get(r.id)
-        return e is not None and e[0] >= min_lead_ms and e[1] >= LEAD_FRACTION
+        return _early_empty_by(r, min_lead_ms)
 
     early_empty_judged = sum(1 for r in judged if is_early_empty(r))
     early_empty_all = sum(1 for r in done if is_early_empty(r))

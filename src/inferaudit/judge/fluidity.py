@@ -22,8 +22,9 @@ client was busy* (``judge.noise``).
 
 With the client's recorded loop stalls (``HealthWindow.stalls``) the judge no longer needs quiet
 windows: every request the windows cover is judged, and a group is *excused* when a stall of the
-request's own worker overlaps the stretch in which its events could have been held by the
-client (from ``k`` TPOTs before its first read to 1 ms after its last). The share is taken over
+request's own worker could have made it: one that ended when the group was read and lasted the
+``k - 1`` TPOTs the group's events took to come (each less one stall too short to be recorded,
+``judge.noise.UNSEEN_NS``, and the tick). The share is taken over
 the tokens not excused; when more than half of the tokens are excused, nothing can be said
 (inconclusive).
 """
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from inferaudit.judge.counting import completed
 from inferaudit.judge.noise import (
     MIN_JUDGED,
+    UNSEEN_NS,
     ClientWindow,
     SpanHealth,
     Stalls,
@@ -102,15 +104,15 @@ def groups(r: Record, *, tick: float = TICK_MS) -> list[int]:
 
 
 def _stall_made(r: Record, group: tuple[int, int, int], stalls: Stalls) -> bool:
-    """Could a stall of the record's worker have merged this group? Its ``k`` events were read
-    together; sent a TPOT apart they would have been readable ``(k - 1)`` TPOTs before the first
-    was: a stall overlapping that stretch (from ``k`` TPOTs before the group's first read to 1 ms
-    after its last) excuses the group."""
+    """Could a stall of the record's worker have merged this group? A stalled client reads, when
+    it resumes, all that arrived meanwhile: ``k`` events sent a TPOT apart come out in one read
+    only after a stall that ended when the group was read (within one unrecorded stall,
+    ``UNSEEN_NS``) and lasted ``(k - 1)`` TPOTs less the tick (less one unrecorded stall)."""
     first, last, _ = group
     tpot = tpot_ms(r) or 0.0
-    k = last - first + 1
-    start = r.chunk_ns[first] - round(k * tpot * 1e6)
-    return stalls.touches(r.worker, start, r.chunk_ns[last] + 1_000_000)
+    need = (last - first) * tpot - tick_ms(r)
+    longest = stalls.longest_ns(r.worker, r.chunk_ns[first] - UNSEEN_NS, r.chunk_ns[last])
+    return longest > 0 and (longest + UNSEEN_NS) / 1e6 >= need
 
 
 def _client_could_group(r: Record, h: SpanHealth) -> bool:
