@@ -204,9 +204,10 @@ def honest_llama(args: argparse.Namespace, tmp: Path) -> Tally | str:
         fp = own_fingerprint(args, srv.base_url, srv.model, tmp / "llama-own.json", base)
         for i in range(args.llama_runs):
             spec = spec_for(srv.base_url, srv.model, args, seed=2000 + i)
-            spec = spec.model_copy(
-                update={"load": Load(concurrency=1, requests=args.llama_requests)}
-            )
+            # llama.cpp's server reuses the previous prompt's KV cache by design: a true finding
+            # of caching/prefix-cache, not a false alarm; the protocol says it is allowed
+            load = Load(concurrency=1, requests=args.llama_requests)
+            spec = spec.model_copy(update={"load": load, "allow_prompt_cache": True})
             one_run(spec, tmp / f"llama-{i}", args.checks, model, tally, fp)
     return tally
 
