@@ -240,7 +240,11 @@ def cheats(args: argparse.Namespace, tmp: Path, tok: Path) -> list[str]:
                         long = Length(lo=128, hi=128)
                         workload = spec.workload.model_copy(update={"output_tokens": long})
                         spec = spec.model_copy(update={"workload": workload})
-                    fp = fingerprint if check == "identity" else None
+                    fp = None
+                    if check == "identity":  # 60 requests: 6 replays, enough to fail at 1e-3
+                        fp = fingerprint
+                        load = spec.load.model_copy(update={"requests": max(60, args.requests)})
+                        spec = spec.model_copy(update={"load": load})
                     out = tmp / f"cheat-{behave}-{i}-{attempt}"
                     got = one_run(spec, out, [check], tok, tally, fp)
                 if not tally.invalid:

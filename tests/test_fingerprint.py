@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from inferaudit.errors import ConfigError
 from inferaudit.judge.identity import check_identity
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
 from inferaudit.measure.fingerprint import (
+    VERSION_V2,
     Entry,
     Fingerprint,
     agreement,
@@ -115,13 +118,25 @@ def test_identity_check_threshold() -> None:
     v = check_identity(same, fp)
     assert v.verdict is Outcome.passed and v.numbers["agreement"] == 1.0
     half = [replay_record(1, "0", REF), replay_record(2, "1", " alpha beta X")]
-    v = check_identity(half, fp)  # 6 of 8 tokens: 75% < 90%
-    assert v.verdict is Outcome.failed
+    v = check_identity(half, fp)  # 6 of 8 tokens: 75% < 90%, but over 2 replays only
+    assert v.verdict is Outcome.inconclusive, format_verdict(v)
     assert v.numbers["agreement"] == 0.75
-    assert format_verdict(v) == (
+    # Hoeffding: 2 honest replays average below 1 - sqrt(ln(1000) / 4) = -0.31 with p < 1e-3
+    assert v.numbers["per_prompt_mean"] == 0.75
+    assert v.numbers["per_prompt_mean_bound"] == round(1 - math.sqrt(math.log(1000) / 4), 6)
+    assert "over 2 replays the reference's own variation" in v.summary
+    # a v2 fingerprint keeps the plain threshold (evidence judged with it recomputes the same)
+    old = dataclasses.replace(fp, version=VERSION_V2)
+    assert format_verdict(check_identity(half, old)) == (
         "identity: greedy outputs agree with the twin-m reference on 75% of tokens "
         "(threshold 90%): not the claimed model — FAIL"
     )
+    # 40 replays that all part halfway: a mean of 0.5 < 1 - sqrt(ln(1000) / 80) = 0.79
+    many = fp_of(*(entry(str(i)) for i in range(40)))
+    parted = [replay_record(i, str(i), " alpha beta X") for i in range(40)]
+    v = check_identity(parted, many)
+    assert v.verdict is Outcome.failed, format_verdict(v)
+    assert v.numbers["per_prompt_mean_bound"] == round(1 - math.sqrt(math.log(1000) / 80), 6)
     assert check_identity([], fp).verdict is Outcome.inconclusive
 
 
@@ -136,7 +151,7 @@ def test_identity_check_forgives_near_ties() -> None:
     assert v.numbers["near_tie_divergences"] == 1 and v.numbers["prompts_fully_agreeing"] == 1
     assert v.summary.endswith("(1 of 2 prompts exactly, 1 parted on a near-tie; threshold 90%)")
     # The same divergence against an entry without logprobs: 6 of 8 tokens, a failure.
-    plain = fp_of(entry("0"), entry("1"))
+    plain = dataclasses.replace(fp_of(entry("0"), entry("1")), version=VERSION_V2)
     assert check_identity([tie, replay_record(2, "1", REF)], plain).verdict is Outcome.failed
 
 
@@ -226,7 +241,8 @@ def run_identity(tmp_path: Path, reference: Path, *behave: str) -> Verdict:
     args = TwinOptions(ttft_ms=10, tpot_ms=1, model=MODEL, behave=behave)
     with start_twin(args) as twin:
         options = RunOptions(checks=["identity"], fingerprint=reference, sign=False)
-        outcome = execute(spec(base_url=twin.base_url), tmp_path / "run", options)
+        # 40 requests: 4 replays, enough for the agreement rule to fail at p < 1e-3 (identity)
+        outcome = execute(spec(40, base_url=twin.base_url), tmp_path / "run", options)
     (v,) = outcome.verdicts
     return v
 
@@ -234,9 +250,9 @@ def run_identity(tmp_path: Path, reference: Path, *behave: str) -> Verdict:
 def test_honest_twin_matches_its_fingerprint(tmp_path: Path, reference: Path) -> None:
     v = run_identity(tmp_path, reference)
     assert v.verdict is Outcome.passed, format_verdict(v)
-    assert v.numbers["replayed"] == 2 and v.numbers["agreement"] == 1.0
+    assert v.numbers["replayed"] == 4 and v.numbers["agreement"] == 1.0
     assert v.numbers["likelihood_deficit_nats"] == 0.0 and v.numbers["likelihood_partings"] == 0
-    assert v.numbers["likelihood_tokens_scored"] == 32  # two replays of the 16 recorded tokens
+    assert v.numbers["likelihood_tokens_scored"] == 64  # four replays of the 16 recorded tokens
 
 
 def test_model_swap_fails_identity(tmp_path: Path, reference: Path) -> None:
@@ -249,9 +265,9 @@ def test_model_swap_fails_identity(tmp_path: Path, reference: Path) -> None:
         "0 recomputed from the records: equal; not rechecked without the run's files: identity",
     )
     assert v.verdict is Outcome.failed, format_verdict(v)
-    assert v.numbers["replayed"] == 2
+    assert v.numbers["replayed"] == 4
     assert v.numbers["agreement"] < 0.1
-    # Both replays parted at once. The twin's greedy text is drawn from its Zipf law, not its
+    # Every replay parted at once. The twin's greedy text is drawn from its Zipf law, not its
     # argmax: its own token is seldom in its top 5, and then an unlisted served token cannot be
     # shown less likely than it (the bound lies above), so the likelihood rule rarely adds here.
-    assert (v.numbers["likelihood_partings"], v.numbers["likelihood_tokens_scored"]) == (2, 2)
+    assert (v.numbers["likelihood_partings"], v.numbers["likelihood_tokens_scored"]) == (4, 4)

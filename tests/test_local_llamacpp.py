@@ -256,10 +256,11 @@ def test_run_concurrency_1_64_tokens(server: LocalServer, tmp_path: Path, api: s
 
 
 def fingerprint_run(endpoint: str, model: str, fp: Path, out: Path) -> dict[str, Any]:
-    """A run whose load carries fingerprint replays; returns the identity verdict."""
+    """A run whose load carries fingerprint replays (60 requests: 6 replays, enough for the
+    agreement rule to fail at p < 1e-3); returns the identity verdict."""
     cmd = [
         sys.executable, "-m", "inferaudit", "run", "--endpoint", endpoint, "--model", model,
-        "--concurrency", "1", "--requests", "30", "--input-tokens", "24", "--output-tokens", "16",
+        "--concurrency", "1", "--requests", "60", "--input-tokens", "24", "--output-tokens", "16",
         "--fingerprint", str(fp), "--checks", "identity", "--workers", "1", "--no-sign",
         "--max-lag-ms", str(MAX_LAG_MS), "--out", str(out),
     ]  # fmt: skip

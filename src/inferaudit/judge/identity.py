@@ -9,15 +9,24 @@ logprobs), replays are also scored by the reference's log-likelihood of the serv
 (:mod:`inferaudit.measure.likelihood`): the check also fails when their summed deficit exceeds
 what the same model may show over the tokens scored. Either rule failing fails the check; both
 numbers are in the verdict. Without a calibration (v1/v2 files) the verdict is exactly the
-agreement rule's."""
+agreement rule's.
+
+With a v3 fingerprint the agreement rule fails only when the replays are enough to tell: per
+replay, agreement lies in [0, 1] around the reference's own mean (its self-agreement), so by
+Hoeffding's inequality k honest replays average below ``self_agreement - sqrt(ln(1/ALPHA)/2k)``
+with probability under ``ALPHA`` (1e-3). Below the threshold but above that bound (a few replays
+of a reference that varies itself, as llama.cpp's server does when its KV cache held another
+prompt), the verdict is inconclusive, with both numbers. v1/v2 fingerprints keep the plain
+threshold, so evidence judged with them recomputes to the same verdict."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from inferaudit.judge.verdict import Outcome, Verdict, pct
-from inferaudit.measure.fingerprint import TAG, Fingerprint, agreement, token_ends
-from inferaudit.measure.likelihood import NOTHING, Scored, allowed_deficit, score
+from inferaudit.measure.fingerprint import TAG, VERSION, Fingerprint, agreement, token_ends
+from inferaudit.measure.likelihood import ALPHA, NOTHING, Scored, allowed_deficit, score
 from inferaudit.measure.records import Record
 from inferaudit.measure.stats import round_sig
 
@@ -98,11 +107,31 @@ def check_identity(records: Sequence[Record], fp: Fingerprint) -> Verdict:
             "for the same model)"
         )
     agreeing = f"greedy outputs agree with the {fp.model} reference on {pct(rate)} of tokens"
-    if rate < fp.threshold or unlikely:
-        why = [f"{agreeing} (threshold {pct(fp.threshold)})"] if rate < fp.threshold else []
+    below = rate < fp.threshold
+    chance = None
+    if below and fp.version == VERSION:
+        # A v3 fingerprint: the agreement rule holds for many replays, not for a few. Per
+        # replay, agreement lies in [0, 1] around the reference's own mean (its
+        # self-agreement): by Hoeffding's inequality, k honest replays average below
+        # ``self_agreement - sqrt(ln(1/ALPHA) / 2k)`` with probability under ALPHA.
+        bound = fp.self_agreement - math.sqrt(math.log(1 / ALPHA) / (2 * len(per)))
+        numbers["per_prompt_mean"] = round_sig(sum(per) / len(per))
+        numbers["per_prompt_mean_bound"] = round_sig(bound)
+        if sum(per) / len(per) >= bound:
+            below = False
+            chance = (
+                f"{agreeing}, under the threshold {pct(fp.threshold)}, but over {len(per)} "
+                f"replays the reference's own variation (self-agreement "
+                f"{pct(fp.self_agreement)}) can give that: fail below a per-prompt mean of "
+                f"{max(bound, 0.0):.3g} (p < {ALPHA:g}); replay more prompts"
+            )
+    if below or unlikely:
+        why = [f"{agreeing} (threshold {pct(fp.threshold)})"] if below else []
         if unlikely and likely is not None:
             why.append(likely)
         return Verdict(NAME, Outcome.failed, "; ".join(why) + ": not the claimed model", numbers)
+    if chance is not None:
+        return Verdict(NAME, Outcome.inconclusive, chance, numbers)
     return Verdict(
         NAME,
         Outcome.passed,
