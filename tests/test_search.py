@@ -237,7 +237,7 @@ def test_search_against_the_twin_brackets_its_capacity(tmp_path: Path) -> None:
     with start_twin(TWIN) as twin:
         (spec,) = build_specs(
             SpecInputs(
-                endpoint=twin.base_url, model="llama-3.1-8b", rate=2.0, duration=3.0,
+                endpoint=twin.base_url, model="llama-3.1-8b", rate=2.0, duration=6.0,
                 input_tokens=str(INPUT), output_tokens=str(OUTPUT), slo="ttft_p99=500ms",
                 seed=1, workers=1, max_lag_ms=50.0, timeout=60.0,
             )
@@ -248,7 +248,10 @@ def test_search_against_the_twin_brackets_its_capacity(tmp_path: Path) -> None:
     assert rates[:3] == [2.0, 4.0, 8.0]
     by_rate = {p.rate: p for p in found.points}
     assert by_rate[2.0].passed  # a quarter of capacity meets the SLO
-    assert by_rate[8.0].status == "fail"  # above the engine's capacity the queue only grows
+    # above the engine's capacity the queue only grows: 6 s at 8 req/s against at most 7.6
+    # leaves 2-7 requests waiting by the end (3 s left 1-3, and a TTFT p99 of 449 ms < 500 ms
+    # was seen on a busy machine)
+    assert by_rate[8.0].status == "fail"
     result = found.result
     assert result["capacity_rps"] is not None and result["lowest_failing_rps"] is not None
     # the search brackets the engine's capacity: nothing above it passes; half of it passes
