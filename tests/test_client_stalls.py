@@ -47,7 +47,8 @@ def test_stalls_are_a_union_per_worker_with_exact_overlap() -> None:
     s = Stalls.of(w)
     assert s is not None and s.by_worker == {0: [(10, 30), (50, 60)], 1: [(0, 1000)]}
     assert s.stalled_ns(0, 0, 100) == 30 and s.stalled_ns(0, 25, 55) == 10
-    assert s.touches(0, 30, 49) and not s.touches(0, 31, 49) and not s.touches(2, 0, 100)
+    assert s.longest_ns(0, 30, 49) == 20 and s.longest_ns(0, 31, 49) == 0
+    assert s.longest_ns(2, 0, 100) == 0 and s.longest_ns(0, 0, 100) == 20
     assert Stalls.of([window(0, None)]) is None  # a file written before stalls were recorded
 
 

@@ -19,7 +19,6 @@ from inferaudit.audit.run import RunOptions, run_verification
 from inferaudit.judge import caching
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
 from inferaudit.measure.fingerprint import TAG, Entry, Fingerprint, load_fingerprint
-from inferaudit.measure.fingerprint_record import record_fingerprint
 from inferaudit.measure.probes.plan import (
     AUDIT,
     BLOCK_PAIRS,
@@ -38,6 +37,7 @@ from inferaudit.measure.workload import Planner, RequestPlan, commit_seed, fixed
 from inferaudit.twin.launch import start_twin
 from inferaudit.twin.options import TwinOptions
 from test_audit_traffic import rec
+from test_traffic_cheats import twin_reference
 
 MODEL = "twin-m"
 WORKLOAD = Workload(input_tokens=Length.parse("40-56"), output_tokens=Length(lo=16, hi=16))
@@ -172,13 +172,7 @@ def test_only_the_shortfall_goes_after_the_load() -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fingerprint of the honest twin, recorded with the runs' workload flags."""
-    path = tmp_path_factory.mktemp("fp") / "ref.json"
-    with start_twin(TwinOptions(ttft_ms=10, tpot_ms=1, model=MODEL)) as twin:
-        endpoint = Endpoint(base_url=twin.base_url, model=MODEL)
-        fp = record_fingerprint(endpoint, workload=WORKLOAD, prompts=16, repeats=2)
-    assert fp.self_agreement == 1.0
-    fp.save(path)
-    return path
+    return twin_reference(tmp_path_factory.mktemp("fp") / "ref.json", WORKLOAD)
 
 
 # Measured positions the twin runs below surely reach (each saw 2-3x this on a busy 2-core

@@ -50,16 +50,20 @@ def spec(base_url: str, requests: int, concurrency: int) -> RunSpec:
     )
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fingerprint of the honest twin, recorded with the runs' workload flags."""
-    path = tmp_path_factory.mktemp("fp") / "ref.json"
+def twin_reference(path: Path, workload: Workload) -> Path:
+    """A fingerprint of the honest twin, recorded with ``workload``'s flags, saved at ``path``."""
     with start_twin(TwinOptions(ttft_ms=10, tpot_ms=1, model=MODEL)) as twin:
         endpoint = Endpoint(base_url=twin.base_url, model=MODEL)
-        fp = record_fingerprint(endpoint, workload=WORKLOAD, prompts=16, repeats=2)
+        fp = record_fingerprint(endpoint, workload=workload, prompts=16, repeats=2)
     assert fp.self_agreement == 1.0
     fp.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fingerprint of the honest twin, recorded with the runs' workload flags."""
+    return twin_reference(tmp_path_factory.mktemp("fp") / "ref.json", WORKLOAD)
 
 
 @dataclass

@@ -158,10 +158,6 @@ class Stalls:
                 break
             yield a, b
 
-    def touches(self, worker: int, start_ns: int, end_ns: int) -> bool:
-        """Did a stall of ``worker`` overlap ``[start_ns, end_ns]``?"""
-        return next(iter(self._over(worker, start_ns, end_ns)), None) is not None
-
     def longest_ns(self, worker: int, start_ns: int, end_ns: int) -> int:
         """The longest stall of ``worker`` that overlaps ``[start_ns, end_ns]`` (0: none)."""
         return max((b - a for a, b in self._over(worker, start_ns, end_ns)), default=0)
