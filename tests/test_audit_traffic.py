@@ -14,12 +14,12 @@ from inferaudit.audit.run import RunOptions, run_verification
 from inferaudit.judge.caching import check_caching, check_prefix_cache
 from inferaudit.judge.verdict import Outcome
 from inferaudit.measure.fingerprint import Entry, Fingerprint, RecordedWorkload
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.plan import CACHE_REPEAT, PREFIX_HIT, plan_traffic
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record, read_records
 from inferaudit.measure.workload import (
     VOCAB,
-    Planner,
     commit_seed,
     fresh_seed,
     load_seed,

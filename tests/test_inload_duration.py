@@ -19,6 +19,7 @@ from inferaudit.audit.run import RunOptions, run_verification
 from inferaudit.judge import caching
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
 from inferaudit.measure.fingerprint import TAG, Entry, Fingerprint, load_fingerprint
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.plan import (
     AUDIT,
     BLOCK_PAIRS,
@@ -33,7 +34,7 @@ from inferaudit.measure.probes.plan import (
 from inferaudit.measure.probes.top_up import top_up
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record, read_records
-from inferaudit.measure.workload import Planner, RequestPlan, commit_seed, fixed_seed
+from inferaudit.measure.workload import RequestPlan, commit_seed, fixed_seed
 from inferaudit.twin.launch import start_twin
 from inferaudit.twin.options import TwinOptions
 from test_audit_traffic import rec

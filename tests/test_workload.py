@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from inferaudit.errors import ConfigError
+from inferaudit.measure.datasets import load_conversations
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.workload import (
     SALT_WORDS,
     VOCAB,
-    Planner,
     RequestPlan,
     commit_seed,
     fixed_seed,
-    load_dataset,
     load_seed,
     salt,
     seed_commitment,
@@ -195,9 +195,9 @@ def test_dataset_rows_in_seeded_order(tmp_path: Path) -> None:
 def test_dataset_digest_must_match(tmp_path: Path) -> None:
     path = write(tmp_path, '{"prompt": "alpha"}\n')
     good = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert load_dataset(path, good)[0].prompt == "alpha"
+    assert load_conversations(path, None, good)[0].turns[0].user == "alpha"
     with pytest.raises(ConfigError, match="differs from the protocol's dataset_sha256"):
-        load_dataset(path, "0" * 64)
+        load_conversations(path, None, "0" * 64)
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,7 @@ def test_dataset_digest_must_match(tmp_path: Path) -> None:
 )
 def test_bad_dataset_lines_name_the_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        load_dataset(write(tmp_path, text))
+        load_conversations(write(tmp_path, text), None)
     assert "\n" not in str(info.value)
 
 

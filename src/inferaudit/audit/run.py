@@ -44,6 +44,7 @@ from inferaudit.measure.health import read_health
 from inferaudit.measure.load.client import check_endpoint
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.send import model_listed, send_phase
 from inferaudit.measure.probes.top_up import top_up
 from inferaudit.measure.protocol import RunSpec, Sampling, canonical_bytes
@@ -56,11 +57,11 @@ from inferaudit.measure.rundir import (
     SUMMARY_FILE,
     SWEEP_FILE,
     VERDICTS_FILE,
+    file_sha256,
 )
 from inferaudit.measure.selftest import run_self_test
 from inferaudit.measure.summary import Summary
 from inferaudit.measure.workload import commit_seed, fresh_seed, write_seed
-from inferaudit.seal.evidence import file_sha256
 from inferaudit.seal.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
 from inferaudit.seal.ledger.store import open_ledger
 from inferaudit.seal.publish import seal_run
@@ -196,7 +197,9 @@ def run_verification(
     # the audit traffic's positions are drawn from it (TRAFFIC, contract C5).
     secret = spec.secret_seed or fresh_seed()
     spec = commit_seed(spec, secret)
-    traffic = suite.traffic(spec)
+    # the run's planner: its dataset or trace read once, the tokenizer for exact prompt lengths
+    planner = Planner.from_spec(spec, tokenizer=suite.tokenizer)
+    traffic = suite.traffic(spec, planner)
     (run_dir / SPEC_FILE).write_bytes(canonical_bytes(spec))
 
     # (2): preflight — one clear error when the endpoint cannot be used at all.
@@ -231,8 +234,7 @@ def run_verification(
         spec,
         records_path,
         api_key=options.api_key,
-        injected=traffic.injected,
-        audit=traffic.stream,
+        planner=planner.with_audit(traffic.injected, traffic.stream),
         on_record=obs.record,
         should_stop=should_stop,
         health_path=run_dir / HEALTH_FILE,
@@ -246,7 +248,7 @@ def run_verification(
     verdicts: list[Verdict] = []
     after, label = traffic.after, "checks: audit block"
     if not result.interrupted and traffic.stream is not None:
-        extra = top_up(spec, traffic, read_records(records_path))
+        extra = top_up(spec, traffic, read_records(records_path), planner=planner)
         meta["audit_top_up"] = extra.to_json()
         write_json(run_dir / META_FILE, meta)
         after = extra.plans

@@ -16,18 +16,25 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from inferaudit.errors import ConfigError, validation_message
+from inferaudit.measure.datasets import dataset_sha256, detect_format
 from inferaudit.measure.protocol import (
     SLO,
     Api,
     Arrivals,
+    DatasetFormat,
     Endpoint,
     Length,
     Load,
     RunSpec,
     Sampling,
+    Sessions,
+    SharedPrefix,
+    Trace,
+    TraceFormat,
     Workload,
 )
-from inferaudit.seal.evidence import file_sha256
+from inferaudit.measure.rundir import file_sha256
+from inferaudit.measure.traces import detect_trace_format, load_trace, mean_rate
 
 __all__ = ["LoadPoint", "SpecInputs", "build_specs", "parse_sweep"]
 
@@ -49,7 +56,21 @@ class SpecInputs:
     warmup: int = 0
     input_tokens: str = "256"  # Length.parse syntax
     output_tokens: str = "128"
-    dataset: Path | None = None  # JSONL, bound by its digest
+    dataset: Path | None = None  # bound by its digest (measure.datasets formats)
+    dataset_format: DatasetFormat | None = None  # None: detected from the file
+    multi_turn: bool = False  # each conversation is a session of turns
+    think_time: float = 0.0  # seconds between a turn's answer and the next turn
+    max_turns: int | None = None
+    prefix_tokens: int | None = None  # shared system prompts: tokens each ...
+    prefix_groups: int = 1  # ... and how many distinct ones
+    trace: Path | None = None  # a trace replayed on its own schedule (measure.traces)
+    trace_format: TraceFormat | None = None  # None: detected from the file
+    trace_speedup: float = 1.0
+    tokenizer: Path | None = None  # with it, synthetic prompts have exact token counts
+    burstiness: float = 1.0  # gamma arrivals' shape (1: Poisson)
+    max_concurrency: int | None = None  # open loop: a cap on requests in flight
+    ramp_up: float | None = None  # open loop: seconds of linear ramp-up to the rate
+    ramp_start_rate: float = 0.0
     enforce_length: bool = True
     keep_full_text: bool = False  # records keep all output text (else Workload.max_text_bytes)
     slo: str | None = None  # SLO.parse syntax
@@ -108,6 +129,10 @@ def _points(inputs: SpecInputs) -> list[LoadPoint]:
         raise ConfigError(f"--concurrency {inputs.concurrency}: must be at least 1")
     if inputs.sweep:
         return parse_sweep(inputs.sweep)
+    if inputs.trace is not None:
+        if inputs.rate is not None or inputs.concurrency is not None:
+            raise ConfigError("--trace replays the trace's own schedule: drop --rate/--concurrency")
+        return [LoadPoint(rate=None)]
     if (inputs.rate is None) == (inputs.concurrency is None):
         raise ConfigError(
             "give exactly one of --concurrency N (closed loop) or --rate R (open loop)"
@@ -115,31 +140,91 @@ def _points(inputs: SpecInputs) -> list[LoadPoint]:
     return [LoadPoint(rate=inputs.rate, concurrency=inputs.concurrency)]
 
 
+def _trace(inputs: SpecInputs) -> Trace | None:
+    if inputs.trace is None:
+        return None
+    if not inputs.trace.is_file():
+        raise ConfigError(f"--trace {inputs.trace}: no such file")
+    if not inputs.trace_speedup > 0:
+        raise ConfigError(f"--trace-speedup {inputs.trace_speedup:g}: must be positive")
+    return Trace(
+        path=str(inputs.trace),
+        sha256=file_sha256(inputs.trace),
+        format=inputs.trace_format or detect_trace_format(inputs.trace),
+        speedup=inputs.trace_speedup,
+    )
+
+
 def _workload(inputs: SpecInputs) -> Workload:
     dataset_sha = None
+    dataset_format: DatasetFormat | None = None
     if inputs.dataset is not None:
-        if not inputs.dataset.is_file():
+        if not inputs.dataset.exists():
             raise ConfigError(f"--dataset {inputs.dataset}: no such file")
-        dataset_sha = file_sha256(inputs.dataset)
+        dataset_format = inputs.dataset_format or detect_format(inputs.dataset)
+        if dataset_format == "prompts":
+            dataset_format = None  # v0.1's format: a protocol that names none
+        dataset_sha = dataset_sha256(inputs.dataset)
+    if inputs.multi_turn and inputs.dataset is None:
+        raise ConfigError("--multi-turn sends a dataset's conversations: give --dataset FILE")
+    if inputs.prefix_tokens is not None and (inputs.dataset or inputs.trace):
+        raise ConfigError("--prefix-tokens shapes synthetic prompts: drop --dataset/--trace")
+    if inputs.dataset is not None and inputs.trace is not None:
+        raise ConfigError("give --dataset or --trace, not both")
     workload = Workload(
         input_tokens=Length.parse(inputs.input_tokens),
         output_tokens=Length.parse(inputs.output_tokens),
         dataset=None if inputs.dataset is None else str(inputs.dataset),
         dataset_sha256=dataset_sha,
+        dataset_format=dataset_format,
+        sessions=(
+            Sessions(think_time_s=inputs.think_time, max_turns=inputs.max_turns)
+            if inputs.multi_turn
+            else None
+        ),
+        prefix=(
+            None
+            if inputs.prefix_tokens is None
+            else SharedPrefix(tokens=inputs.prefix_tokens, groups=inputs.prefix_groups)
+        ),
+        trace=_trace(inputs),
+        exact_input_tokens=inputs.tokenizer is not None and not inputs.dataset and not inputs.trace,
         enforce_output_length=inputs.enforce_length,
+        # a session's next turn carries each answer whole, so its records keep all of the text
+        max_text_bytes=None if inputs.keep_full_text or inputs.multi_turn else 65_536,
     )
-    if inputs.keep_full_text:
-        return workload.model_copy(update={"max_text_bytes": None})
     return workload
+
+
+def _trace_load(trace: Trace, requests: int | None, warmup: int) -> tuple[float, int]:
+    """A trace's load: its mean arrival rate after the speedup (stated in the protocol) and
+    the measured requests (default: every entry after the warm-up)."""
+    entries = load_trace(Path(trace.path), trace.format, trace.sha256).entries
+    rate = mean_rate(entries, trace.speedup)
+    if not 0 < rate < float("inf"):
+        raise ConfigError(f"--trace {trace.path}: needs at least two entries at distinct times")
+    if requests is None:
+        requests = len(entries) - warmup
+    if requests < 1 or warmup + requests > len(entries):
+        raise ConfigError(
+            f"--trace {trace.path}: {len(entries)} entries; --warmup {warmup} and --requests "
+            f"{requests} need {warmup + requests}"
+        )
+    return rate, requests
 
 
 def build_specs(inputs: SpecInputs) -> list[RunSpec]:
     """One RunSpec per measurement point (see the module docstring); ConfigError if unusable."""
     points = _points(inputs)
-    if inputs.requests is None and inputs.duration is None:
+    if inputs.requests is None and inputs.duration is None and inputs.trace is None:
         raise ConfigError("give --requests N or --duration SECONDS")
     try:
         workload = _workload(inputs)
+        requests, trace_rate = inputs.requests, None
+        if workload.trace is not None and inputs.duration is None:
+            trace_rate, requests = _trace_load(workload.trace, inputs.requests, inputs.warmup)
+        elif workload.trace is not None:
+            trace_rate, _ = _trace_load(workload.trace, None, inputs.warmup)
         endpoint = Endpoint(
             base_url=inputs.endpoint,
             model=inputs.model,
@@ -152,15 +237,25 @@ def build_specs(inputs: SpecInputs) -> list[RunSpec]:
             top_p=inputs.top_p,
             seed_per_request=inputs.seed_per_request,
         )
+        tokenizer_sha = None if inputs.tokenizer is None else file_sha256(inputs.tokenizer)
+        arrivals = inputs.arrivals
+        if workload.trace is not None:
+            arrivals = Arrivals.trace
+        elif inputs.burstiness != 1.0 and arrivals == Arrivals.poisson:
+            arrivals = Arrivals.gamma  # vLLM's --burstiness: gamma arrivals of that shape
         return [
             RunSpec(
                 endpoint=endpoint,
                 workload=workload,
                 load=Load(
                     concurrency=point.concurrency,
-                    rate=point.rate,
-                    arrivals=inputs.arrivals,
-                    requests=inputs.requests,
+                    rate=point.rate if trace_rate is None else trace_rate,
+                    arrivals=arrivals,
+                    burstiness=inputs.burstiness,
+                    max_concurrency=inputs.max_concurrency,
+                    ramp_up_s=inputs.ramp_up,
+                    ramp_start_rate=inputs.ramp_start_rate,
+                    requests=requests,
                     duration_s=inputs.duration,
                     warmup=inputs.warmup,
                     timeout_s=inputs.timeout,
@@ -176,6 +271,7 @@ def build_specs(inputs: SpecInputs) -> list[RunSpec]:
                 claim=inputs.claim,
                 sampling=sampling,
                 allow_prompt_cache=inputs.allow_prompt_cache,
+                tokenizer_sha256=tokenizer_sha,
             )
             for point in points
         ]

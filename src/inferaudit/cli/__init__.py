@@ -17,6 +17,7 @@ from inferaudit.cli import (  # noqa: F401 - importing registers the commands
     catalog,
     claims,
     demo,
+    export,
     fingerprint,
     keys,
     ledger,

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import numpy as np
 import typer
@@ -25,7 +25,7 @@ from inferaudit.audit.specs import SpecInputs, build_specs
 from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError
 from inferaudit.measure.metrics import proven_tokens
-from inferaudit.measure.protocol import Api, Arrivals
+from inferaudit.measure.protocol import Api, Arrivals, DatasetFormat, TraceFormat
 
 if TYPE_CHECKING:
     from inferaudit.audit.run import RunOutcome
@@ -177,10 +177,48 @@ def print_search(found: SearchOutcome) -> int:
     return 1 if found.interrupted or invalid or bad_check else 0
 
 
+VLLM_RESULT_FILE = "vllm_result.json"
+DATASET_FORMATS = get_args(DatasetFormat)
+TRACE_FORMATS = get_args(TraceFormat)
+_GOODPUT_NAMES = {"ttft": "ttft", "tpot": "tpot", "e2el": "e2e", "itl": "itl"}
+
+
+def choice(value: str | None, allowed: tuple[str, ...], flag: str) -> Any:
+    """``value`` if it is one of ``allowed`` (None passes), else one clear error line."""
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def goodput_slo(text: str) -> str:
+    """vLLM's ``--goodput ttft:500 tpot:50 e2el:2000`` (ms) as our SLO text (p99 bounds)."""
+    terms = []
+    for part in text.replace(",", " ").split():
+        name, _, value = part.partition(":")
+        if name not in _GOODPUT_NAMES or not value:
+            raise ConfigError(f"--goodput {part!r}: expected ttft:MS, tpot:MS, itl:MS or e2el:MS")
+        terms.append(f"{_GOODPUT_NAMES[name]}_p99={value}ms")
+    return ",".join(terms)
+
+
+def percentiles(text: str) -> tuple[float, ...]:
+    """``--metric-percentiles 25,50,99`` as numbers in (0, 100]."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--metric-percentiles {text!r}: expected numbers, e.g. 50,99") from None
+    if not values or any(not 0 < v <= 100 for v in values):
+        raise ConfigError(f"--metric-percentiles {text!r}: each must be above 0 and at most 100")
+    return values
+
+
 @app.command()
 def run(
     endpoint: Annotated[
-        str, typer.Option(help="Base URL up to /v1, e.g. http://127.0.0.1:8000/v1")
+        str,
+        typer.Option(
+            "--endpoint", "--base-url", help="Base URL up to /v1, e.g. http://127.0.0.1:8000/v1"
+        ),
     ],
     model: Annotated[str, typer.Option(help="Model name as the endpoint serves it")],
     api: Annotated[Api, typer.Option(help="OpenAI API flavour")] = Api.completions,
@@ -188,25 +226,78 @@ def run(
         str | None, typer.Option(help="Environment variable holding the API key (never stored)")
     ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Closed loop: requests in flight")] = None,
-    rate: Annotated[float | None, typer.Option(help="Open loop: arrivals per second")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", "--request-rate", help="Open loop: arrivals per second (inf: all "
+                     "at once)"),
+    ] = None,
     arrivals: Annotated[
-        Arrivals, typer.Option(help="Open-loop arrival process")
+        Arrivals, typer.Option(help="Open-loop arrival process (trace: set by --trace)")
     ] = Arrivals.poisson,
+    burstiness: Annotated[
+        float, typer.Option(help="Gamma arrivals' shape, as vLLM's (1: Poisson; <1 burstier)")
+    ] = 1.0,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option(help="With --rate: at most N in flight (arrivals wait for a slot); alone: "
+                     "the same as --concurrency N"),
+    ] = None,
+    ramp_up: Annotated[
+        float | None, typer.Option(help="Open loop: seconds of linear ramp-up to --rate")
+    ] = None,
+    ramp_start_rate: Annotated[
+        float, typer.Option(help="Open loop: the rate a --ramp-up starts from")
+    ] = 0.0,
     sweep: Annotated[
         str | None, typer.Option(help="One run per point: rate=1,2,4 or concurrency=1,8,32")
     ] = None,
-    requests: Annotated[int | None, typer.Option(help="Measured requests per point")] = None,
+    requests: Annotated[
+        int | None,
+        typer.Option("--requests", "--num-prompts", help="Measured requests (sessions) per point"),
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="Seconds per point")] = None,
     warmup: Annotated[int, typer.Option(help="Requests before measuring (flagged, excluded)")] = 0,
     input_tokens: Annotated[
-        str, typer.Option(help="Prompt tokens: N, LO-HI, LO-HI:normal")
+        str,
+        typer.Option("--input-tokens", "--random-input-len",
+                     help="Prompt tokens: N, LO-HI, LO-HI:normal (exact with --tokenizer)"),
     ] = "256",
     output_tokens: Annotated[
-        str, typer.Option(help="Output tokens: N, LO-HI, LO-HI:normal")
+        str,
+        typer.Option("--output-tokens", "--random-output-len",
+                     help="Output tokens: N, LO-HI, LO-HI:normal"),
     ] = "128",
     dataset: Annotated[
-        Path | None, typer.Option(help="JSONL: {prompt, output_tokens?} per line")
+        Path | None,
+        typer.Option(help="Prompts or conversations: JSONL, ShareGPT JSON, OpenAI chat JSONL, "
+                     "a Hugging Face dataset directory"),
     ] = None,
+    dataset_format: Annotated[
+        str | None, typer.Option(help="prompts, sharegpt, openai-chat or hf (default: detected)")
+    ] = None,
+    multi_turn: Annotated[
+        bool, typer.Option(help="Send each conversation's turns in order with the real answers")
+    ] = False,
+    think_time: Annotated[
+        float, typer.Option(help="Multi-turn: seconds between an answer and the next turn")
+    ] = 0.0,
+    max_turns: Annotated[int | None, typer.Option(help="Multi-turn: most turns a session")] = None,
+    prefix_tokens: Annotated[
+        int | None, typer.Option(help="Each prompt starts with a shared system prompt of L tokens")
+    ] = None,
+    prefix_groups: Annotated[
+        int, typer.Option(help="How many distinct shared system prompts (--prefix-tokens)")
+    ] = 1,
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="Replay a trace on its own schedule: Mooncake JSONL or BurstGPT CSV"),
+    ] = None,
+    trace_format: Annotated[
+        str | None, typer.Option(help="mooncake or burstgpt (default: detected)")
+    ] = None,
+    trace_speedup: Annotated[
+        float, typer.Option(help="Replay the trace X times faster")
+    ] = 1.0,
     enforce_length: Annotated[
         bool, typer.Option(help="Send ignore_eos/min_tokens so outputs reach the asked length")
     ] = True,
@@ -216,6 +307,23 @@ def run(
     slo: Annotated[
         str | None, typer.Option(help="Latency bounds, e.g. ttft_p99=2000ms,tpot_p99=100ms")
     ] = None,
+    goodput: Annotated[
+        str | None,
+        typer.Option(help="vLLM's goodput bounds, e.g. 'ttft:500 tpot:50 e2el:2000' (ms; the "
+                     "same as --slo ttft_p99=500ms,...)"),
+    ] = None,
+    save_result: Annotated[
+        bool, typer.Option(help="Also write a vLLM-style result JSON beside summary.json")
+    ] = False,
+    result_filename: Annotated[
+        str, typer.Option(help="--save-result: the file name in the run directory")
+    ] = VLLM_RESULT_FILE,
+    percentile_metrics: Annotated[
+        str, typer.Option(help="--save-result: metrics with percentiles (ttft,tpot,itl,e2el)")
+    ] = "ttft,tpot,itl",
+    metric_percentiles: Annotated[
+        str, typer.Option(help="--save-result: the percentiles, e.g. 25,50,99")
+    ] = "99",
     seed: Annotated[
         int | None,
         typer.Option(
@@ -280,6 +388,9 @@ def run(
     from inferaudit.audit.run import RunOptions, execute_sweep, run_verification
     from inferaudit.measure.load.client import api_key_for
 
+    for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{what} {path}: no such file")
     check_names = (
         None if checks is None else tuple(c.strip() for c in checks.split(",") if c.strip())
     )
@@ -295,11 +406,32 @@ def run(
             raise ConfigError("--search needs --slo, e.g. --slo ttft_p99=2000ms,tpot_p99=100ms")
         plan = SearchPlan.parse(search, search_tolerance, search_max_points)
         rate = plan.lo
+    wanted = percentiles(metric_percentiles)  # checked before anything is sent
+    metrics = tuple(m.strip() for m in percentile_metrics.split(",") if m.strip())
+    if save_result:  # pyarrow and the exports only when asked for
+        from inferaudit.present.vllm_result import VLLM_METRICS
+
+        for name in metrics:
+            choice(name, VLLM_METRICS, "--percentile-metrics")
+    if goodput is not None:
+        if slo is not None:
+            raise ConfigError("give --slo or --goodput (its vLLM spelling), not both")
+        slo = goodput_slo(goodput)
+    if max_concurrency is not None and rate is None and sweep is None:
+        if concurrency is not None and concurrency != max_concurrency:
+            raise ConfigError("--max-concurrency without --rate is --concurrency: give one")
+        concurrency, max_concurrency = max_concurrency, None  # vLLM: rate inf, N at a time
     specs = build_specs(SpecInputs(
         endpoint=endpoint, model=model, api=api, api_key_env=api_key_env,
         concurrency=concurrency, rate=rate, arrivals=arrivals, sweep=sweep, requests=requests,
         duration=duration, warmup=warmup, input_tokens=input_tokens, output_tokens=output_tokens,
-        dataset=dataset, enforce_length=enforce_length, slo=slo, seed=seed or 0,
+        dataset=dataset, dataset_format=choice(dataset_format, DATASET_FORMATS, "--dataset-format"),
+        multi_turn=multi_turn, think_time=think_time, max_turns=max_turns,
+        prefix_tokens=prefix_tokens, prefix_groups=prefix_groups, trace=trace,
+        trace_format=choice(trace_format, TRACE_FORMATS, "--trace-format"),
+        trace_speedup=trace_speedup, tokenizer=tokenizer, burstiness=burstiness,
+        max_concurrency=max_concurrency, ramp_up=ramp_up, ramp_start_rate=ramp_start_rate,
+        enforce_length=enforce_length, slo=slo, seed=seed or 0,
         workers=workers or (os.cpu_count() or 1), max_lag_ms=max_lag_ms, timeout=timeout,
         first_byte_timeout=first_byte_timeout, stall_timeout=stall_timeout, grace=grace,
         deployment=deployment, claim=claim, temperature=temperature, top_p=top_p,
@@ -310,9 +442,6 @@ def run(
         from inferaudit.measure.workload import fixed_seed
 
         specs = [s.model_copy(update={"secret_seed": fixed_seed(seed)}) for s in specs]
-    for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{what} {path}: no such file")
     options = RunOptions(
         api_key=api_key_for(specs[0].endpoint),
         checks=check_names,
@@ -336,5 +465,13 @@ def run(
             outcomes = [run_verification(specs[0], run_dir, options, live, flag.is_set)]
         else:
             outcomes = execute_sweep(specs, run_dir, options, live, flag.is_set)
+    if save_result:
+        from inferaudit.present.vllm_result import write_vllm_result
+
+        for outcome in outcomes:
+            write_vllm_result(
+                outcome.run_dir, outcome.run_dir / result_filename,
+                percentile_metrics=metrics, metric_percentiles=wanted,
+            )  # fmt: skip
     print_outcomes(outcomes)
     raise typer.Exit(exit_code(outcomes))

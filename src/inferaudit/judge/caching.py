@@ -359,6 +359,7 @@ def check_caching(
     records: Sequence[Record],
     *,
     allowed: bool = False,
+    expected: str | None = None,
     health: Sequence[ClientWindow] | None = None,
     lag_problem: str | None = None,
 ) -> Verdict:
@@ -390,7 +391,7 @@ def check_caching(
         numbers,
         _compare_repeats,
         what="repeated prompts",
-        allowed="caching allowed by the protocol" if allowed else None,
+        allowed=_allowance(allowed, expected, "caching allowed by the protocol", numbers),
         health=health,
         lag_problem=lag_problem,
     )
@@ -422,6 +423,7 @@ def check_prefix_cache(
     records: Sequence[Record],
     *,
     allowed: bool = False,
+    expected: str | None = None,
     health: Sequence[ClientWindow] | None = None,
     lag_problem: str | None = None,
 ) -> Verdict:
@@ -457,7 +459,8 @@ def check_prefix_cache(
             seen,
             None
             if line is None
-            else f"{line}" + ("" if allowed else ": the server caches prompt prefixes"),
+            else f"{line}"
+            + ("" if allowed or expected else ": the server caches prompt prefixes"),
             clean,
         )
 
@@ -467,7 +470,19 @@ def check_prefix_cache(
         numbers,
         compare,
         what="shared-prefix prompts",
-        allowed="prefix caching allowed by the protocol" if allowed else None,
+        allowed=_allowance(allowed, expected, "prefix caching allowed by the protocol", numbers),
         health=health,
         lag_problem=lag_problem,
     )
+
+
+def _allowance(
+    allowed: bool, expected: str | None, line: str, numbers: dict[str, object]
+) -> str | None:
+    """The pass line's tail when caching may not fail: allowed by the protocol, or expected
+    because the workload itself shares prefixes (``expected`` says how; it is then also in the
+    numbers)."""
+    if expected is not None:
+        numbers["prefix_reuse_expected"] = expected
+        return f"prefix caching is expected: {expected}"
+    return line if allowed else None

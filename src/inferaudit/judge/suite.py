@@ -43,6 +43,7 @@ from inferaudit.judge.shedding import check_errors
 from inferaudit.judge.token_accounting import check_token_accounting
 from inferaudit.judge.verdict import Verdict, format_verdict
 from inferaudit.measure.fingerprint import Entry, Fingerprint, check_fits, load_fingerprint
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.plan import AuditTraffic, plan_traffic
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
@@ -84,9 +85,10 @@ class CheckSuite:
     tokenizer: Tokenizer | None = None
     fingerprint: Fingerprint | None = None
 
-    def traffic(self, spec: RunSpec) -> AuditTraffic:
+    def traffic(self, spec: RunSpec, planner: Planner | None = None) -> AuditTraffic:
         """The audit traffic these checks need in ``spec``'s run (``spec`` carries its secret
-        seed); refuses a fingerprint that does not fit the run (``check_fits``)."""
+        seed; ``planner``: the run's, when it was built already); refuses a fingerprint that
+        does not fit the run (``check_fits``)."""
         on = self.names.__contains__
         replays: tuple[Entry, ...] = ()
         if self.fingerprint is not None and on("identity"):
@@ -98,6 +100,7 @@ class CheckSuite:
             caching=on("caching"),
             prefix=on("prefix-cache"),
             replays=replays,
+            planner=planner,
         )
 
     def judge(
@@ -187,7 +190,8 @@ def recheck(
                 traffic_v1.check_caching_v1(records)
                 if v1
                 else caching.check_caching(
-                    records, allowed=spec.allow_prompt_cache, health=noise, lag_problem=lag
+                    records, allowed=spec.allow_prompt_cache, expected=reuse_expected(spec),
+                    health=noise, lag_problem=lag,
                 )
             )
         elif name == "prefix-cache":
@@ -195,7 +199,8 @@ def recheck(
                 traffic_v1.check_prefix_cache_v1(records)
                 if v1
                 else caching.check_prefix_cache(
-                    records, allowed=spec.allow_prompt_cache, health=noise, lag_problem=lag
+                    records, allowed=spec.allow_prompt_cache, expected=reuse_expected(spec),
+                    health=noise, lag_problem=lag,
                 )
             )
         elif name == "errors":
@@ -203,6 +208,22 @@ def recheck(
         else:
             raise AssertionError(f"check {name!r} in ALL_CHECKS has no judge")
     return out
+
+
+def reuse_expected(spec: RunSpec) -> str | None:
+    """Why ``spec``'s own workload makes prompts share prefixes (the caching checks then say
+    prefix caching is expected instead of failing), or None."""
+    wl = spec.workload
+    if wl.prefix is not None:
+        return (
+            f"the workload shares {wl.prefix.groups} system prompt(s) of {wl.prefix.tokens} "
+            "tokens"
+        )
+    if wl.sessions is not None:
+        return "multi-turn sessions resend each conversation's history"
+    if wl.trace is not None and wl.trace.format == "mooncake":
+        return "the trace's requests share prefix blocks (hash_ids)"
+    return None
 
 
 def default_checks(fingerprint: bool) -> tuple[str, ...]:

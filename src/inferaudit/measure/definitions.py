@@ -16,6 +16,8 @@ __all__ = [
     "CREDIT_BASIS",
     "DEFINITIONS",
     "PROVEN_DEFINITIONS",
+    "SLOT_WAIT_DEFINITION",
+    "TURNS_DEFINITION",
     "USAGE_BASIS",
     "definitions",
 ]
@@ -106,6 +108,18 @@ BUDGET_DEFINITION = (
     "from the actual send (what the send lag moved it by) must be within that allowance."
 )
 # v2 protocols credit the tokens the stream proves (see ``proven_tokens``).
+SLOT_WAIT_DEFINITION = (
+    "Open loop with max_concurrency: how long each measured request waited for a free slot "
+    "(slot - scheduled). Latencies still run from the scheduled send; the client's lag runs "
+    "from when the request was due (max of scheduled and slot), and the error budget compares "
+    "TTFT from that instant with TTFT from the actual send."
+)
+TURNS_DEFINITION = (
+    "Multi-turn sessions: per turn index (0 first), the measured requests, completions, "
+    "credited output tokens, TTFT, TPOT and E2E, defined as the overall figures over that "
+    "turn's requests. A turn is scheduled think_time_s after the previous turn's last byte."
+)
+
 PROVEN_DEFINITIONS: dict[str, str] = {
     "output_tokens": (
         "Credited output tokens of completed requests: per request the tokens the stream "
@@ -139,4 +153,8 @@ def definitions(spec: RunSpec) -> dict[str, str]:
             out[key] = text
         if proven and key == "output_tokens_by_source":
             out["token_credit"] = PROVEN_DEFINITIONS["token_credit"]
+    if spec.load.max_concurrency is not None:
+        out["slot_wait_ms"] = SLOT_WAIT_DEFINITION
+    if spec.workload.sessions is not None:
+        out["turns"] = TURNS_DEFINITION
     return out

@@ -34,10 +34,11 @@ from inferaudit.measure.fingerprint import (
 )
 from inferaudit.measure.likelihood import calibrate, score
 from inferaudit.measure.load.client import check_endpoint, send_plans
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.interrupts import cut_by_arrivals
 from inferaudit.measure.protocol import Api, Endpoint, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record
-from inferaudit.measure.workload import Planner, RequestPlan, commit_seed, fresh_seed
+from inferaudit.measure.workload import RequestPlan, commit_seed, fresh_seed
 
 __all__ = ["record_fingerprint"]
 

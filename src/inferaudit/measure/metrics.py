@@ -91,6 +91,7 @@ class RequestTimes:
     proven_tokens: int  # what the stream proves (``proven_tokens``): what a v2 summary credits
     ttft_ns: int | None = None  # scheduled send -> first content chunk
     ttft_sent_ns: int | None = None  # actual send -> first content chunk
+    ttft_due_ns: int | None = None  # when it was due (scheduled, or its slot) -> first content
     e2e_ns: int | None = None  # scheduled send -> done
     tpot_ms: float | None = None
     itl_ms: tuple[float, ...] = ()
@@ -165,6 +166,7 @@ def request_times(record: Record) -> RequestTimes:
         proven_tokens=proven,
         ttft_ns=None if first is None else first - record.scheduled_ns,
         ttft_sent_ns=None if first is None or record.sent_ns is None else first - record.sent_ns,
+        ttft_due_ns=None if first is None else first - record.scheduled_ns - record.slot_wait_ns,
         e2e_ns=None if done is None else done - record.scheduled_ns,
         tpot_ms=tpot,
         itl_ms=tuple(itl_samples_ms(record)),
@@ -343,19 +345,19 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
     slo, meets_all = _slo(derived, bounds)
     good = [d for d, ok in zip(derived, meets_all, strict=True) if ok]
 
-    def dist(values: list[int | None]) -> dict[str, float | int | None]:
-        return stats.distribution([_ms(v) for v in values if v is not None])
-
-    ttft_from_sent = dist([d.ttft_sent_ns for d in done_reqs])
+    ttft_from_sent = _dist_ns([d.ttft_sent_ns for d in done_reqs])
     lag = _lag(measured)
     reasons: list[str] = []
     if n == 0:
         reasons.append("no measured requests")
     elif completed == 0:
         reasons.append("no measured request completed")
-    ttft = dist([d.ttft_ns for d in done_reqs])
+    ttft = _dist_ns([d.ttft_ns for d in done_reqs])
     lag_p99 = lag["p99"]
-    pair = (_opt(ttft["p50"]), _opt(ttft["p99"]))
+    # what the send lag moved: TTFT from when each request was due (its scheduled time, or its
+    # slot under max_concurrency: a slot wait is the protocol's) against TTFT from its send
+    due = _dist_ns([d.ttft_due_ns for d in done_reqs]) if spec.load.max_concurrency else ttft
+    pair = (_opt(due["p50"]), _opt(due["p99"]))
     pair_sent = (_opt(ttft_from_sent["p50"]), _opt(ttft_from_sent["p99"]))
     problem = summary_lag_problem(spec, lag_p99, pair, pair_sent)
     if problem is not None:
@@ -423,7 +425,7 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
                 [d.tpot_ms for d in done_reqs if d.tpot_ms is not None]
             ),
             "itl_ms": stats.distribution([x for d in done_reqs for x in d.itl_ms]),
-            "e2e_ms": dist([d.e2e_ns for d in done_reqs]),
+            "e2e_ms": _dist_ns([d.e2e_ns for d in done_reqs]),
             "goodput_rps": _rate(len(good), span) if bounds else None,
             "goodput_tok_s": (
                 _rate(sum(d.credited_tokens(spec) for d in good), span) if bounds else None
@@ -440,5 +442,41 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
             "valid": not reasons,
             "invalid_reasons": tuple(reasons),
             "definitions": definitions(spec),
+            "slot_wait_ms": (
+                _dist_ns([r.slot_wait_ns for r in measured if r.sent_ns is not None])
+                if spec.load.max_concurrency
+                else None
+            ),
+            "turns": _turns(measured, derived, spec) if spec.workload.sessions else None,
         }
     )
+
+
+def _turns(
+    measured: Sequence[Record], derived: Sequence[RequestTimes], spec: RunSpec
+) -> list[dict[str, Any]]:
+    """Per turn index of a multi-turn run: requests, completions, credited tokens, TTFT, TPOT
+    and E2E (each as the overall figures define them, over that turn's requests)."""
+    by_turn: dict[int, list[RequestTimes]] = {}
+    for r, d in zip(measured, derived, strict=True):
+        by_turn.setdefault(r.turn or 0, []).append(d)
+    out = []
+    for turn, group in sorted(by_turn.items()):
+        ok = [d for d in group if d.ok]
+        out.append(
+            {
+                "turn": turn,
+                "requests": len(group),
+                "completed": len(ok),
+                "output_tokens": sum(d.credited_tokens(spec) for d in ok),
+                "ttft_ms": _dist_ns([d.ttft_ns for d in ok]),
+                "tpot_ms": stats.distribution([d.tpot_ms for d in ok if d.tpot_ms is not None]),
+                "e2e_ms": _dist_ns([d.e2e_ns for d in ok]),
+            }
+        )
+    return out
+
+
+def _dist_ns(values: Sequence[int | None]) -> dict[str, float | int | None]:
+    """``stats.distribution`` in ms of the values that are not None (ns)."""
+    return stats.distribution([_ms(v) for v in values if v is not None])

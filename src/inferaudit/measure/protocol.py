@@ -42,8 +42,17 @@ class Api(StrEnum):
 
 
 class Arrivals(StrEnum):
+    """Open-loop arrival processes (``measure.load.schedule`` draws them).
+
+    ``gamma``: gamma-distributed gaps with shape ``load.burstiness`` and mean ``1 / rate``
+    (vLLM's ``--burstiness``: 1 is Poisson, below 1 burstier, above 1 more even). ``trace``:
+    the instants of ``workload.trace``, divided by its speedup.
+    """
+
     poisson = "poisson"
     constant = "constant"
+    gamma = "gamma"
+    trace = "trace"
 
 
 class _Frozen(BaseModel):
@@ -106,18 +115,88 @@ class Length(_Frozen):
         return str(self.lo) if self.dist == "fixed" else f"{self.lo}-{self.hi}:{self.dist}"
 
 
+DatasetFormat = Literal["prompts", "sharegpt", "openai-chat", "hf"]
+TraceFormat = Literal["mooncake", "burstgpt"]
+
+
+class SharedPrefix(_Frozen):
+    """Every synthetic prompt starts with one of ``groups`` shared system prompts of ``tokens``
+    tokens (chosen per request from the run's seed), then a unique salted suffix: prefix
+    caching is expected, and the caching checks say so instead of failing."""
+
+    tokens: int = Field(ge=1)
+    groups: int = Field(ge=1)
+
+
+class Sessions(_Frozen):
+    """Multi-turn: each conversation of the dataset is one session; its turns are sent in
+    order, each carrying the real answers to the turns before it, ``think_time_s`` after the
+    previous answer ended. The schedule (rate or concurrency) decides when sessions start."""
+
+    think_time_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    max_turns: int | None = Field(default=None, ge=1)  # None: every turn of a conversation
+
+
+class Trace(_Frozen):
+    """A recorded arrival trace replayed on its own absolute schedule (``arrivals: trace``):
+    ``mooncake`` JSONL (``timestamp`` ms, ``input_length``, ``output_length``, ``hash_ids``:
+    shared prefix blocks of ``block_tokens`` tokens) or ``burstgpt`` CSV. The file is bound by
+    ``sha256``; its instants are divided by ``speedup``."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: TraceFormat
+    speedup: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    block_tokens: int = Field(default=512, ge=1)
+
+
 class Workload(_Frozen):
-    """What is asked: seeded synthetic prompts, or a JSONL dataset bound by its digest."""
+    """What is asked: seeded synthetic prompts (optionally after shared prefixes), a dataset
+    bound by its digest (single prompts or multi-turn sessions), or a replayed trace."""
 
     input_tokens: Length = Length(lo=256, hi=256)
     output_tokens: Length = Length(lo=128, hi=128)
     dataset: str | None = None  # path as given; its content is bound by dataset_sha256
     dataset_sha256: str | None = None
+    # None with a dataset: v0.1's prompt JSONL ({"prompt", "output_tokens"?} lines)
+    dataset_format: DatasetFormat | None = None
+    sessions: Sessions | None = None  # multi-turn sessions from the dataset's conversations
+    prefix: SharedPrefix | None = None
+    trace: Trace | None = None
+    # With the run's tokenizer (spec.tokenizer_sha256): synthetic prompts have exactly the
+    # drawn number of prompt tokens; without one, the word count approximates it.
+    exact_input_tokens: bool = False
     enforce_output_length: bool = True  # send ignore_eos + min_tokens alongside max_tokens
     keep_output_text: bool = True  # records keep the generated text (checks need it)
     # Records keep at most this many UTF-8 bytes of the text (cut at a character boundary;
     # output_sha256 and output_chars are always of the whole text). None: keep all of it.
     max_text_bytes: int | None = Field(default=65_536, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sessions_keep_text(cls, data: object) -> object:
+        # a session's records keep their whole text unless the protocol says otherwise
+        if isinstance(data, dict) and data.get("sessions") is not None:
+            data.setdefault("max_text_bytes", None)
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Workload:
+        if self.dataset is not None and self.trace is not None:
+            raise ValueError("a workload is a dataset or a trace, not both")
+        if self.sessions is not None and self.dataset is None:
+            raise ValueError("multi-turn sessions need a dataset of conversations")
+        if self.prefix is not None and (self.dataset is not None or self.trace is not None):
+            raise ValueError("shared prefixes apply to synthetic prompts (no dataset, no trace)")
+        if self.dataset_format is not None and self.dataset is None:
+            raise ValueError("dataset_format without a dataset")
+        if self.sessions is not None and (not self.keep_output_text or self.max_text_bytes):
+            raise ValueError(
+                "multi-turn sessions send each answer in the next turn: records keep the whole "
+                "text (keep_output_text true, max_text_bytes null)"
+            )
+        return self
+
 
 
 class Load(_Frozen):
@@ -126,6 +205,14 @@ class Load(_Frozen):
     concurrency: int | None = Field(default=None, ge=1)  # closed loop
     rate: float | None = Field(default=None, gt=0)  # open loop, requests/s; inf: all at t=0
     arrivals: Arrivals = Arrivals.poisson
+    burstiness: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # gamma arrivals' shape
+    # Open loop with a cap: at most this many requests in flight; an arrival waits for a slot
+    # (the wait is recorded, latency is still measured from the scheduled time).
+    max_concurrency: int | None = Field(default=None, ge=1)
+    # Open loop: the rate rises linearly from ramp_start_rate to rate over the first
+    # ramp_up_s seconds of the schedule (warm-up included), then stays.
+    ramp_up_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    ramp_start_rate: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     requests: int | None = Field(default=None, ge=1)  # measured requests (warm-up not included)
     duration_s: float | None = Field(default=None, gt=0)
     warmup: int = Field(default=0, ge=0)  # requests before the measured ones, flagged in records
@@ -149,6 +236,18 @@ class Load(_Frozen):
             raise ValueError("duration_s must be finite: for a run bounded by count give requests")
         if self.rate is not None and math.isinf(self.rate) and self.requests is None:
             raise ValueError("rate inf sends every request at t=0: give requests, not duration_s")
+        if self.rate is None and (self.max_concurrency is not None or self.ramp_up_s is not None):
+            raise ValueError("max_concurrency and ramp_up_s shape an open loop: give a rate")
+        if self.burstiness != 1.0 and self.arrivals != Arrivals.gamma:
+            raise ValueError("burstiness is the shape of gamma arrivals: set arrivals gamma")
+        if self.ramp_up_s is not None and (
+            self.arrivals == Arrivals.trace or (self.rate is not None and math.isinf(self.rate))
+        ):
+            raise ValueError("a ramp-up needs a finite rate drawn by the schedule (not a trace)")
+        if self.ramp_up_s is not None and self.rate is not None and (
+            self.ramp_start_rate >= self.rate
+        ):
+            raise ValueError("ramp_start_rate must be below the rate it ramps up to")
         return self
 
     @field_serializer("rate", when_used="json")
@@ -255,6 +354,14 @@ class RunSpec(_Frozen):
     # The secret seed itself: in memory only (to the load workers), never in any serialized
     # form (``exclude``: not in spec.json nor its hash); revealed in seed.json after the run.
     secret_seed: bytes | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _trace_schedule(self) -> RunSpec:
+        if (self.load.arrivals == Arrivals.trace) != (self.workload.trace is not None):
+            raise ValueError("a trace workload is replayed with arrivals trace, and only it")
+        if self.workload.exact_input_tokens and self.tokenizer_sha256 is None:
+            raise ValueError("exact input token counts need the run's tokenizer")
+        return self
 
     @property
     def credits_proven(self) -> bool:

@@ -10,6 +10,9 @@ Field meanings:
   worker                 index of the worker process that sent it
   phase                  "warmup" | "measure" | a check's phase ("probe", "cache-unique", ...)
   scheduled_ns           when the schedule said to send it (latency is measured from here)
+  slot_ns                open loop with ``max_concurrency``: when a slot became free for it
+                         (None without a cap); its wait for the slot (slot - scheduled) is the
+                         protocol's, not the client's lag (lag = sent - max(scheduled, slot))
   sent_ns                when the client actually started the request (lag = sent - scheduled)
   first_chunk_ns         first SSE data event of any kind (role-only/empty included)
   first_content_ns       first event carrying generated content (this is the first token)
@@ -34,6 +37,8 @@ Field meanings:
                          all of it); None when the protocol does not keep text
   top_logprobs           per output token, the server's top alternatives ``{text: logprob}``
                          (chosen token included); only on requests that asked for logprobs
+  session, turn          multi-turn workloads: the session (its first turn's id) and the turn
+                         index (0 first); None for single requests
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class Record(BaseModel):
     phase: str = "measure"
     tag: str | None = None  # e.g. fingerprint prompt id, cache-probe group
     scheduled_ns: int
+    slot_ns: int | None = None
     sent_ns: int | None = None
     first_chunk_ns: int | None = None
     first_content_ns: int | None = None
@@ -91,6 +97,8 @@ class Record(BaseModel):
     max_tokens: int | None = None
     output_text: str | None = None
     top_logprobs: list[dict[str, float]] | None = None
+    session: int | None = None
+    turn: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,7 +112,17 @@ class Record(BaseModel):
 
     @property
     def lag_ns(self) -> int | None:
-        return None if self.sent_ns is None else self.sent_ns - self.scheduled_ns
+        """The client's send lag: actual send minus when it was due (its scheduled time, or
+        when a slot became free for it under ``max_concurrency``)."""
+        if self.sent_ns is None:
+            return None
+        due = self.scheduled_ns if self.slot_ns is None else max(self.scheduled_ns, self.slot_ns)
+        return self.sent_ns - due
+
+    @property
+    def slot_wait_ns(self) -> int:
+        """How long it waited for a free slot under ``max_concurrency`` (0 without a cap)."""
+        return 0 if self.slot_ns is None else max(self.slot_ns - self.scheduled_ns, 0)
 
     @property
     def output_tokens(self) -> int:

@@ -6,6 +6,7 @@ holding ``sweep.json`` or ``search.json`` and one run directory per point.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,17 @@ from pydantic import ValidationError
 
 from inferaudit.errors import ConfigError
 from inferaudit.measure.protocol import RunSpec
+
+
+def file_sha256(path: Path) -> str:
+    """Lowercase hex SHA-256 of a file's bytes (read in 1 MiB blocks): how evidence, datasets
+    and traces are bound."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
 
 SPEC_FILE = "spec.json"
 RECORDS_FILE = "records.jsonl"

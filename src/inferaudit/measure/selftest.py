@@ -26,6 +26,7 @@ is part of a run's evidence (``meta.json``).
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import resource
 import signal
@@ -241,15 +242,28 @@ async def _serve_main(conn: Connection, server: _FastServer) -> None:
 
 
 def _test_spec(spec: RunSpec, base_url: str, duration_s: float) -> tuple[RunSpec, str, float]:
-    load = spec.load
+    load, workload = spec.load, spec.workload
+    # The same prompts' shape (an exact token count costs the client no more than its
+    # approximation, and the self-test has no tokenizer to hand).
+    workload = workload.model_copy(update={"exact_input_tokens": False})
     if load.rate is not None:
         mode, planned = "open", float(load.rate)
-        new_load = Load(
-            rate=planned * LOAD_FACTOR,
-            arrivals=load.arrivals,
-            duration_s=duration_s,
-            timeout_s=REQUEST_TIMEOUT_S,
-        )
+        cap = None if load.max_concurrency is None else load.max_concurrency * LOAD_FACTOR
+        if math.isinf(load.rate):  # every request at once: twice as many at once
+            new_load = Load(
+                rate=load.rate, requests=LOAD_FACTOR * (load.requests or 1) + load.warmup,
+                max_concurrency=cap, timeout_s=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
+        else:
+            new_load = Load(
+                rate=planned * LOAD_FACTOR, arrivals=load.arrivals, burstiness=load.burstiness,
+                max_concurrency=cap, duration_s=duration_s, timeout_s=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
+        if workload.trace is not None:  # the trace itself, replayed twice as fast
+            faster = workload.trace.speedup * LOAD_FACTOR
+            workload = workload.model_copy(
+                update={"trace": workload.trace.model_copy(update={"speedup": faster})}
+            )
     else:
         assert load.concurrency is not None, "a Load is open or closed loop"
         mode, planned = "closed", float(load.concurrency)
@@ -259,7 +273,9 @@ def _test_spec(spec: RunSpec, base_url: str, duration_s: float) -> tuple[RunSpec
             timeout_s=REQUEST_TIMEOUT_S,
         )
     endpoint = spec.endpoint.model_copy(update={"base_url": base_url, "api_key_env": None})
-    test = spec.model_copy(update={"endpoint": endpoint, "load": new_load, "checks": ()})
+    test = spec.model_copy(
+        update={"endpoint": endpoint, "load": new_load, "workload": workload, "checks": ()}
+    )
     return test, mode, planned
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ThroughputCI",
     "TokenCredit",
     "TokenSources",
+    "TurnStats",
 ]
 
 
@@ -131,6 +132,18 @@ class BudgetBlock(_Frozen):
     within: bool
 
 
+class TurnStats(_Frozen):
+    """One turn index of a multi-turn run (``Summary.turns``)."""
+
+    turn: int
+    requests: int
+    completed: int
+    output_tokens: int
+    ttft_ms: Dist
+    tpot_ms: Dist
+    e2e_ms: Dist
+
+
 class SummaryRow(_Frozen):
     """The flat projection of a Summary: one sweep/search row, one line of the sweep table."""
 
@@ -189,11 +202,14 @@ class Summary(_Frozen):
     valid: bool
     invalid_reasons: tuple[str, ...]
     definitions: dict[str, str]
+    # Only where the protocol has them: a concurrency cap on an open loop, multi-turn sessions.
+    slot_wait_ms: Dist | None = None
+    turns: tuple[TurnStats, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` object (v1: byte for byte what v0.1 wrote)."""
         data = self.model_dump(mode="json", by_alias=True)
-        for optional in ("token_credit", "error_budget"):
+        for optional in ("token_credit", "error_budget", "slot_wait_ms", "turns"):
             if data[optional] is None:
                 del data[optional]
         return data

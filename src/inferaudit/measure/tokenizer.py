@@ -59,6 +59,11 @@ class Tokenizer:
     def describe(self) -> str:
         return f"{self.source} ({Path(self.path).name})"
 
+    def __reduce__(self) -> tuple[Callable[[Path], Tokenizer], tuple[Path]]:
+        """Pickled as its file (the load workers get a planner that prompts with it): each
+        process loads it again."""
+        return (load_tokenizer, (Path(self.path),))
+
 
 def load_tokenizer(path: Path) -> Tokenizer:
     """Load a ``tokenizer.json`` or a GGUF file; a ConfigError names what is wrong."""

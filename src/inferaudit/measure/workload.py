@@ -1,4 +1,4 @@
-"""What each request asks: request plans from ``(the run's seed, request id)``.
+"""What each request asks: the run's secret seed and the keyed draws plans are made of.
 
 The run's seed is 32 bytes, fresh and secret per run (:func:`fresh_seed`), unless the user fixes
 one (:func:`fixed_seed`, public and reproducible). ``spec.json`` holds only its commitment
@@ -20,10 +20,9 @@ without the seed.
   vocabularies hold as one token when preceded by a space, so N words ≈ N prompt tokens. This is
   an approximation: the first word, the chat template and other tokenizers add or split a few
   tokens; ``input_tokens`` in a plan is the word count sent.
-* **Dataset**: a JSONL file, one ``{"prompt": str, "output_tokens": int?}`` per line. Request
-  ``i`` uses line ``perm[i % n]`` of a permutation drawn from the seed; a line without
-  ``output_tokens`` draws one from ``workload.output_tokens``. Prompts are sent as written (no
-  salt); ``input_tokens`` is None because it is not known without the model's tokenizer.
+* Datasets, traces, shared prefixes and multi-turn sessions: :mod:`inferaudit.measure.planner`
+  (which turns a position into a :class:`RequestPlan`) with ``measure.datasets`` and
+  ``measure.traces``.
 
 Lengths drawn from a range (numpy PCG64 seeded with ``prf(seed, "length", i)``): ``uniform`` is
 uniform over the integers ``[lo, hi]``; ``normal`` has mean ``(lo + hi) / 2`` and standard
@@ -33,11 +32,6 @@ Sampling (``spec.sampling``; None in a v1 spec: no keys): every plan's ``extra_b
 ``{"temperature": float, "top_p": float}``, plus ``"seed": int`` (31 bits of
 ``prf(seed, "sampling", i)``) with ``seed_per_request``: one body shape for load, replays and
 probes alike (:func:`sampling_body`).
-
-Callers may inject their own plans at given ids (``injected``: fingerprint replays and cache
-repeats mixed into the load, sent exactly like the others; or ``audit``, a lookup that computes
-them on demand for a run of unknown length) or run an explicit list of plans through the
-runner.
 """
 
 from __future__ import annotations
@@ -45,10 +39,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
@@ -60,15 +54,11 @@ __all__ = [
     "SALT_WORDS",
     "SEED_FILE",
     "VOCAB",
-    "AuditLookup",
-    "DatasetRow",
-    "Planner",
     "RequestPlan",
     "commit_seed",
     "draw_length",
     "fixed_seed",
     "fresh_seed",
-    "load_dataset",
     "load_seed",
     "planning_seed",
     "prf",
@@ -124,12 +114,12 @@ class RequestPlan:
     input_tokens: int | None = None
     tag: str | None = None
     extra_body: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetRow:
-    prompt: str
-    output_tokens: int | None = None
+    # A chat conversation to send instead of one user message (multi-turn sessions, datasets
+    # with a system prompt): (role, content) pairs. ``prompt`` is then its text rendering
+    # (``render_messages``), which completions endpoints are sent and prompt_sha256 hashes.
+    messages: tuple[tuple[str, str], ...] | None = None
+    session: int | None = None  # multi-turn: the session's id (its first turn's id)
+    turn: int | None = None  # multi-turn: 0 for the first turn
 
 
 # ---- the run's seed: fresh and secret, committed in spec.json, revealed in seed.json ----
@@ -252,139 +242,3 @@ def synthetic_prompt(
     else:
         body = hashlib.shake_128(prf(seed, b"body", i)).digest(n) if n else b""
     return " ".join([salt(seed, i), *map(VOCAB.__getitem__, body)])
-
-
-def load_dataset(path: Path, sha256: str | None = None) -> tuple[DatasetRow, ...]:
-    """Read a JSONL dataset; any bad line is a ConfigError naming its line number."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"dataset {path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"dataset {path}: cannot read ({exc.strerror})") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ConfigError(f"dataset {path}: content differs from the protocol's dataset_sha256")
-    rows: list[DatasetRow] = []
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        rows.append(_dataset_row(path, number, line))
-    if not rows:
-        raise ConfigError(f"dataset {path}: no prompts in it")
-    return tuple(rows)
-
-
-def _dataset_row(path: Path, number: int, line: bytes) -> DatasetRow:
-    where = f"dataset {path}:{number}"
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not JSON ({exc.args[0]})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f'{where}: expected an object {{"prompt": str, "output_tokens": int?}}')
-    prompt = obj.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise ConfigError(f'{where}: "prompt" must be a non-empty string')
-    out = obj.get("output_tokens")
-    if out is not None and (isinstance(out, bool) or not isinstance(out, int) or out < 1):
-        raise ConfigError(f'{where}: "output_tokens" must be a positive integer')
-    unknown = set(obj) - {"prompt", "output_tokens"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-    return DatasetRow(prompt, out)
-
-
-class AuditLookup(Protocol):
-    """Audit plans computed on demand, one id at a time (a run whose length is not known in
-    advance): ``at(i, planner)`` is the plan sent at id ``i`` instead of the workload's, or None.
-    It may only use ``planner.generated`` (never ``plan``), and must be picklable."""
-
-    def at(self, i: int, planner: Planner) -> RequestPlan | None: ...
-
-
-class Planner:
-    """``plan(i)``: the request with id ``i`` of a run, the same every time for the same seed.
-
-    Ids ``0 .. warmup-1`` are phase ``"warmup"``, later ids ``"measure"``. ``injected`` plans
-    replace the generated ones at their ids (their own ``phase``/``tag`` are kept), then
-    ``audit`` (an :class:`AuditLookup`) may replace any other. Planners are picklable: the runner
-    builds one in the parent (reading any dataset once) and ships it.
-    """
-
-    def __init__(
-        self,
-        spec: RunSpec,
-        *,
-        injected: Mapping[int, RequestPlan] | None = None,
-        dataset: Sequence[DatasetRow] | None = None,
-        audit: AuditLookup | None = None,
-    ) -> None:
-        self.workload = spec.workload
-        self.sampling = spec.sampling
-        self.warmup = spec.load.warmup
-        self.injected = dict(injected or {})
-        self.audit = audit
-        for i, p in self.injected.items():
-            if p.id != i:
-                raise ConfigError(f"injected plan at id {i} carries id {p.id}")
-        self._seed = planning_seed(spec)
-        self._draws = any(
-            length.dist != "fixed"
-            for length in (spec.workload.input_tokens, spec.workload.output_tokens)
-        )
-        self._rows = tuple(dataset) if dataset is not None else None
-        self._order: list[int] = []
-        if self._rows is not None:
-            rng = prf_rng(self._seed, b"dataset", 0)
-            self._order = rng.permutation(len(self._rows)).tolist()
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: RunSpec,
-        *,
-        injected: Mapping[int, RequestPlan] | None = None,
-        audit: AuditLookup | None = None,
-    ) -> Planner:
-        """A planner for ``spec``, reading its dataset (if any) now."""
-        rows = None
-        if spec.workload.dataset is not None:
-            rows = load_dataset(Path(spec.workload.dataset), spec.workload.dataset_sha256)
-        return cls(spec, injected=injected, dataset=rows, audit=audit)
-
-    @property
-    def dataset_rows(self) -> int | None:
-        """Rows of the dataset (None for a synthetic workload)."""
-        return None if self._rows is None else len(self._rows)
-
-    def plan(self, i: int) -> RequestPlan:
-        injected = self.injected.get(i)
-        if injected is not None:
-            return injected
-        if self.audit is not None and (audited := self.audit.at(i, self)) is not None:
-            return audited
-        return self.generated(i)
-
-    def generated(self, i: int, phase: str | None = None) -> RequestPlan:
-        """The workload's own plan at id ``i`` (never an injected one), in ``phase`` (default:
-        warm-up or measure by position)."""
-        if phase is None:
-            phase = "warmup" if i < self.warmup else "measure"
-        # seeding a numpy generator costs more than the rest of a plan: only when drawing
-        rng = prf_rng(self._seed, b"length", i) if self._draws else None
-        extra = (
-            {} if self.sampling is None else sampling_body(self.sampling, self._seed, i)
-        )
-        if self._rows is not None:
-            row = self._rows[self._order[i % len(self._rows)]]
-            out = row.output_tokens or draw_length(self.workload.output_tokens, rng)
-            return RequestPlan(i, phase, row.prompt, out, None, extra_body=extra)
-        words = max(draw_length(self.workload.input_tokens, rng), SALT_WORDS)
-        out = draw_length(self.workload.output_tokens, rng)
-        prompt = synthetic_prompt(self._seed, i, words)
-        return RequestPlan(i, phase, prompt, out, words, extra_body=extra)
-
-    def words(self, i: int, n: int) -> list[str]:
-        """``n`` vocabulary words drawn for id ``i`` (no salt): padding of the same form as a
-        synthetic prompt's body, for plans that resize a prompt."""
-        return [VOCAB[b] for b in hashlib.shake_128(prf(self._seed, b"pad", i)).digest(n)]

@@ -52,6 +52,7 @@ from inferaudit.measure.rundir import (
     SPEC_FILE,
     SUMMARY_FILE,
     VERDICTS_FILE,
+    file_sha256,
     read_json,
 )
 from inferaudit.seal.keys import Signer, Verifier, b64decode_strict
@@ -87,14 +88,6 @@ def pae(payload_type: str, body: bytes) -> bytes:
     """DSSE v1 pre-authentication encoding."""
     t = payload_type.encode()
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_layout(run_dir: Path) -> Layout:

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from inferaudit.errors import InferauditError
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record, read_records
-from inferaudit.measure.rundir import HEALTH_FILE, RECORDS_FILE, SPEC_FILE
-from inferaudit.seal.evidence import canonical, file_sha256
+from inferaudit.measure.rundir import HEALTH_FILE, RECORDS_FILE, SPEC_FILE, file_sha256
+from inferaudit.seal.evidence import canonical
 
 if TYPE_CHECKING:
     from inferaudit.measure.summary import Summary

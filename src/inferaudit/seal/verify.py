@@ -62,6 +62,7 @@ from inferaudit.measure.rundir import (
     STATEMENT_FILE,
     SUMMARY_FILE,
     VERDICTS_FILE,
+    file_sha256,
 )
 from inferaudit.measure.summary import Summary
 from inferaudit.seal.evidence import (
@@ -73,7 +74,6 @@ from inferaudit.seal.evidence import (
     STATEMENT_TYPE,
     SUBJECT_FILES_V1,
     canonical,
-    file_sha256,
     open_envelope,
     parse_envelope,
     split_meta,

@@ -8,6 +8,7 @@
 - ``request.py``: request parsing into the parameters honoured; OpenAI-shaped errors;
 - ``writer.py``: the twin's own SSE writer (and the stream-shape behaviours);
 - ``truth.py``: the truth file (what the twin really did, per request);
+- ``prefix.py``: the truth side's prefix-cache view (16-token chained block hashes, vLLM's idea);
 - ``server.py``: the aiohttp app and routing; ``TwinServer`` runs it in-process (async);
 - ``options.py``: ``TwinOptions`` (typed, JSON) and ``build`` -> ``TwinConfig`` (CLI and library);
 - ``launch.py``: ``start_twin(TwinOptions)`` runs ``python -m inferaudit.twin`` as a child process

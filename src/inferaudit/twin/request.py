@@ -4,6 +4,15 @@ Errors are OpenAI-shaped (``ApiError.response()``: ``{"error": {message, type, p
 Honoured: ``max_tokens`` (chat also ``max_completion_tokens``), ``min_tokens``, ``ignore_eos``,
 ``seed``, ``temperature``, ``stream``, ``stream_options.include_usage``, ``logprobs`` (chat:
 ``logprobs``/``top_logprobs``); ``n`` must be 1; other sampling parameters are ignored.
+
+The prompt as the twin renders it (``Params.prompt``, what its tokens are counted from):
+completions: the prompt string (a list of token ids: the ids in decimal, one word each); chat:
+every message's text content in order (any role: system, user, assistant, tool, ...), joined
+by newlines; a message's content is a string, a list of ``text`` parts (each part's text is
+one piece) or ``null`` (no piece; e.g. an assistant message that only called a tool). Roles and
+template tokens are not rendered. ``Params.roles`` lists the messages' roles in order (empty for
+completions) and ``Params.last_user`` is the last ``user`` message's content, its parts joined
+by newlines (``""`` for ``null``), or None when there is no user message (completions too).
 """
 
 from __future__ import annotations
@@ -65,6 +74,8 @@ class Params:
     stream: bool
     include_usage: bool
     top_logprobs: int | None = None  # None: logprobs not asked for
+    roles: tuple[str, ...] = ()  # chat: each message's role, in order
+    last_user: str | None = None  # chat: the last user message's text content
 
 
 def _int(body: dict[str, Any], key: str, default: int | None, lo: int) -> int | None:
@@ -84,45 +95,72 @@ def _count(body: dict[str, Any], key: str, default: int, lo: int) -> int:
     return default if value is None else value
 
 
-def _prompt_text(api: str, body: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class _Rendered:
+    prompt: str
+    roles: tuple[str, ...] = ()
+    last_user: str | None = None
+
+
+def _completion_prompt(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return " ".join(str(t) for t in prompt)  # token ids: one word per id
+    if not isinstance(prompt, str):
+        raise bad_request(
+            "prompt must be a string (or one string, or a list of token ids)", "prompt"
+        )
+    return prompt
+
+
+def _message_pieces(message: object) -> tuple[str, list[str]]:
+    """One chat message's role and the pieces of its text content."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise bad_request("each message needs a role and content", "messages")
+    role: str = message["role"]
+    content = message.get("content")
+    if isinstance(content, str):
+        return role, [content]
+    if isinstance(content, list):
+        pieces: list[str] = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise bad_request("only text content parts are supported", "messages")
+            pieces.append(str(part.get("text", "")))
+        return role, pieces
+    if content is not None:
+        raise bad_request("message content must be a string or a list of parts", "messages")
+    return role, []
+
+
+def _render(api: str, body: dict[str, Any]) -> _Rendered:
     if api == "completions":
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if (
-            isinstance(prompt, list)
-            and prompt
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-        ):
-            return " ".join(str(t) for t in prompt)  # token ids: one word per id
-        if not isinstance(prompt, str):
-            raise bad_request(
-                "prompt must be a string (or one string, or a list of token ids)", "prompt"
-            )
-        return prompt
+        return _Rendered(_completion_prompt(body))
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
     parts: list[str] = []
+    roles: list[str] = []
+    last_user: str | None = None
     for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise bad_request("each message needs a role and content", "messages")
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise bad_request("only text content parts are supported", "messages")
-                parts.append(str(part.get("text", "")))
-        elif content is not None:
-            raise bad_request("message content must be a string or a list of parts", "messages")
-    return "\n".join(parts)
+        role, pieces = _message_pieces(message)
+        roles.append(role)
+        parts.extend(pieces)
+        if role == "user":
+            last_user = "\n".join(pieces)
+    return _Rendered("\n".join(parts), tuple(roles), last_user)
 
 
 def parse_params(api: str, body: dict[str, Any], max_model_len: int) -> Params:
     """Validate an OpenAI request body into the parameters the twin honours."""
-    prompt = _prompt_text(api, body)
+    rendered = _render(api, body)
+    prompt = rendered.prompt
     prompt_tokens = text.count_prompt_tokens(prompt)
     key = "max_tokens"
     if api == "chat" and body.get("max_tokens") is None:
@@ -184,4 +222,6 @@ def parse_params(api: str, body: dict[str, Any], max_model_len: int) -> Params:
         stream=stream,
         include_usage=include_usage and stream,
         top_logprobs=top,
+        roles=rendered.roles,
+        last_user=rendered.last_user,
     )

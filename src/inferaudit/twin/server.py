@@ -31,6 +31,22 @@ all instants in ``time.perf_counter_ns()``:
 ``client_request_id`` (the request's ``X-Request-Id`` header, if any) and ``output_sha256``
 (SHA-256 of the UTF-8 text really sent); engine mode also ``engine_late_steps``: how many
 engine steps so far the host CPU began over 10 ms late (0 = the simulation kept its schedule).
+
+What the twin received (filled once the body has parsed and the request is accepted; a
+request refused before that, e.g. a 404 model or a 400 body, has 0, ``[]``, null, null, 0):
+``messages`` (the number of chat messages; 0 for completions), ``roles`` (their roles in
+order, e.g. ``["system", "user", "assistant", "user"]``; ``[]`` for completions),
+``prompt_sha256`` (hex SHA-256 of the UTF-8 prompt as the twin renders it for token counting,
+see ``request.py``: chat messages' text contents joined by newlines, no roles or template),
+``last_user_sha256`` (hex SHA-256 of the UTF-8 text content of the last ``user`` message;
+null for completions or a chat without one) and ``prefix_hit_tokens``: an
+automatic-prefix-cache view kept for every accepted request on the truth side only, vLLM's
+block hashing idea (``prefix.py``): the prompt's tokens (the units ``prompt_tokens`` counts)
+in blocks of 16, chain-hashed ``h_k = sha256(h_{k-1} || block_k)``, and ``prefix_hit_tokens`` =
+16 x the number of leading blocks whose hash an earlier request of this twin already produced,
+first come first served (at most 10^6 hashes are remembered; a trailing partial block never
+counts). It changes nothing that is served: only the ``prefix-cache`` behaviour does, and it
+reports its own hits as ``cached_prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -53,7 +69,8 @@ from inferaudit.twin import text
 from inferaudit.twin.cheats import Cheats
 from inferaudit.twin.config import OWNED_BY, SIMULATION_HEADER, SWAP_SUFFIX, TwinConfig
 from inferaudit.twin.engine import BatchEngine, FixedEngine, Job
-from inferaudit.twin.request import ApiError, bad_request, parse_params
+from inferaudit.twin.prefix import PrefixView
+from inferaudit.twin.request import ApiError, Params, bad_request, parse_params
 from inferaudit.twin.truth import Outcome, TruthLog
 from inferaudit.twin.writer import Writer
 
@@ -79,6 +96,7 @@ class Twin:
         self.cheats = Cheats(config.behaviours, config.model_name)
         self.engine: FixedEngine | BatchEngine = self.cheats.engine(config.engine)
         self.truth = TruthLog(config.truth_path)
+        self.prefixes = PrefixView()
         self.rng = random.Random(config.seed)
         self.seq = 0
         self.in_flight = 0
@@ -197,6 +215,7 @@ class Twin:
             why = self.engine.check_fits(p.prompt_tokens, p.max_tokens)
             if why is not None:
                 raise bad_request(why, "max_tokens")
+        self._received(out, p)
 
         truncate = cheats.shed(out, p.stream, self.in_flight)
         min_tokens, ignore_eos, seed = cheats.params(out, p)
@@ -254,6 +273,18 @@ class Twin:
         if replayed is None:
             cheats.remember(cache_key, out, served)
         return response
+
+    def _received(self, out: Outcome, p: Params) -> None:
+        """The truth keys of what this accepted request sent (``messages`` .. ``prefix_hit``)."""
+        out.messages = len(p.roles)
+        out.roles = list(p.roles)
+        out.prompt_sha256 = _sha256(p.prompt)
+        out.last_user_sha256 = None if p.last_user is None else _sha256(p.last_user)
+        out.prefix_hit_tokens = self.prefixes.observe(p.prompt)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _dumps(value: Any) -> str:

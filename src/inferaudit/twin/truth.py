@@ -64,6 +64,11 @@ class Outcome:
     client_request_id: str | None = None
     output_sha256: str | None = None
     engine_late_steps: int | None = None
+    messages: int = 0
+    roles: list[str] = field(default_factory=list)
+    prompt_sha256: str | None = None
+    last_user_sha256: str | None = None
+    prefix_hit_tokens: int = 0
 
     def line(self, model: str) -> dict[str, Any]:
         return {
@@ -94,4 +99,9 @@ class Outcome:
             "client_request_id": self.client_request_id,
             "output_sha256": self.output_sha256,
             "engine_late_steps": self.engine_late_steps,
+            "messages": self.messages,
+            "roles": self.roles,
+            "prompt_sha256": self.prompt_sha256,
+            "last_user_sha256": self.last_user_sha256,
+            "prefix_hit_tokens": self.prefix_hit_tokens,
         }

@@ -129,7 +129,9 @@ def timeouts_of(load: Load) -> Timeouts:
 def build_body(plan: RequestPlan, target: Target) -> bytes:
     """The JSON body of ``plan``: always streaming with usage; ``plan.extra_body`` merged last."""
     body: dict[str, Any] = {"model": target.model}
-    if target.chat:
+    if target.chat and plan.messages is not None:
+        body["messages"] = [{"role": role, "content": text} for role, text in plan.messages]
+    elif target.chat:
         body["messages"] = [{"role": "user", "content": plan.prompt}]
     else:
         body["prompt"] = plan.prompt
@@ -189,13 +191,16 @@ async def execute(
     epoch_ns: int,
     worker: int = 0,
     *,
+    slot_abs_ns: int | None = None,
     inflight: MutableSet[Watch] | None = None,
     meter: ReadMeter | None = None,
 ) -> Record:
     """Send one request now and return its record (never raises for endpoint failures).
 
     ``scheduled_abs_ns`` is the ``perf_counter_ns`` time the schedule assigned to it; the total
-    timeout runs from there. While it runs, its :class:`Watch` is in ``inflight``: the caller
+    timeout runs from there. ``slot_abs_ns``: under an open loop's ``max_concurrency``, when a
+    slot became free for it (recorded as ``slot_ns``; its client lag is measured from the later
+    of the two). While it runs, its :class:`Watch` is in ``inflight``: the caller
     may :meth:`~Watch.expire` it to cut it off (it is then recorded as it stands). Any other
     cancellation (``CancelledError``) propagates.
     """
@@ -229,7 +234,8 @@ async def execute(
         watch.close()
     if st.done is None or (st.error_class is not None and st.error_class != "stream_truncated"):
         st.done = perf_counter_ns()  # when the error happened
-    return _record(st, plan, target, scheduled_abs_ns, sent, epoch_ns, worker)
+    slot = None if slot_abs_ns is None else slot_abs_ns - epoch_ns
+    return _record(st, plan, target, scheduled_abs_ns, sent, epoch_ns, worker, slot)
 
 
 def _record(
@@ -240,6 +246,7 @@ def _record(
     sent: int,
     epoch_ns: int,
     worker: int,
+    slot_ns: int | None = None,
 ) -> Record:
     parts, chunk_ns = st.parts, st.chunk_ns
     try:
@@ -265,6 +272,7 @@ def _record(
         phase=plan.phase,
         tag=plan.tag,
         scheduled_ns=scheduled_abs_ns - epoch_ns,
+        slot_ns=slot_ns,
         sent_ns=sent - epoch_ns,
         first_chunk_ns=None if st.first_chunk is None else st.first_chunk - epoch_ns,
         first_content_ns=None if st.first_content is None else st.first_content - epoch_ns,
@@ -287,6 +295,8 @@ def _record(
         max_tokens=plan.max_tokens,
         output_text=kept,
         top_logprobs=st.top or None,  # only requests that asked for logprobs get them
+        session=plan.session,
+        turn=plan.turn,
     )
 
 

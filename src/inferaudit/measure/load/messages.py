@@ -25,7 +25,8 @@ import numpy as np
 
 from inferaudit.measure.health import HealthSample
 from inferaudit.measure.load.client import Target
-from inferaudit.measure.workload import Planner, RequestPlan
+from inferaudit.measure.load.plans import PlanSource
+from inferaudit.measure.workload import RequestPlan
 
 __all__ = [
     "Done",
@@ -48,7 +49,7 @@ class WorkerArgs:
     index: int
     stride: int  # open loop: this worker sends positions index, index + stride, ...
     target: Target
-    planner: Planner | None
+    planner: PlanSource | None  # a SessionSource when think_ns is set
     plans: tuple[RequestPlan, ...] | None
     offsets: np.ndarray | None  # open loop: offsets (ns) of this worker's positions
     slots: int  # closed loop: concurrent requests of this worker
@@ -58,6 +59,8 @@ class WorkerArgs:
     window_start_ns: int | None  # open loop: offset of the first measured arrival
     grace_ns: int  # after the window, in-flight requests get this long, then are cancelled
     health_window_ns: int
+    cap: int | None = None  # open loop with max_concurrency: this worker's share of the cap
+    think_ns: int | None = None  # multi-turn sessions: think time after an answer (None: none)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class WorkerStats:
     cpu_s: float  # user + system CPU of the worker process, start-up included
     cpu_run_s: float  # the part of it spent from the epoch to the end
     nice: int | None = None  # the niceness the worker ran at (see worker.CLIENT_NICE)
+    turns_sent: int = 0  # of ``sent``: session turns after the first (turn >= 1)
+    # sessions that ended with turns left unsent: a turn failed or was cancelled, the next
+    # turn fell after the measured window, or the run was stopped
+    sessions_ended_early: int = 0
 
 
 @dataclass(frozen=True)

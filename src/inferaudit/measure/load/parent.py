@@ -64,6 +64,8 @@ class WorkerInfo:
     clock_rtt_ns: int  # round trip of the best offset measurement
     exitcode: int | None
     nice: int | None = None  # scheduling niceness the worker ran at (None: it did not report)
+    turns_sent: int = 0  # of ``sent``: session turns after the first (turn >= 1)
+    sessions_ended_early: int = 0  # sessions that ended with turns left unsent
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ class Parent:
             clock_rtt_ns=clock[1],
             exitcode=proc.exitcode,
             nice=s.nice,
+            turns_sent=s.turns_sent,
+            sessions_ended_early=s.sessions_ended_early,
         )
 
     def _handshake(self, procs: list[Any], ctrls: list[Connection]) -> list[tuple[int, int]]:

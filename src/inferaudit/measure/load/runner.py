@@ -15,6 +15,23 @@
        times. Closed loop: each worker runs its share of the slots; a slot takes the next
        position from a counter shared by all workers and its scheduled time is when the slot
        became free. Positions ``< load.warmup`` are the warm-up phase.
+
+       Open loop with ``load.max_concurrency = C``: ``min(workers, C, planned)`` workers, the cap
+       split between them as closed-loop slots are (``split_concurrency``; arrivals still
+       round-robin). Each worker holds at most its share in flight (exact: a slot gate in its
+       event loop, :mod:`~.gate`), so the run holds at most ``C`` (the sum of the shares; a
+       worker whose share is busy does not borrow another's free slot). A request due at its
+       scheduled time waits for a slot; ``slot_ns`` records when one became free for it.
+       Latency stays measured from ``scheduled_ns``; the client's lag from ``max(scheduled,
+       slot)`` (the wait for a slot is the protocol's, not the client's).
+
+       Multi-turn sessions (``workload.sessions``): a position is a session whose turns one
+       worker sends in order, turn ``t >= 1`` planned from the real answers before it and due
+       ``sessions.think_time_s`` after the previous turn's last byte (:mod:`~.worker` has the
+       rules). ``load.requests`` then counts sessions (positions), not turns, and so does
+       ``planned``; ``turns_sent`` counts the later turns sent. The answers travel in the
+       records' ``output_text``, so a session workload must keep it whole
+       (``keep_output_text`` on, ``max_text_bytes`` None): otherwise it is refused.
     4. A worker writes each record, as it finishes, as one JSON line to a pipe; the parent
        validates each line as a :class:`~inferaudit.measure.records.Record` and is the one
        writer of ``records.jsonl`` (``RecordWriter``, flushed per line), and calls
@@ -37,8 +54,10 @@
 Workers are started with multiprocessing's "spawn" method (no fork of a threaded parent), so a
 script calling :func:`run_load` needs the usual ``if __name__ == "__main__":`` guard.
 
-Positions are request ids: ``plan(i)`` of the spec's ``workload.Planner``, or
-``plans[i]`` of an explicit list (whose records keep each plan's own id, phase and tag).
+Positions are request ids: ``plan(i)`` of the spec's ``planner.Planner`` (or of the
+``planner`` given), or ``plans[i]`` of an explicit list (whose records keep each plan's own id,
+phase and tag; explicit plans are single requests, never sessions). A session's later turns
+have their own ids (the planner's ``turn_id``).
 """
 
 from __future__ import annotations
@@ -50,18 +69,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferaudit.errors import ConfigError
 from inferaudit.measure.health import HEALTH_WINDOW_S, HealthWindow
 from inferaudit.measure.load.client import Target, api_key_for, timeouts_of
 from inferaudit.measure.load.messages import WorkerArgs
 from inferaudit.measure.load.parent import Parent, WorkerInfo
-from inferaudit.measure.load.schedule import (
-    arrival_offsets_ns,
-    arrival_seed,
-    split_concurrency,
-)
-from inferaudit.measure.protocol import RunSpec
+from inferaudit.measure.load.plans import PlanSource, SessionSource
+from inferaudit.measure.load.schedule import schedule_offsets_ns, split_concurrency
+from inferaudit.measure.planner import AuditLookup, Planner
+from inferaudit.measure.protocol import RunSpec, Workload
 from inferaudit.measure.records import Record
-from inferaudit.measure.workload import AuditLookup, Planner, RequestPlan
+from inferaudit.measure.workload import RequestPlan
 
 __all__ = ["LoadResult", "WorkerInfo", "run_load"]
 
@@ -76,12 +94,18 @@ class LoadResult:
     epoch_ns: int  # perf_counter_ns value of the run's time zero
     epoch_wall_ns: int  # the same instant on the wall clock (time.time_ns)
     mode: str  # "open" | "closed"
-    planned: int | None  # requests the schedule holds (None: closed loop bounded by duration)
-    sent: int
+    # requests the schedule holds (sessions, for a multi-turn workload; None: closed loop
+    # bounded by duration)
+    planned: int | None
+    sent: int  # requests sent (every turn of a session counts)
     finished: int  # records written (cancelled ones included)
     cancelled: int  # of which cut off (end rule, stop, signal): error class "cancelled"
     interrupted: bool
     elapsed_s: float  # from the epoch to the last worker's end
+    turns_sent: int = 0  # of ``sent``: session turns after the first (turn >= 1)
+    # sessions that ended with turns left unsent (a failed or cancelled turn, the window's end,
+    # a stop)
+    sessions_ended_early: int = 0
     workers: tuple[WorkerInfo, ...] = field(default_factory=tuple)
     health: tuple[HealthWindow, ...] = field(default_factory=tuple)
 
@@ -117,6 +141,7 @@ def run_load(
     health_path: Path | None = None,
     health_window_s: float = HEALTH_WINDOW_S,
     health_phase: str = "measure",
+    planner: PlanSource | None = None,
 ) -> LoadResult:
     """Run ``spec``'s load, appending one record per request it sent to ``records_path``.
 
@@ -127,16 +152,19 @@ def run_load(
     workload's at their ids; ``audit``: a lookup computing such plans on demand (in the workers).
     ``on_record`` is called in this process with each record as it
     is written; ``should_stop`` is polled every 50 ms. ``health_path``: where the client health
-    windows are appended (None: sampled, returned in the result, not written). Returns when
-    every worker has ended; raises ``WorkerError`` / ``StorageError`` as the module says.
+    windows are appended (None: sampled, returned in the result, not written). ``planner``:
+    plan the positions with it instead of ``Planner.from_spec(spec, injected, audit)`` (a
+    :class:`~.plans.SessionSource` for a multi-turn workload). Returns when every worker has
+    ended; raises ``WorkerError`` / ``StorageError`` as the module says, ``ConfigError`` for a
+    session workload that does not keep its answers whole.
     """
     load = spec.load
     plan_list = tuple(plans) if plans is not None else None
-    planner = (
-        None
-        if plan_list is not None
-        else Planner.from_spec(spec, injected=injected, audit=audit)
-    )
+    if plan_list is not None:
+        planner = None
+    elif planner is None:
+        planner = Planner.from_spec(spec, injected=injected, audit=audit)
+    think_ns = None if plan_list is not None else _think_ns(spec.workload, planner)
     if api_key is None:
         api_key = api_key_for(spec.endpoint)
     target = Target.of(spec.endpoint, api_key, spec.workload, timeouts_of(load))
@@ -162,22 +190,25 @@ def run_load(
             args.append(
                 WorkerArgs(
                     w, len(slots), target, planner, plan_list, None, n, limit, load.warmup,
-                    duration_ns, None, grace_ns, health_ns,
+                    duration_ns, None, grace_ns, health_ns, think_ns=think_ns,
                 )
             )  # fmt: skip
     else:
         mode = "open"
         count = len(plan_list) if plan_list is not None else None
-        offsets = arrival_offsets_ns(load, arrival_seed(spec), count)
+        offsets = schedule_offsets_ns(spec, count)
         planned = len(offsets)
-        n_workers = max(1, min(spec.workers, planned))
+        n_workers = max(1, min(spec.workers, planned, load.max_concurrency or planned))
+        caps: list[int | None] = [None] * n_workers
+        if load.max_concurrency is not None:
+            caps = list(split_concurrency(load.max_concurrency, n_workers))
         start = int(offsets[load.warmup]) if duration_ns and planned > load.warmup else None
         for w in range(n_workers):
             args.append(
                 WorkerArgs(
                     w, n_workers, target, planner, plan_list, offsets[w::n_workers], 0, None,
                     load.warmup, duration_ns if start is not None else None, start, grace_ns,
-                    health_ns,
+                    health_ns, cap=caps[w], think_ns=think_ns,
                 )
             )  # fmt: skip
     parent = Parent(
@@ -196,6 +227,21 @@ def run_load(
         cancelled=out.cancelled,
         interrupted=out.interrupted,
         elapsed_s=out.elapsed_s,
+        turns_sent=sum(i.turns_sent for i in out.workers),
+        sessions_ended_early=sum(i.sessions_ended_early for i in out.workers),
         workers=out.workers,
         health=out.health,
     )
+
+
+def _think_ns(workload: Workload, planner: PlanSource | None) -> int | None:
+    """A multi-turn workload's think time in ns (None: single requests). The protocol already
+    refuses a session workload whose records would not keep each answer whole."""
+    sessions = workload.sessions
+    if sessions is None:
+        return None
+    if not isinstance(planner, SessionSource):
+        raise ConfigError(
+            "workload.sessions: this planner cannot plan multi-turn sessions (no turns/turn_plan)"
+        )
+    return round(sessions.think_time_s * _NS)

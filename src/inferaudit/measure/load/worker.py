@@ -6,6 +6,22 @@ answers pings, and on :class:`~.messages.Go` sends its positions (open loop: at 
 times; closed loop: its slots, taking positions from a counter shared by all workers). Each
 finished request goes to the record pipe as one JSON line.
 
+Open loop with a cap (``WorkerArgs.cap``): every request, due at its scheduled time, waits for
+one of the worker's ``cap`` slots (:class:`~.gate.SlotGate`, first come first served); the
+instant a slot became free for it is its ``slot_ns``. Its latency is still measured from the
+scheduled time; its client lag (record and health sample alike) from ``max(scheduled, slot)``.
+
+Multi-turn sessions (``WorkerArgs.think_ns`` set; the planner is a
+:class:`~.plans.SessionSource`): a position is a session of ``turns(position)`` turns, sent in
+order by one coroutine. Turn ``t >= 1`` is planned from the answers (``output_text``) of the
+turns before it and is due ``think_ns`` after the previous turn's last byte (its ``done_ns``):
+that is its scheduled time. A turn that failed or was cancelled ends its session; so does a
+turn due at or after the end of a duration-bounded run's measured window, and a stop. Each
+session that ends with turns left unsent counts in ``sessions_ended_early``. Open loop: the
+schedule says when each session starts, later turns are extra requests of the same worker (the
+cap applies per request). Closed loop: a slot runs a whole session, think time included, then
+takes the next position.
+
 How a worker ends:
 
 * its share is done (count-bounded runs, or a duration window whose requests all finished);
@@ -29,7 +45,7 @@ import os
 import resource
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from time import perf_counter_ns
 from typing import Any
@@ -43,6 +59,7 @@ from inferaudit.measure.load.client import (
     make_session,
     open_connections,
 )
+from inferaudit.measure.load.gate import SlotGate
 from inferaudit.measure.load.messages import (
     Done,
     Failed,
@@ -54,7 +71,8 @@ from inferaudit.measure.load.messages import (
     WorkerArgs,
     WorkerStats,
 )
-from inferaudit.measure.records import CANCELLED
+from inferaudit.measure.load.plans import SessionSource
+from inferaudit.measure.records import CANCELLED, Record
 from inferaudit.measure.workload import RequestPlan
 
 __all__ = ["OPEN_LOOP_CONNECTIONS", "worker_entry"]
@@ -132,6 +150,14 @@ class _Worker:
         self.in_flight = 0
         self.max_in_flight = 0
         self.stopping = False
+        self.stopped = asyncio.Event()  # set with ``stopping``: wakes sessions in think time
+        self.turns_sent = 0
+        self.sessions_ended_early = 0
+        self.gate = SlotGate(args.cap) if args.cap is not None else None
+        self.sessions: SessionSource | None = None
+        if args.think_ns is not None:
+            assert isinstance(args.planner, SessionSource), "sessions need a SessionSource"
+            self.sessions = args.planner
         self.bug: BaseException | None = None  # the first exception a request task raised
         self.tasks: set[asyncio.Task[None]] = set()
         self.watches: set[Watch] = set()
@@ -148,6 +174,8 @@ class _Worker:
         cpu0: float | None = None
         if self.a.offsets is not None:
             limit, connections = 0, min(len(self.a.offsets), OPEN_LOOP_CONNECTIONS)
+            if self.a.cap is not None:
+                connections = min(connections, self.a.cap)
         else:
             limit = connections = self.a.slots
         async with make_session(limit) as self.session:
@@ -167,6 +195,8 @@ class _Worker:
             connections_opened=opened,
             cpu_s=_cpu_s(),
             cpu_run_s=_cpu_s() - cpu0 if cpu0 is not None else 0.0,
+            turns_sent=self.turns_sent,
+            sessions_ended_early=self.sessions_ended_early,
         )
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -238,6 +268,7 @@ class _Worker:
     def _cut_off(self, message: str) -> None:
         """Stop sending; end every request in flight (each is recorded as ``cancelled``)."""
         self.stopping = True
+        self.stopped.set()
         for watch in list(self.watches):
             watch.expire(CANCELLED, message)
 
@@ -265,29 +296,64 @@ class _Worker:
         assert self.a.planner is not None
         return self.a.planner.plan(position)
 
-    async def _one(self, plan: RequestPlan, body: bytes, scheduled: int) -> None:
+    def _window_end(self) -> int | None:
+        """When the measured window of a duration-bounded run ends (perf ns), None when the run
+        is bounded by count or (closed loop) its window has not started yet."""
+        a = self.a
+        if a.duration_ns is None:
+            return None
+        if a.window_start_ns is not None:
+            return self.epoch + a.window_start_ns + a.duration_ns
+        start: int = self.shared[1]
+        return start + a.duration_ns if start else None
+
+    async def _sleep_until(self, due: int) -> None:
+        """Sleep until ``due`` (never wake early) or until the worker stops sending."""
+        while not self.stopping and (delay := due - perf_counter_ns()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), delay / _NS)
+
+    def _sending(self) -> bool:
+        return not self.stopping
+
+    async def _one(self, plan: RequestPlan, body: bytes, scheduled: int) -> Record | None:
+        """Send ``plan`` (through the slot gate when capped); its record, or None when the
+        worker stopped sending before it was sent (nothing is recorded then)."""
         if self.stopping:
-            return  # cut off before it was sent: never sent, nothing to record
-        self.sent += 1
-        self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
-        assert self.health is not None
-        self.health.lag(perf_counter_ns() - scheduled)
+            return None  # cut off before it was sent: never sent, nothing to record
+        gate, slot = self.gate, None
+        if gate is not None:
+            slot = await gate.acquire(scheduled)
+            if not self._sending():  # stopped while it waited for a slot
+                gate.release()
+                return None
         try:
-            rec = await execute(
-                self.session,
-                self.a.target,
-                plan,
-                body,
-                scheduled,
-                self.epoch,
-                self.a.index,
-                inflight=self.watches,
-                meter=self.meter,
-            )
+            self.sent += 1
+            self.turns_sent += bool(plan.turn)
+            self.in_flight += 1
+            if self.in_flight > self.max_in_flight:
+                self.max_in_flight = self.in_flight
+            assert self.health is not None
+            # the client's lag runs from when it was due: scheduled, or its slot's time
+            self.health.lag(perf_counter_ns() - (scheduled if slot is None else slot))
+            try:
+                rec = await execute(
+                    self.session,
+                    self.a.target,
+                    plan,
+                    body,
+                    scheduled,
+                    self.epoch,
+                    self.a.index,
+                    slot_abs_ns=slot,
+                    inflight=self.watches,
+                    meter=self.meter,
+                )
+            finally:
+                self.in_flight -= 1
         finally:
-            self.in_flight -= 1
+            if gate is not None:
+                gate.release()
         transport = self.transport
         assert transport is not None
         if transport.is_closing():
@@ -295,14 +361,50 @@ class _Worker:
         transport.write(rec.to_line())
         self.finished += 1
         self.cancelled += rec.cancelled
+        return rec
 
-    def _spawn(self, plan: RequestPlan, body: bytes, scheduled: int) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(self._one(plan, body, scheduled))
+    async def _session(self, position: int, plan: RequestPlan, body: bytes, due: int) -> None:
+        """The session at ``position``: turn 0 (``plan``) at ``due``, then each later turn
+        ``think_ns`` after the previous turn's last byte, until a turn fails or none is left."""
+        sessions, think = self.sessions, self.a.think_ns
+        assert sessions is not None and think is not None
+        turns = sessions.turns(position)
+        answers: list[str] = []
+        turn, left = 0, turns  # ``left``: turns not yet sent
+        while turn < turns:
+            if turn:
+                end = self._window_end()
+                if end is not None and due >= end:
+                    break  # due after the measured window: not sent
+                plan = sessions.turn_plan(position, turn, answers)
+                body = build_body(plan, self.a.target)
+                await self._sleep_until(due)
+            rec = await self._one(plan, body, due)
+            if rec is None:
+                break  # stopped before it was sent
+            left -= 1
+            if not rec.ok:
+                break  # a failed (or cancelled) turn ends its session
+            assert rec.output_text is not None, "sessions keep the answers' text"
+            assert rec.done_ns is not None, "every record has its end"
+            answers.append(rec.output_text)
+            due = self.epoch + rec.done_ns + think
+            turn += 1
+        self.sessions_ended_early += left > 0
+
+    def _request(self, position: int, plan: RequestPlan, body: bytes, due: int) -> Awaitable[Any]:
+        """What a position is: one request, or (multi-turn) a session."""
+        if self.sessions is not None:
+            return self._session(position, plan, body, due)
+        return self._one(plan, body, due)
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None and self.bug is None:
             self.bug = exc
@@ -314,7 +416,6 @@ class _Worker:
         position = self.a.index
         for offset in self.a.offsets.tolist():
             plan = self._plan(position)
-            position += self.a.stride
             body = build_body(plan, target)
             scheduled = epoch + offset
             # loop: uvloop's millisecond timers may wake a little early; never send early
@@ -322,7 +423,8 @@ class _Worker:
                 await asyncio.sleep(delay / _NS)
             if self.stopping:
                 break
-            self._spawn(plan, body, scheduled)
+            self._spawn(self._request(position, plan, body, scheduled))
+            position += self.a.stride
         while tasks:
             await asyncio.wait(tuple(tasks))
 
@@ -353,7 +455,8 @@ class _Worker:
             if position is None:
                 return
             plan = self._plan(position)
-            await self._spawn(plan, build_body(plan, self.a.target), scheduled)
+            body = build_body(plan, self.a.target)
+            await self._spawn(self._request(position, plan, body, scheduled))
             scheduled = perf_counter_ns()  # the slot is free: the next request is due now
 
     async def _closed_loop(self) -> None:

@@ -57,8 +57,9 @@ from enum import Enum
 import numpy as np
 
 from inferaudit.measure.fingerprint import TAG, Entry
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.protocol import Load, RunSpec
-from inferaudit.measure.workload import Planner, RequestPlan, planning_seed, prf, prf_rng
+from inferaudit.measure.workload import RequestPlan, planning_seed, prf, prf_rng
 
 __all__ = [
     "AUDIT",

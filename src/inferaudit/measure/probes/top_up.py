@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from inferaudit.measure.fingerprint import TAG
+from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.plan import (
     AUDIT_BLOCK,
     BLOCK_PAIRS,
@@ -26,7 +27,7 @@ from inferaudit.measure.probes.plan import (
 )
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
-from inferaudit.measure.workload import Planner, RequestPlan, planning_seed, prf_rng
+from inferaudit.measure.workload import RequestPlan, planning_seed, prf_rng
 
 __all__ = ["AuditCounts", "TopUp", "top_up"]
 
