@@ -5,18 +5,14 @@ whole ms, as Mooncake records them; 3 families of shared prefix blocks), writes 
 JSONL and reads it back (``load_trace``), starts the nginx SSE server of
 ``bench/client_capacity.py`` (a fixed 128-chunk body, so the server costs nothing) and replays
 the trace through the real runner (``run_load``) with a RunSpec whose ``workload.trace`` binds
-the written file and ``load.arrivals`` is ``trace``. Plans come from ``trace_prompt`` (shared
-blocks + unique salted tails, ``max_tokens`` = the entry's output length).
+the written file and ``load.arrivals`` is ``trace``: the runner takes the trace's own instants
+(``schedule.schedule_offsets_ns``) and its workers plan each entry (``measure.planner``: shared
+blocks + a unique salted tail, ``max_tokens`` = the entry's output length).
 
 Printed: client lag (actual send - scheduled send) p50/p99 in ms and the share of requests
 whose lag exceeds 1 ms; requests/s offered (``mean_rate``: (n - 1) / trace span) and achieved
-((n - 1) / span of the actual sends); errors; the time to build the plans. No assertion: the
-figures depend on what else the machine runs; say so when quoting them.
-
-The runner derives an open loop's offsets from ``load.arrivals`` (``schedule.arrival_offsets_ns``)
-and takes no explicit offsets with ``plans=``, and the schedule does not draw trace instants
-(yet): this script replaces ``runner.arrival_offsets_ns`` in this process (the parent computes
-the schedule and ships each worker its share) with the trace's ``trace_offsets_ns``.
+((n - 1) / span of the actual sends); errors. No assertion: the figures depend on what else the
+machine runs; say so when quoting them.
 
 Run by hand:  .venv/bin/python bench/trace_replay.py [--requests N] [--rate R] [--speedup S]
               [--workers W] [--seed K] [--api completions|chat]
@@ -28,12 +24,10 @@ import argparse
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-import inferaudit.measure.load.runner as runner
 from client_capacity import MODEL, free_port, start_nginx
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.protocol import (
@@ -52,10 +46,8 @@ from inferaudit.measure.traces import (
     mean_rate,
     synthetic_trace,
     trace_offsets_ns,
-    trace_prompt,
     write_mooncake,
 )
-from inferaudit.measure.workload import RequestPlan, planning_seed
 
 BLOCK_TOKENS = 512
 
@@ -81,32 +73,16 @@ def replay(base_url: str, args: argparse.Namespace, tmp: Path) -> None:
         workers=args.workers,
         seed=args.seed,
     )
-    seed = planning_seed(spec)
-    t0 = time.perf_counter()
-    plans = [
-        RequestPlan(
-            i, "measure", trace_prompt(seed, i, e, BLOCK_TOKENS), e.output_length, e.input_length
-        )
-        for i, e in enumerate(loaded.entries)
-    ]
-    plan_s = time.perf_counter() - t0
     offsets = trace_offsets_ns(loaded.entries, args.speedup)
-
-    def trace_schedule(load: Load, key: int | bytes, count: int | None = None) -> np.ndarray:
-        assert count == len(offsets), "the runner asks for one offset per plan"
-        return offsets
-
-    runner.arrival_offsets_ns = trace_schedule  # see the module docstring
     words = sum(e.input_length for e in loaded.entries)
     print(
         f"trace: {len(entries)} requests over {offsets[-1] / 1e9:.2f} s (speedup "
         f"{args.speedup:g}), {words / len(entries):.0f} prompt words/request, "
         f"{len({h for e in entries for h in e.hash_ids})} distinct blocks of "
-        f"{sum(len(e.hash_ids) for e in entries)}; plans built in {plan_s:.2f} s "
-        f"({1e6 * plan_s / len(entries):.0f} us/request)"
+        f"{sum(len(e.hash_ids) for e in entries)}"
     )
     records_path = tmp / "records.jsonl"
-    result = run_load(spec, records_path, plans=plans)
+    result = run_load(spec, records_path)
     records = read_records(records_path)
     sent = [r for r in records if r.sent_ns is not None]
     lags_ms = np.array([r.lag_ns for r in sent if r.lag_ns is not None]) / 1e6
