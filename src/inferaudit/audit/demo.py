@@ -91,7 +91,7 @@ def run_demo(
     max_lag_ms: float | None = None,
 ) -> DemoOutcome:
     home = data_dir(home)
-    options = RunOptions(data_dir=home, db_url=db_url, self_test=True)
+    options = RunOptions(data_dir=home, db_url=db_url, self_test=True, server_metrics="auto")
     # (1): the twin, in its own process so it never competes with the client's event loop.
     with start_twin(TwinOptions(accelerator=ACCELERATOR, model=MODEL, replicas=1)) as twin:
         # (2): the verification run, checks included.

@@ -9,7 +9,13 @@
        into ``meta.json``; refused if it cannot keep up (after the preflight, so a mistyped
        endpoint fails at once, and before any request reaches the endpoint);
     3. checks before the run (conformance probes);
-    4. the load: records appended to ``records.jsonl`` as each request finishes;
+    4. the load: records appended to ``records.jsonl`` as each request finishes; around it
+       only, the side endpoints are scraped (``audit.sidecars``): the server's ``/metrics``
+       (``RunOptions.server_metrics``; "auto": the endpoint's own when it answers) into
+       ``server-metrics.jsonl`` and a telemetry agent (``RunOptions.telemetry``) into
+       ``telemetry.jsonl``, before, every second during and after the load; ``meta.json``
+       records ``server_metrics`` (and ``telemetry``) ``{"url", "samples", "failed"}``.
+       What they report is recorded, never measured;
     5. checks after the run (record checks, extra phases such as the caching audit);
     6. summary: ``metrics.summarize`` over the records -> ``summary.json``; the verdicts ->
        ``verdicts.json`` (contract C2: the statement binds both);
@@ -31,17 +37,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from inferaudit import __version__
+from inferaudit.audit.sidecars import Parse, check_options, start_sidecars
 from inferaudit.errors import ClientOverloadError, ConfigError
 from inferaudit.home import data_dir, db_url
 from inferaudit.judge.suite import plan_checks
 from inferaudit.judge.verdict import Outcome, Verdict
 from inferaudit.measure.health import read_health
 from inferaudit.measure.load.client import check_endpoint
+from inferaudit.measure.load.preflight import api_key_for
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
 from inferaudit.measure.planner import Planner
@@ -53,13 +61,17 @@ from inferaudit.measure.rundir import (
     HEALTH_FILE,
     META_FILE,
     RECORDS_FILE,
+    SERVER_METRICS_FILE,
     SPEC_FILE,
     SUMMARY_FILE,
     SWEEP_FILE,
+    TELEMETRY_FILE,
     VERDICTS_FILE,
     file_sha256,
 )
+from inferaudit.measure.scrapes import read_telemetry
 from inferaudit.measure.selftest import run_self_test
+from inferaudit.measure.server_metrics import read_samples
 from inferaudit.measure.summary import Summary
 from inferaudit.measure.workload import commit_seed, fresh_seed, write_seed
 from inferaudit.seal.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
@@ -98,6 +110,14 @@ class RunOptions:
     # The endpoint's TTFT p50 (ms) when known before the run (e.g. from an earlier run): the
     # self-test then judges its lag against that figure's error budget.
     expected_ttft_ms: float | None = None
+    # The server's Prometheus /metrics, scraped around the load: a URL; "auto": the endpoint's
+    # base without /v1 plus /metrics when it answers with Prometheus text; None: off. The CLI
+    # and the demo use "auto"; library callers (tests) opt in.
+    server_metrics: str | Literal["auto"] | None = None
+    # An `inferaudit agent` URL (its /samples), scraped around the load; None: off.
+    # telemetry_parse reads its answers (None: measure.scrapes.telemetry_reading, the agent's).
+    telemetry: str | None = None
+    telemetry_parse: Parse | None = None
 
 
 @dataclass
@@ -175,6 +195,7 @@ def run_verification(
 ) -> RunOutcome:
     """Run one measurement point under ``spec`` into ``run_dir`` (see the module docstring)."""
     obs = observer or _Silent()
+    check_options(options.server_metrics, options.telemetry)
     prepare_dir(run_dir)
     records_path = run_dir / RECORDS_FILE
 
@@ -230,15 +251,31 @@ def run_verification(
     # (4): the load itself.
     total = None if spec.load.requests is None else spec.load.requests + spec.load.warmup
     obs.phase(f"load {spec.load.label()}", total)
-    result = run_load(
-        spec,
-        records_path,
-        api_key=options.api_key,
-        planner=planner.with_audit(traffic.injected, traffic.stream),
-        on_record=obs.record,
-        should_stop=should_stop,
-        health_path=run_dir / HEALTH_FILE,
-    )
+    sidecars = start_sidecars(
+        spec.endpoint.base_url,
+        run_dir,
+        server_metrics=options.server_metrics,
+        telemetry=options.telemetry,
+        telemetry_parse=options.telemetry_parse,
+        api_key=options.api_key if options.api_key is not None else api_key_for(spec.endpoint),
+        server_file=SERVER_METRICS_FILE,
+        telemetry_file=TELEMETRY_FILE,
+    )  # the "before" samples, right before the load
+    try:
+        result = run_load(
+            spec,
+            records_path,
+            api_key=options.api_key,
+            planner=planner.with_audit(traffic.injected, traffic.stream),
+            on_record=obs.record,
+            should_stop=should_stop,
+            health_path=run_dir / HEALTH_FILE,
+        )
+    except BaseException:
+        sidecars.close()  # their spools stay; no sample file without the epoch
+        raise
+    sidecars.after()  # the "after" samples, before the audit block
+    meta.update(sidecars.finish(result.epoch_ns))
     meta["load"] = result.to_json()
     write_json(run_dir / META_FILE, meta)
 
@@ -269,10 +306,17 @@ def run_verification(
             health=read_health(run_dir / HEALTH_FILE)
             if (run_dir / HEALTH_FILE).exists()
             else None,
+            # the server's own counters, when its /metrics was scraped (reported, compared)
+            server=read_samples(run_dir / SERVER_METRICS_FILE)
+            if (run_dir / SERVER_METRICS_FILE).exists()
+            else None,
         )
 
-    # (6): the summary is a pure function of records and protocol; the verdicts beside it.
-    summary = summarize(read_records(records_path), spec)
+    # (6): the summary is a pure function of records and protocol (plus what the operator's
+    # telemetry reported, kept apart in its ``reported`` block); the verdicts beside it.
+    telemetry_path = run_dir / TELEMETRY_FILE
+    telemetry = read_telemetry(telemetry_path) if telemetry_path.exists() else None
+    summary = summarize(read_records(records_path), spec, telemetry)
     write_json(run_dir / SUMMARY_FILE, summary.to_json())
     write_json(run_dir / VERDICTS_FILE, [v.to_json() for v in verdicts])
     outcome = RunOutcome(

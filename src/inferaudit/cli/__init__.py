@@ -14,6 +14,7 @@ import sys
 from rich.markup import escape
 
 from inferaudit.cli import (  # noqa: F401 - importing registers the commands
+    agent,
     catalog,
     claims,
     demo,

@@ -383,6 +383,15 @@ def run(
     self_test: Annotated[
         bool, typer.Option(help="Client self-test at 2x the load first; refuse if it lags")
     ] = True,
+    server_metrics: Annotated[
+        str,
+        typer.Option(help="The server's Prometheus /metrics to scrape around the load: URL, "
+                     "auto (the endpoint's own when it answers) or off; reported, compared"),
+    ] = "auto",
+    telemetry: Annotated[
+        str | None,
+        typer.Option(help="An `inferaudit agent` URL: operator-reported device telemetry"),
+    ] = None,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
     from inferaudit.audit.run import RunOptions, execute_sweep, run_verification
@@ -451,6 +460,8 @@ def run(
         data_dir=data_dir,
         db_url=db,
         self_test=self_test,
+        server_metrics=None if server_metrics == "off" else server_metrics,
+        telemetry=telemetry,
     )
     run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     flag = stop_flag()

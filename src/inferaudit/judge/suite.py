@@ -7,7 +7,8 @@ Contract (``audit.run.execute``)::
     traffic = suite.traffic(spec)          # measure.probes.plan: positions from the secret seed
     send traffic.before (phase "probe"), run_load(..., injected=traffic.injected),
     send traffic.after (phase "audit")     # measure.probes.send: the only part that sends
-    verdicts = suite.judge(records, model_listed=...)   # == recheck(...), what verify recomputes
+    verdicts = suite.judge(records, model_listed=..., server=samples | None)
+                                           # == recheck(...), what verify recomputes
 
 Checks (``--checks`` names, in canonical order):
   conformance       probes before the run and the measured lengths (model listed, max_tokens,
@@ -20,10 +21,13 @@ Checks (``--checks`` names, in canonical order):
   caching           repeated prompts (inside the load, or in the audit block) vs controls
   prefix-cache      shared-prefix prompts (likewise) vs controls
   errors            failures per phase; measured failures are SLO violations
+  server-counters   the server's /metrics counters over the load vs what the client received
+                    (only when the run scraped them: ``server-metrics.jsonl``; else no verdict)
 Default: all of them, ``identity`` only when a fingerprint is given.
 
-Every verdict is a function of the records (``recheck``): the traffic only adds records, so
-``verify`` recomputes the verdicts offline from ``records.jsonl``. Nothing here sends a request.
+Every verdict is a function of the records (``recheck``) and, for ``server-counters``, of the
+run's server samples: the traffic only adds records, so ``verify`` recomputes the verdicts
+offline from ``records.jsonl`` (and ``server-metrics.jsonl``). Nothing here sends a request.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from inferaudit.judge.fluidity import check_fluidity
 from inferaudit.judge.legacy import check_first_token_v1, check_fluidity_v1
 from inferaudit.judge.noise import ClientWindow, of_load, run_lag_problem
 from inferaudit.judge.output_length import check_output_length
+from inferaudit.judge.server_counters import check_server_counters
 from inferaudit.judge.shedding import check_errors
 from inferaudit.judge.token_accounting import check_token_accounting
 from inferaudit.judge.verdict import Verdict, format_verdict
@@ -47,6 +52,7 @@ from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.plan import AuditTraffic, plan_traffic
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
+from inferaudit.measure.server_metrics import ServerSample
 from inferaudit.measure.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
@@ -68,6 +74,7 @@ ALL_CHECKS: tuple[str, ...] = (
     "caching",
     "prefix-cache",
     "errors",
+    "server-counters",
 )
 # Checks whose verdict depends on the run's tokenizer file (token counts, token boundaries),
 # when it had one.
@@ -110,6 +117,7 @@ class CheckSuite:
         *,
         model_listed: str = "not re-checked (needs the endpoint)",
         health: Sequence[ClientWindow] | None = None,
+        server: Sequence[ServerSample] | None = None,
     ) -> list[Verdict]:
         """Every verdict of this suite from the run's records (exactly ``recheck``)."""
         return recheck(
@@ -120,6 +128,7 @@ class CheckSuite:
             fingerprint=self.fingerprint,
             model_listed=model_listed,
             health=health,
+            server=server,
         )
 
 
@@ -132,6 +141,7 @@ def recheck(
     fingerprint: Fingerprint | None = None,
     model_listed: str = "not re-checked (needs the endpoint)",
     health: Sequence[ClientWindow] | None = None,
+    server: Sequence[ServerSample] | None = None,
 ) -> list[Verdict]:
     """The verdicts of ``names`` from the records alone (all phases), in the canonical order.
 
@@ -143,6 +153,9 @@ def recheck(
     ``health``: the run's client health windows (``health.jsonl``, possibly empty) for the
     noise-aware timing rules of new runs; ``None`` judges by the frozen v1 rules
     (``judge.legacy``), which is how a v1 run (no ``verdicts.json``) must be re-verified.
+
+    ``server``: the run's server samples (``server-metrics.jsonl``); ``None`` when the run
+    scraped none: ``server-counters`` then gives no verdict (nothing to judge it by).
     """
     legacy = health is None
     # first-token and fluidity judge measured requests: the measured load's own windows
@@ -205,6 +218,9 @@ def recheck(
             )
         elif name == "errors":
             out.append(check_errors(records))
+        elif name == "server-counters":
+            if server is not None:
+                out.append(check_server_counters(records, server))
         else:
             raise AssertionError(f"check {name!r} in ALL_CHECKS has no judge")
     return out

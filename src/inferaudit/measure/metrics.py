@@ -30,7 +30,9 @@ from inferaudit.measure.budget import figure_shifts, summary_lag_problem
 from inferaudit.measure.definitions import CREDIT_BASIS, DEFINITIONS, USAGE_BASIS, definitions
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record
+from inferaudit.measure.scrapes import TelemetrySample
 from inferaudit.measure.summary import BudgetBlock, FigureMove, Summary, TokenCredit
+from inferaudit.measure.telemetry.figures import reported_figures
 
 __all__ = [
     "CREDIT_BASIS",
@@ -324,8 +326,14 @@ def _token_sources(records: list[Record], proven: bool) -> dict[str, Any]:
     }
 
 
-def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
-    """The summary of one measurement point: pure, deterministic, JSON-ready (see module doc)."""
+def summarize(
+    records: Sequence[Record],
+    spec: RunSpec,
+    telemetry: Sequence[TelemetrySample] | None = None,
+) -> Summary:
+    """The summary of one measurement point: pure, deterministic, JSON-ready (see module doc).
+    ``telemetry``: the run's operator-reported device samples (``telemetry.jsonl``), which add
+    the ``reported`` block; they never change a measured figure."""
     measured = sorted(
         (r for r in records if r.phase == MEASURE_PHASE),
         key=lambda r: (r.id, r.worker, r.scheduled_ns),
@@ -448,6 +456,15 @@ def summarize(records: Sequence[Record], spec: RunSpec) -> Summary:
                 else None
             ),
             "turns": _turns(measured, derived, spec) if spec.workload.sessions else None,
+            "reported": (
+                None
+                if not telemetry or start is None or end is None
+                else reported_figures(
+                    [(t.t_ns, d) for t in telemetry if t.ok for d in t.devices],
+                    (start, end),
+                    output_tokens,
+                )
+            ),
         }
     )
 

@@ -39,6 +39,12 @@ Field meanings:
                          (chosen token included); only on requests that asked for logprobs
   session, turn          multi-turn workloads: the session (its first turn's id) and the turn
                          index (0 first); None for single requests
+  retried                None, or the first attempt's error (one line, "ServerDisconnectedError:
+                         Server disconnected", ...) when that attempt died on a dead keep-alive
+                         connection before the server had the request whole and the request was
+                         sent once more on a new connection (``load.client``); every other field
+                         is of the request as a whole (times from the first send, the answer of
+                         the second)
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class Record(BaseModel):
     top_logprobs: list[dict[str, float]] | None = None
     session: int | None = None
     turn: int | None = None
+    retried: str | None = None
 
     @property
     def ok(self) -> bool:

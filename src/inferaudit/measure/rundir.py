@@ -38,6 +38,7 @@ VERDICTS_FILE = "verdicts.json"  # v2 runs: the verdicts, bound by the statement
 SEED_FILE = "seed.json"  # the revealed seed of a run with a seed commitment (C5)
 HEALTH_FILE = "health.jsonl"  # client health windows (C3)
 SERVER_METRICS_FILE = "server-metrics.jsonl"  # counters the server reported (unverified)
+TELEMETRY_FILE = "telemetry.jsonl"  # accelerator telemetry an agent reported (unverified)
 SWEEP_FILE = "sweep.json"
 SEARCH_FILE = "search.json"
 

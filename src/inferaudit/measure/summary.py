@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferaudit.errors import DataError, validation_message
+from inferaudit.measure.telemetry.figures import Reported
 
 __all__ = [
     "ArrivalRate",
@@ -205,11 +206,13 @@ class Summary(_Frozen):
     # Only where the protocol has them: a concurrency cap on an open loop, multi-turn sessions.
     slot_wait_ms: Dist | None = None
     turns: tuple[TurnStats, ...] | None = None
+    # What the operator's telemetry agent reported over the window (never a measured figure).
+    reported: Reported | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` object (v1: byte for byte what v0.1 wrote)."""
         data = self.model_dump(mode="json", by_alias=True)
-        for optional in ("token_credit", "error_budget", "slot_wait_ms", "turns"):
+        for optional in ("token_credit", "error_budget", "slot_wait_ms", "turns", "reported"):
             if data[optional] is None:
                 del data[optional]
         return data

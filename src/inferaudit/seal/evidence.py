@@ -5,8 +5,8 @@ Two layouts of a run directory, told apart by their files (``run_layout``):
   v2 (``https://inferaudit.dev/inference-run/v2``): the run wrote ``verdicts.json`` and its
      ``summary.json`` has no ``checks``. The subjects are every evidence file present of
      ``EVIDENCE_FILES_V2`` (records, spec, summary and verdicts required; meta.json, health.jsonl,
-     seed.json, server-metrics.jsonl when the run wrote them), so any edit, deletion or addition
-     of one of them after signing is caught by its digest.
+     seed.json, server-metrics.jsonl, telemetry.jsonl when the run wrote them), so any edit,
+     deletion or addition of one of them after signing is caught by its digest.
   v1 (``https://inferaudit.dev/inference-run/v1``, inferaudit 0.1): no ``verdicts.json``; the
      verdicts sit in ``summary.json`` under ``checks``; the subjects are records and spec only.
 
@@ -51,6 +51,7 @@ from inferaudit.measure.rundir import (
     SERVER_METRICS_FILE,
     SPEC_FILE,
     SUMMARY_FILE,
+    TELEMETRY_FILE,
     VERDICTS_FILE,
     file_sha256,
     read_json,
@@ -70,6 +71,7 @@ EVIDENCE_FILES_V2 = (
     HEALTH_FILE,
     SEED_FILE,
     SERVER_METRICS_FILE,
+    TELEMETRY_FILE,
 )
 MAX_MODELS_BYTES = 16_384  # a longer /v1/models answer is bound by digest instead
 

@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from inferaudit.errors import InferauditError
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record, read_records
-from inferaudit.measure.rundir import HEALTH_FILE, RECORDS_FILE, SPEC_FILE, file_sha256
+from inferaudit.measure.rundir import (
+    HEALTH_FILE,
+    RECORDS_FILE,
+    SERVER_METRICS_FILE,
+    SPEC_FILE,
+    TELEMETRY_FILE,
+    file_sha256,
+)
 from inferaudit.seal.evidence import canonical
 
 if TYPE_CHECKING:
@@ -68,11 +75,16 @@ def recompute_summary(
     """Step 9: ``summarize(records, spec)`` equals the signed summary, key by key."""
     try:
         from inferaudit.measure.metrics import summarize as default_summarize
+        from inferaudit.measure.scrapes import read_telemetry
 
-        summarize_fn: Summarize = default_summarize if summarize is None else summarize
         spec = _spec(run_dir)
         records = read_records(run_dir / RECORDS_FILE)
-        result = summarize_fn(records, spec)
+        if summarize is None:  # with the operator-reported telemetry the run recorded, if any
+            telemetry_path = run_dir / TELEMETRY_FILE
+            telemetry = read_telemetry(telemetry_path) if telemetry_path.exists() else None
+            result: Summary | dict[str, Any] = default_summarize(records, spec, telemetry)
+        else:
+            result = summarize(records, spec)
         as_json = result if isinstance(result, dict) else result.to_json()
         recomputed = orjson.loads(canonical(as_json, "summary"))
     except ValidationError as exc:
@@ -92,10 +104,13 @@ def recheck_verdicts(
     """Step 11: every verdict recomputed from the records equals the run's verdict.
 
     A v2 run is rechecked with its client health windows (``health.jsonl``; none when absent),
-    a v1 run by the frozen v1 rules (``health=None``)."""
+    a v1 run by the frozen v1 rules (``health=None``); ``server-counters`` with the run's
+    server samples (``server-metrics.jsonl``; the check gives no verdict when the run has none,
+    and a signed verdict that is not recomputed is a difference)."""
     from inferaudit.judge.suite import USES_TOKENIZER, recheck
     from inferaudit.measure.fingerprint import load_fingerprint
     from inferaudit.measure.health import read_health
+    from inferaudit.measure.server_metrics import read_samples
     from inferaudit.measure.tokenizer import load_tokenizer
 
     if not isinstance(signed, list):
@@ -124,6 +139,8 @@ def recheck_verdicts(
         listed = conformance.get("items", {}).get("model_listed", "not recorded")
         names = [n for n in spec.checks if n not in skipped]
         health = read_health(run_dir / HEALTH_FILE) if v2 else None
+        server_path = run_dir / SERVER_METRICS_FILE
+        server = read_samples(server_path) if server_path.exists() else None
         recomputed = recheck(
             records,
             spec,
@@ -132,12 +149,19 @@ def recheck_verdicts(
             fingerprint=fp,
             model_listed=listed,
             health=health,
+            server=server,
         )
     except ValidationError as exc:
         return False, f"spec.json is not a valid RunSpec: {exc.errors()[0]['msg']}"
     except InferauditError as exc:
         return False, exc.diagnostics()
     diffs = [f"{n}: signed but not in the protocol" for n in by_check if n not in spec.checks]
+    again = {v.check for v in recomputed}
+    diffs += [
+        f"verdict {n} is signed but not recomputed (its input file is missing)"
+        for n in by_check
+        if n in names and n not in again
+    ]
     for verdict in recomputed:
         mine = orjson.loads(canonical(verdict.to_json(), "verdict"))
         theirs = by_check.get(verdict.check)

@@ -51,7 +51,21 @@ inline: ``--behave NAME:key=value,key=value``. Honest is the default (no behavio
                               that stores every answer but replays only while more than
                               ``threshold`` (4) requests are in flight: first token after
                               ``ttft_ms`` (1), then one every ``tpot_ms`` (0).
+``shared-traffic``            the endpoint also serves another tenant's traffic, invisible to
+                              this client: every counter of ``/metrics`` shows ``floor(share x
+                              own)`` more than the twin's own work (``share`` 0.3: 30% more
+                              requests, prompt and generated tokens than this client's); what is
+                              served is unchanged.
+``cache-answers``             a response cache in front of the engine answers ``share`` (0.3) of
+                              the requests: the ``n``-th request that reaches it (accepted, not
+                              replayed by another cache) is answered iff ``floor(n x share) >
+                              floor((n - 1) x share)`` (share 0.3: the 4th, 7th, 10th, ...), with
+                              the engine's own text, first token after ``ttft_ms`` (1), then one
+                              every ``tpot_ms`` (0), and never reaches ``/metrics``' counters.
 ============================  ==================================================================
+
+``/metrics`` counts only what reaches the engine (``metrics.py``): replays of
+``response-cache`` and ``cache-under-load`` never reach it either.
 """
 
 from __future__ import annotations
@@ -78,6 +92,8 @@ class Name(StrEnum):
     replay_detect = "replay-detect"
     prefill_cut = "prefill-cut"
     cache_under_load = "cache-under-load"
+    shared_traffic = "shared-traffic"
+    cache_answers = "cache-answers"
 
 
 def _check(ok: bool, name: Name, message: str) -> None:
@@ -209,6 +225,26 @@ class CacheUnderLoad:
                "times must be >= 0")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SharedTraffic:
+    share: float = 0.3  # the other tenant's use, as a share of this twin's own
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.share <= 100.0, Name.shared_traffic, "share must be in (0, 100]")
+
+
+@dataclass(frozen=True)
+class CacheAnswers:
+    share: float = 0.3  # of the requests that reach the cache
+    ttft_ms: float = 1.0
+    tpot_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.share <= 1.0, Name.cache_answers, "share must be in (0, 1]")
+        _check(self.ttft_ms >= 0 and self.tpot_ms >= 0, Name.cache_answers,
+               "times must be >= 0")  # fmt: skip
+
+
 _PARAMS: dict[Name, type] = {
     Name.response_cache: ResponseCache,
     Name.prefix_cache: PrefixCache,
@@ -223,6 +259,8 @@ _PARAMS: dict[Name, type] = {
     Name.replay_detect: ReplayDetect,
     Name.prefill_cut: PrefillCut,
     Name.cache_under_load: CacheUnderLoad,
+    Name.shared_traffic: SharedTraffic,
+    Name.cache_answers: CacheAnswers,
 }
 
 
@@ -243,6 +281,8 @@ class Behaviours:
     replay_detect: ReplayDetect | None = None
     prefill_cut: PrefillCut | None = None
     cache_under_load: CacheUnderLoad | None = None
+    shared_traffic: SharedTraffic | None = None
+    cache_answers: CacheAnswers | None = None
 
     def names(self) -> list[str]:
         return [

@@ -5,9 +5,11 @@ live in ``writer.py``; the behaviours' names and parameters in ``behaviours.py``
 Hooks, in the order ``server.Twin`` calls them:
 ``engine`` (prefix-cache lowers the engine's prefill floor), ``shed`` (shed-under-load),
 ``params`` (ignore-params), ``identity`` (model-swap, replay-detect), ``cache_key`` /
-``replay`` / ``remember`` (response-cache, cache-under-load), ``read_prompt`` (prefill-cut),
-``tamper`` (early-stop, usage-inflate), ``cached_prompt`` (prefix-cache). Each hook that acts
-appends its name to ``Outcome.behaviours`` (the truth file).
+``replay`` / ``remember`` (response-cache, cache-under-load), ``cache_answer``
+(cache-answers), ``read_prompt`` (prefill-cut), ``tamper`` (early-stop, usage-inflate),
+``cached_prompt`` (prefix-cache). Each hook that acts appends its name to ``Outcome.behaviours``
+(the truth file). ``other_tenant`` (shared-traffic) acts on no request: ``/metrics``
+(``metrics.py``) asks it what another tenant adds to each counter.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -56,6 +59,7 @@ class Cheats:
         self.response_cache: dict[bytes, CachedReply] = {}
         self.prefix_blocks: set[bytes] = set()
         self.detect = _AuditGuess(behaviours.replay_detect)
+        self.cache_reached = 0  # cache-answers: requests that reached its cache so far
 
     def engine(self, engine: FixedEngine | EngineConfig) -> FixedEngine | BatchEngine:
         """The engine to serve with: prefix-cache lowers its prefill floor."""
@@ -151,6 +155,26 @@ class Cheats:
         served = Served(cached.words, cached.finish_reason, "cache-replay", cached.tokens_reported)
         return served, engine
 
+    def cache_answer(self, out: Outcome) -> FixedEngine | None:
+        """cache-answers: the fast engine that answers this request in front of the real one
+        (the ``n``-th to reach it, iff ``floor(n x share) > floor((n - 1) x share)``), or None."""
+        ca = self.behaviours.cache_answers
+        if ca is None:
+            return None
+        self.cache_reached += 1
+        n, share = self.cache_reached, _exact(ca.share)
+        if math.floor(n * share) == math.floor((n - 1) * share):
+            return None
+        out.cache_hit = True
+        out.behaviours.append("cache-answers")
+        return FixedEngine(ca.ttft_ms, ca.tpot_ms)
+
+    def other_tenant(self, own: int) -> int:
+        """shared-traffic: what another tenant adds to a counter whose own value is ``own``
+        (``floor(share x own)``; 0 when the behaviour is off)."""
+        st = self.behaviours.shared_traffic
+        return 0 if st is None else math.floor(own * _exact(st.share))
+
     def remember(self, key: bytes | None, out: Outcome, served: Served) -> None:
         """response-cache: keep a reply that was served to its end, for later replays."""
         done = out.true_finish not in ("client-closed", "truncated")
@@ -200,6 +224,11 @@ class Cheats:
                 still = False
                 self.prefix_blocks.add(digest)
         return hit
+
+
+def _exact(share: float) -> Fraction:
+    """A share as the exact fraction it was written as (0.3 -> 3/10, not the binary float)."""
+    return Fraction(share).limit_denominator(10**6)
 
 
 class _AuditGuess:

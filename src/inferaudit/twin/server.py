@@ -1,8 +1,9 @@
 """The twin's HTTP face: an OpenAI-compatible aiohttp app (a SIMULATION, labelled as such).
 
-Endpoints: ``GET /health`` (200, no key needed, as vLLM), ``GET /v1/models``,
-``POST /v1/completions``, ``POST /v1/chat/completions``, streaming (SSE ``data: {...}``
-events, then ``data: [DONE]``) and not. Honoured: ``max_tokens`` (chat also
+Endpoints: ``GET /health`` (200, no key needed, as vLLM), ``GET /metrics`` (vLLM-named
+Prometheus counters of what the engine really did, no key needed, as vLLM: ``metrics.py``),
+``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``, streaming (SSE
+``data: {...}`` events, then ``data: [DONE]``) and not. Honoured: ``max_tokens`` (chat also
 ``max_completion_tokens``), ``min_tokens``, ``ignore_eos``, ``seed``, ``temperature``,
 ``stream_options.include_usage`` (usage in a last chunk with empty ``choices``), ``logprobs``
 (completions: top-k count; chat: ``logprobs``/``top_logprobs``; values from the twin's own
@@ -16,7 +17,8 @@ simulation``; ``/v1/models`` says ``"owned_by": "inferaudit-twin (simulation)"``
 The pieces: ``config.py`` (``TwinConfig``, labels), ``request.py`` (request parsing, OpenAI
 errors), ``cheats.py`` (the behaviours that change what is served, with their state),
 ``writer.py`` (the twin's own SSE writer; the stream-shape behaviours), ``truth.py`` (the truth
-log); this module routes and serves. The SSE writer and the token counting are the twin's own
+log), ``metrics.py`` (the ``/metrics`` counters); this module routes and serves. The SSE
+writer and the token counting are the twin's own
 (see ``text.py``); nothing is shared with the load client under test.
 
 The truth file (``--truth``) gets one JSON line per request as it finishes, flushed per line,
@@ -27,7 +29,8 @@ all instants in ``time.perf_counter_ns()``:
 ``done_ns``, ``prompt_tokens``, ``cached_prompt_tokens``, ``max_tokens``, ``tokens_generated``
 (really sent), ``tokens_reported`` (``usage.completion_tokens``), ``finish_reason`` (as sent),
 ``true_finish`` (``length``/``stop``/``early-stop``/``truncated``/``client-closed``),
-``cache_hit``, ``replica``, ``behaviours`` (those that acted on this request), ``error``,
+``cache_hit`` (answered by a cache in front of the engine: response-cache, cache-under-load,
+cache-answers), ``replica``, ``behaviours`` (those that acted on this request), ``error``,
 ``client_request_id`` (the request's ``X-Request-Id`` header, if any) and ``output_sha256``
 (SHA-256 of the UTF-8 text really sent); engine mode also ``engine_late_steps``: how many
 engine steps so far the host CPU began over 10 ms late (0 = the simulation kept its schedule).
@@ -69,6 +72,7 @@ from inferaudit.twin import text
 from inferaudit.twin.cheats import Cheats
 from inferaudit.twin.config import OWNED_BY, SIMULATION_HEADER, SWAP_SUFFIX, TwinConfig
 from inferaudit.twin.engine import BatchEngine, FixedEngine, Job
+from inferaudit.twin.metrics import CONTENT_TYPE, ServerCounters
 from inferaudit.twin.prefix import PrefixView
 from inferaudit.twin.request import ApiError, Params, bad_request, parse_params
 from inferaudit.twin.truth import Outcome, TruthLog
@@ -97,6 +101,7 @@ class Twin:
         self.engine: FixedEngine | BatchEngine = self.cheats.engine(config.engine)
         self.truth = TruthLog(config.truth_path)
         self.prefixes = PrefixView()
+        self.counters = ServerCounters(config.model_name)
         self.rng = random.Random(config.seed)
         self.seq = 0
         self.in_flight = 0
@@ -110,6 +115,7 @@ class Twin:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -125,7 +131,7 @@ class Twin:
     ) -> web.StreamResponse:
         key = self.config.api_key
         authorised = key is None or request.headers.get("Authorization") == f"Bearer {key}"
-        if not authorised and request.path != "/health":
+        if not authorised and request.path not in ("/health", "/metrics"):
             return ApiError(401, "missing or wrong API key", "authentication_error").response()
         try:
             return await handler(request)
@@ -151,6 +157,11 @@ class Twin:
     async def health(self, request: web.Request) -> web.Response:
         """vLLM's liveness probe: 200 with an empty body."""
         return web.Response()
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """The engine's counters in Prometheus text format (``metrics.py``)."""
+        text_ = self.counters.exposition(self.engine, self.cheats.other_tenant)
+        return web.Response(body=text_.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def models(self, request: web.Request) -> web.Response:
         entry = {
@@ -191,6 +202,7 @@ class Twin:
             return exc.response()
         finally:
             self.in_flight -= 1
+            self.counters.finish(out)
             self.truth.write(out.line(self.config.model_name))
 
     async def _serve(self, request: web.Request, out: Outcome) -> web.StreamResponse:
@@ -230,6 +242,9 @@ class Twin:
         if replayed is not None:
             served, engine = replayed
         else:
+            answered = cheats.cache_answer(out)
+            if answered is not None:
+                engine = answered
             read = cheats.read_prompt(out, p.prompt)
             completion = text.complete(
                 out.identity,
@@ -244,6 +259,8 @@ class Twin:
             served = cheats.tamper(out, completion)
             out.cached_prompt_tokens = cheats.cached_prompt(out, p.prompt)
         words, true_finish = served.words, served.true_finish
+        if not out.cache_hit:  # answered in front of the engine: it never reaches the counters
+            self.counters.start(out)
 
         send = len(words)
         if truncate:

@@ -47,7 +47,18 @@ import aiohttp
 import orjson
 
 from inferaudit.measure.load.deadline import Timeouts, Watch
+from inferaudit.measure.load.pool import (
+    ATTEMPT,
+    Attempt,
+    Body,
+    fresh_session,
+    make_session,
+    never_read,
+    open_connections,
+    retire_connections,
+)
 from inferaudit.measure.load.preflight import (
+    ERROR_MESSAGE_CHARS,
     acheck_endpoint,
     api_key_for,
     check_endpoint,
@@ -74,10 +85,10 @@ __all__ = [
     "make_session",
     "model_ids",
     "open_connections",
+    "retire_connections",
     "send_plans",
 ]
 
-OPEN_TIMEOUT_S = 10.0  # open_connections: a GET that takes longer is given up
 _ERROR_BODY_BYTES = 65536
 
 
@@ -147,39 +158,9 @@ def build_body(plan: RequestPlan, target: Target) -> bytes:
     return orjson.dumps(body)
 
 
-def make_session(limit: int = 0) -> aiohttp.ClientSession:
-    """One session per event loop; ``limit`` 0 means no connection limit (open loop)."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        skip_auto_headers=("User-Agent",),
-    )
-
-
-async def open_connections(session: aiohttp.ClientSession, target: Target, n: int) -> int:
-    """Open ``n`` keep-alive connections before the clock starts: ``n`` concurrent
-    ``GET {base}/models``, read to the end, so their connections go back to the pool.
-
-    Without it the first measured requests pay the TCP (and TLS) handshake and aiohttp's
-    first-call costs, which show as client lag and a higher TTFT. Returns how many answered;
-    failures are left for the measured requests to meet and record.
-    """
-
-    headers = {k: v for k, v in target.headers.items() if k == "Authorization"}
-
-    async def one() -> bool:
-        try:
-            async with (
-                asyncio.timeout(OPEN_TIMEOUT_S),
-                session.get(target.models_url, headers=headers) as resp,
-            ):
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
-
-    return sum(await asyncio.gather(*(one() for _ in range(n))))
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:ERROR_MESSAGE_CHARS]
 
 
 async def execute(
@@ -203,19 +184,27 @@ async def execute(
     of the two). While it runs, its :class:`Watch` is in ``inflight``: the caller
     may :meth:`~Watch.expire` it to cut it off (it is then recorded as it stands). Any other
     cancellation (``CancelledError``) propagates.
+
+    A request whose pooled connection turns out dead before the server had it whole is sent
+    once more at once on a new connection (module docstring, defence 2); ``Record.retried``
+    then holds the first attempt's error. ``sent_ns`` stays the first attempt's send, and the
+    timeouts keep running from the first attempt.
     """
     sent = perf_counter_ns()
     st = Stream()
     watch = Watch(target.timeouts, scheduled_abs_ns, sent, inflight)
+    retried: str | None = None
     try:
-        async with session.post(target.url, data=body, headers=target.headers) as resp:
-            st.status = resp.status
-            if resp.status != 200:
-                raw = await resp.content.read(_ERROR_BODY_BYTES)
-                watch.last = st.done = perf_counter_ns()
-                st.fail(f"http_{resp.status}", error_message(raw))
-            else:
-                await read_stream(resp.content, target.chat, st, watch, epoch_ns, meter)
+        first = Attempt(Body(body, content_type="application/json"))
+        try:
+            await _attempt(session, target, first, st, watch, epoch_ns, meter)
+        except aiohttp.ClientConnectionError as exc:
+            if not never_read(exc, st, first):
+                raise
+            retried = _one_line(exc)
+            again = Attempt(Body(body, content_type="application/json"))
+            async with fresh_session() as fresh:
+                await _attempt(fresh, target, again, st, watch, epoch_ns, meter)
     except asyncio.CancelledError:
         if not watch.absorb():
             raise
@@ -235,7 +224,31 @@ async def execute(
     if st.done is None or (st.error_class is not None and st.error_class != "stream_truncated"):
         st.done = perf_counter_ns()  # when the error happened
     slot = None if slot_abs_ns is None else slot_abs_ns - epoch_ns
-    return _record(st, plan, target, scheduled_abs_ns, sent, epoch_ns, worker, slot)
+    return _record(st, plan, target, scheduled_abs_ns, sent, epoch_ns, worker, slot, retried)
+
+
+async def _attempt(
+    session: aiohttp.ClientSession,
+    target: Target,
+    attempt: Attempt,
+    st: Stream,
+    watch: Watch,
+    epoch_ns: int,
+    meter: ReadMeter | None,
+) -> None:
+    """One send of a request and the read of its answer into ``st`` (raises as aiohttp does)."""
+    token = ATTEMPT.set(attempt)
+    try:
+        async with session.post(target.url, data=attempt.body, headers=target.headers) as resp:
+            st.status = resp.status
+            if resp.status != 200:
+                raw = await resp.content.read(_ERROR_BODY_BYTES)
+                watch.last = st.done = perf_counter_ns()
+                st.fail(f"http_{resp.status}", error_message(raw))
+            else:
+                await read_stream(resp.content, target.chat, st, watch, epoch_ns, meter)
+    finally:
+        ATTEMPT.reset(token)
 
 
 def _record(
@@ -247,6 +260,7 @@ def _record(
     epoch_ns: int,
     worker: int,
     slot_ns: int | None = None,
+    retried: str | None = None,
 ) -> Record:
     parts, chunk_ns = st.parts, st.chunk_ns
     try:
@@ -297,6 +311,7 @@ def _record(
         top_logprobs=st.top or None,  # only requests that asked for logprobs get them
         session=plan.session,
         turn=plan.turn,
+        retried=retried,
     )
 
 

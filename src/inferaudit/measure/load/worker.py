@@ -4,7 +4,9 @@ Started by :mod:`inferaudit.measure.load.runner` (multiprocessing "spawn"). It r
 :class:`~.messages.WorkerArgs`, opens its keep-alive connections, reports :class:`~.messages.Ready`,
 answers pings, and on :class:`~.messages.Go` sends its positions (open loop: at their absolute
 times; closed loop: its slots, taking positions from a counter shared by all workers). Each
-finished request goes to the record pipe as one JSON line.
+finished request goes to the record pipe as one JSON line. Its warm-up connections, when the
+epoch comes more than ``WARM_IDLE_NS`` after them, are not reused (the first requests open new
+ones): a server may be closing them just then (:mod:`~inferaudit.measure.load.client`).
 
 Open loop with a cap (``WorkerArgs.cap``): every request, due at its scheduled time, waits for
 one of the worker's ``cap`` slots (:class:`~.gate.SlotGate`, first come first served); the
@@ -58,6 +60,7 @@ from inferaudit.measure.load.client import (
     execute,
     make_session,
     open_connections,
+    retire_connections,
 )
 from inferaudit.measure.load.gate import SlotGate
 from inferaudit.measure.load.messages import (
@@ -82,6 +85,10 @@ OPEN_LOOP_CONNECTIONS = 16  # open loop: connections each worker opens before th
 # CAP_SYS_NICE): a load generator that shares its cores with other work is woken late otherwise,
 # and its lag adds to every latency it reports. The niceness it got is recorded (WorkerInfo.nice).
 CLIENT_NICE = -10
+# A warm-up connection idle longer than this when the epoch comes is not reused: servers close
+# idle keep-alive connections (llama.cpp's server and uvicorn after 5 s), and one closing just as
+# the first measured request goes out fails it. Below the shortest common server timeout.
+WARM_IDLE_NS = 2_000_000_000
 _FLUSH_WAIT_S = 10.0  # at the end: the longest wait for the record pipe to drain
 _NS = 1_000_000_000
 
@@ -182,8 +189,14 @@ class _Worker:
             if self.a.plans is None or self.a.plans:  # warm the code paths before the clock
                 build_body(self._plan(0), self.a.target)
             opened = await open_connections(self.session, self.a.target, connections)
+            warmed = perf_counter_ns()
             self._send(Ready(os.getpid()))
             if self._await_go():
+                # the loop was blocked waiting for Go: warm-up connections idle too long by the
+                # epoch are closed when first taken (the request opens a new one), rather than
+                # re-opened now, which would spend the epoch's lead or delay the first sends
+                if self.epoch - warmed > WARM_IDLE_NS:
+                    retire_connections(self.session, warmed)
                 cpu0 = _cpu_s()
                 await self._run(loop)
         await self._drain(transport)
