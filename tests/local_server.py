@@ -28,6 +28,16 @@ What this server does (llama-cpp-python 0.3.36), as the tests rely on it:
     body), so ``llama_server`` passes ``--interrupt_requests False`` and requests queue instead.
 The GGUF has no chat template, so chat needs ``--chat_format gemma``; the default ("llama-2")
 makes this base model end every chat answer at once with no content.
+
+``native_llama_server(model_path, log_path)`` starts llama.cpp's own C++ server instead,
+``<venv>/bin/llama-server`` (built by ``scripts/install-local.sh`` from the llama.cpp sources the
+llama-cpp-python sdist vendors): ``-np 4`` slots with continuous batching, ``--metrics``
+(Prometheus text at ``/metrics``, names ``llamacpp:*``), ``-c 2048``, ``--threads 1``, on
+127.0.0.1 with ``--port 0`` (it binds any free port and logs ``listening on
+http://127.0.0.1:<port>``); it waits until ``/health`` answers 200 (503 while the model loads)
+and ``/v1/models`` lists the alias, and yields a ``LlamaServer``. ``llama_server_missing()``
+says why the binary is not there (the line the install script left in
+``<venv>/llama-server.failed``), for the tests to skip with.
 """
 
 from __future__ import annotations
@@ -39,11 +49,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL_ALIAS = "gemma-3-270m-q4_k_m"
 # llama-cpp-python's --type_k takes a ggml type number
@@ -201,6 +212,143 @@ def llama_server(
             model_path=model_path,
             log_path=log_path,
             pid=proc.pid,
+        )
+    finally:
+        _stop(proc)
+
+
+# ---- llama.cpp's native server --------------------------------------------------------------
+
+LLAMA_SERVER = Path(sys.prefix) / "bin" / "llama-server"
+_LLAMA_SERVER_FAILED = Path(sys.prefix) / "llama-server.failed"
+_LLAMA_LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+_METRICS_PREFIX = "llamacpp:"
+
+
+def llama_server_missing() -> str | None:
+    """Why ``llama-server`` cannot run here (a skip reason), or None when it is installed."""
+    if os.access(LLAMA_SERVER, os.X_OK):
+        return None
+    try:
+        reason = _LLAMA_SERVER_FAILED.read_text().strip()
+    except FileNotFoundError:
+        reason = ""
+    return reason or f"needs {LLAMA_SERVER}: run scripts/install-local.sh"
+
+
+def llama_server_version() -> str:
+    """The binary's ``--version`` line, e.g. ``version: 0 (unknown)``."""
+    done = subprocess.run(
+        [str(LLAMA_SERVER), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = [x for x in (done.stdout + done.stderr).splitlines() if x.startswith("version:")]
+    if not lines:
+        raise LocalServerError(f"{LLAMA_SERVER} --version printed no version line")
+    return lines[0]
+
+
+def parse_llamacpp_metrics(text: str) -> dict[str, float]:
+    """The ``llamacpp:*`` samples of one ``/metrics`` answer, by name without the prefix
+    (counters keep their ``_total``): e.g. ``{"tokens_predicted_total": 256.0, ...}``."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(_METRICS_PREFIX) and not sample.labels:
+                samples[sample.name.removeprefix(_METRICS_PREFIX)] = sample.value
+    return samples
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    base_url: str  # ends in /v1
+    model: str  # the id /v1/models lists (--alias)
+    model_path: Path
+    log_path: Path
+    pid: int
+    parallel: int  # slots (-np): requests it decodes together
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def metrics(self) -> dict[str, float]:
+        """One scrape of ``/metrics`` (see ``parse_llamacpp_metrics``)."""
+        reply = httpx.get(f"{self.root_url}/metrics", timeout=10.0)
+        reply.raise_for_status()
+        return parse_llamacpp_metrics(reply.text)
+
+
+def _wait_llama_ready(
+    proc: subprocess.Popen[bytes], log_path: Path, alias: str, timeout_s: float
+) -> int:
+    """Poll the log for the bound port, then ``/health`` until 200 and ``/v1/models``."""
+    deadline = time.monotonic() + timeout_s
+    port: int | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalServerError(
+                f"llama-server exited with status {proc.returncode}:\n{_log_tail(log_path)}"
+            )
+        if port is None:
+            match = _LLAMA_LISTENING.search(log_path.read_bytes())
+            if match:
+                port = int(match.group(1))
+        if port is not None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
+            except httpx.TransportError:
+                health = None
+            if health is not None and health.status_code == 200:
+                reply = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5.0)
+                ids = [m.get("id") for m in reply.json().get("data", [])]
+                if alias in ids:
+                    return port
+                raise LocalServerError(f"llama-server's /v1/models lists {ids}, not {alias!r}")
+        time.sleep(0.2)
+    raise LocalServerError(
+        f"llama-server not ready after {timeout_s:.0f} s:\n{_log_tail(log_path)}"
+    )
+
+
+@contextlib.contextmanager
+def native_llama_server(
+    model_path: Path,
+    log_path: Path,
+    *,
+    alias: str = MODEL_ALIAS,
+    parallel: int = 4,
+    n_ctx: int = 2048,
+    threads: int = 1,
+    extra_args: Sequence[str] = (),
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[LlamaServer]:
+    """Run ``<venv>/bin/llama-server`` on 127.0.0.1 for the duration of the block."""
+    cmd = [
+        str(LLAMA_SERVER),
+        "-m", str(model_path),
+        "--alias", alias,
+        "--host", "127.0.0.1",
+        "--port", "0",
+        "-np", str(parallel),
+        "--metrics",
+        "-c", str(n_ctx),
+        "--threads", str(threads),
+        "--threads-batch", str(threads),
+        *extra_args,
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent
+        )
+    try:
+        port = _wait_llama_ready(proc, log_path, alias, startup_timeout_s)
+        yield LlamaServer(
+            base_url=f"http://127.0.0.1:{port}/v1",
+            model=alias,
+            model_path=model_path,
+            log_path=log_path,
+            pid=proc.pid,
+            parallel=parallel,
         )
     finally:
         _stop(proc)

@@ -14,7 +14,7 @@ from inferaudit.judge.server_counters import check_server_counters
 from inferaudit.judge.suite import ALL_CHECKS, plan_checks, recheck
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
-from inferaudit.measure.records import Record, read_records, write_records
+from inferaudit.measure.records import WRITTEN_WHOLE, Record, read_records, write_records
 from inferaudit.measure.rundir import RECORDS_FILE, SERVER_METRICS_FILE, VERDICTS_FILE
 from inferaudit.measure.scrapes import Phase
 from inferaudit.measure.server_metrics import Quantities, ServerSample, read_samples
@@ -129,7 +129,7 @@ def test_matching_counters_pass_with_exact_numbers() -> None:
             "tokens_from_usage": 10,
             "tokens_from_stream": 0,
         },
-        "uncertain": {"requests": 0, "max_tokens": 0},
+        "uncertain": {"requests": 0, "resent": 0, "max_tokens": 0},
         "token_tolerance": 0.02,
         "reported": {
             "prompt_tokens": 320,
@@ -192,7 +192,7 @@ def test_requests_in_flight_at_a_reading_widen_the_band() -> None:
     ]
     # tokens band: [256 - 5.12, 256 + max(5.12, 40 + 24)] = [250.88, 320]; requests [8, 10]
     v = judged(check_server_counters(records, window(256 + 64, 10)), Outcome.passed)
-    assert v.numbers["uncertain"] == {"requests": 2, "max_tokens": 64}
+    assert v.numbers["uncertain"] == {"requests": 2, "resent": 0, "max_tokens": 64}
     assert v.numbers["counters"]["generated_tokens"]["band"] == [250.88, 320]
     assert v.numbers["counters"]["finished_requests"]["band"] == [8, 10]
     judged(check_server_counters(records, window(256 + 20, 9)), Outcome.passed)
@@ -224,7 +224,7 @@ def test_failed_and_cancelled_inside_are_uncertain_and_outside_ones_ignored() ->
     ]
     v = judged(check_server_counters(records, window(320 + 64, 12)), Outcome.passed)
     assert v.numbers["client"]["requests"] == 10
-    assert v.numbers["uncertain"] == {"requests": 2, "max_tokens": 64}
+    assert v.numbers["uncertain"] == {"requests": 2, "resent": 0, "max_tokens": 64}
     judged(check_server_counters(records, window(320, 10)), Outcome.passed)
     judged(check_server_counters(records, window(320, 13)), Outcome.failed)
 
@@ -425,3 +425,20 @@ def test_cache_answers_twin_fails_something_else_answered(tmp_path: Path) -> Non
     judged(v, Outcome.failed)
     assert "fewer generated tokens" in v.summary
     assert "something other than this server answered" in v.summary
+
+
+def test_a_request_resent_after_it_was_written_whole_widens_the_band() -> None:
+    # The server closed a pooled connection after request 3 had been written whole and before
+    # any answer (llama.cpp's server closes after each streamed response): the client sent it
+    # again, and the server may have generated for both attempts (up to 32 + 32 tokens).
+    resent = rec(3).model_copy(
+        update={"retried": WRITTEN_WHOLE + "ServerDisconnectedError: Server disconnected"}
+    )
+    records = [*TEN[:3], resent, *TEN[4:]]
+    v = judged(check_server_counters(records, window(320 + 32, 11)), Outcome.passed)
+    assert v.numbers["uncertain"] == {"requests": 0, "resent": 1, "max_tokens": 32}
+    # without the retry mark the same counters are 32 tokens and 1 request too many
+    judged(check_server_counters(TEN, window(320 + 32, 11)), Outcome.failed)
+    # a retry the server provably never read (its body never left whole) allows nothing
+    unread = rec(3).model_copy(update={"retried": "ClientOSError: Can not write request body"})
+    judged(check_server_counters([*TEN[:3], unread, *TEN[4:]], window(352, 11)), Outcome.failed)

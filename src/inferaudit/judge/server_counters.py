@@ -20,10 +20,12 @@ uses it. The rule, over the measurement window:
    (``measure.metrics.proven_tokens``: content events).
 4. The server's count: the deltas ``a - b`` of ``requests_finished`` and ``generated_tokens``.
 5. The bands (what an honest server that this client had alone can show):
-   - requests in ``[R, R + U]``, ``U`` the uncertain requests: exact otherwise;
-   - tokens in ``[T - 2% T, T + max(2% T, M)]``, ``M`` the sum of the uncertain requests'
-     ``max_tokens`` (unbounded when one of them set none); the 2% covers how servers count a
-     stream's last token and scrape timing.
+   - requests in ``[R, R + U + W]``, ``U`` the uncertain requests, ``W`` those sent twice
+     because the server closed after the first attempt was written whole (``Record.retried``
+     starts with ``WRITTEN_WHOLE``: the server may have done that work too): exact otherwise;
+   - tokens in ``[T - 2% T, T + max(2% T, M)]``, ``M`` the sum of the uncertain and the
+     resent requests' ``max_tokens`` (unbounded when one of them set none); the 2% covers how
+     servers count a stream's last token and scrape timing.
 6. Verdict. Above a band: FAIL "the server counted N more generated tokens (or finished
    requests) than this client received: the run did not have the endpoint alone". Below a
    band: FAIL "the server counted N fewer ...: something other than this server answered part
@@ -52,7 +54,7 @@ from typing import Any
 from inferaudit.judge.verdict import Outcome, Verdict
 from inferaudit.measure.metrics import proven_tokens
 from inferaudit.measure.probes.plan import AUDIT, PROBE
-from inferaudit.measure.records import Record
+from inferaudit.measure.records import WRITTEN_WHOLE, Record
 from inferaudit.measure.server_metrics import Quantities, ServerSample
 from inferaudit.measure.stats import round_sig
 
@@ -106,9 +108,19 @@ class Split:
         with_usage = sum(u is not None for u in from_usage)
         return usage + proven, with_usage, len(self.inside) - with_usage
 
+    @property
+    def resent(self) -> tuple[Record, ...]:
+        """Requests sent twice because the server closed after the first was written whole: it
+        may have done that attempt's work too (``Record.retried``, ``load.pool`` defence 3)."""
+        return tuple(
+            r for r in (*self.inside, *self.uncertain)
+            if r.retried is not None and r.retried.startswith(WRITTEN_WHOLE)
+        )  # fmt: skip
+
     def max_tokens(self) -> int | None:
-        """``M`` of step 5; None when an uncertain request set no ``max_tokens``."""
-        asked = [r.max_tokens for r in self.uncertain]
+        """``M`` of step 5: the uncertain requests' and the resent first attempts' asked
+        lengths; None when one of them set no ``max_tokens``."""
+        asked = [r.max_tokens for r in (*self.uncertain, *self.resent)]
         return None if any(m is None for m in asked) else sum(m for m in asked if m is not None)
 
 
@@ -161,6 +173,7 @@ def check_server_counters(records: Sequence[Record], samples: Sequence[ServerSam
         },
         "uncertain": {
             "requests": len(split.uncertain),
+            "resent": len(split.resent),
             "max_tokens": split.max_tokens(),
         },
         "token_tolerance": TOKEN_TOLERANCE,
@@ -177,7 +190,8 @@ def check_server_counters(records: Sequence[Record], samples: Sequence[ServerSam
     for what, client, lo, hi, b_value, a_value in (
         ("generated tokens", tokens, tokens - tolerance, token_high,
          b.generated_tokens, a.generated_tokens),
-        ("finished requests", requests, requests, requests + len(split.uncertain),
+        ("finished requests", requests, requests,
+         requests + len(split.uncertain) + len(split.resent),
          b.requests_finished, a.requests_finished),
     ):  # fmt: skip
         if b_value is None or a_value is None:

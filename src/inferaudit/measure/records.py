@@ -44,7 +44,9 @@ Field meanings:
                          connection before the server had the request whole and the request was
                          sent once more on a new connection (``load.client``); every other field
                          is of the request as a whole (times from the first send, the answer of
-                         the second)
+                         the second); it starts with ``WRITTEN_WHOLE`` when the request had been
+                         written whole and the server closed without answering, so it may have
+                         done the first attempt's work
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from inferaudit.errors import ConfigError, RecordError, StorageError
 
 __all__ = [
     "CANCELLED",
+    "WRITTEN_WHOLE",
     "Record",
     "RecordWriter",
     "iter_records",
@@ -69,6 +72,8 @@ __all__ = [
     "write_records",
 ]
 
+# Record.retried of a request the server may have read before closing (``load.pool``, defence 3)
+WRITTEN_WHOLE = "after the request was written whole: "
 CANCELLED = "cancelled"  # the error class of a request the client cut off, not the endpoint
 
 

@@ -40,7 +40,10 @@ new and a deprecated spelling of one value is read once):
   requests_waiting      tgi_queue_size                          llamacpp:requests_deferred
   kv_cache_usage        (none)                                  llamacpp:kv_cache_usage_ratio
                                                                 (older builds only)
-  prefix_cache_*        (none)                                  (none)
+  prefix_cache_hits     (none)                                  llamacpp:prompt_tokens_cached_total
+                                                                (newer builds: tools/server/
+                                                                server-task.cpp)
+  prefix_cache_queries  (none)                                  (none)
 
 Reading rules:
   - names: prometheus_client names a counter's family without ``_total`` and its samples with
@@ -157,6 +160,7 @@ KNOWN: tuple[Known, ...] = (
     Known("prefix_cache_hits", "vllm:prefix_cache_hits_total", "counter", "vllm"),
     Known("prefix_cache_hits", "vllm:gpu_prefix_cache_hits_total", "counter", "vllm"),
     Known("prefix_cache_hits", "sglang:cached_tokens_total", "counter", "sglang"),
+    Known("prefix_cache_hits", "llamacpp:prompt_tokens_cached_total", "counter", "llama.cpp"),
     Known("prefix_cache_queries", "vllm:prefix_cache_queries_total", "counter", "vllm"),
     Known("prefix_cache_queries", "vllm:gpu_prefix_cache_queries_total", "counter", "vllm"),
 )

@@ -51,6 +51,7 @@ from inferaudit.measure.load.pool import (
     ATTEMPT,
     Attempt,
     Body,
+    closed_unanswered,
     fresh_session,
     make_session,
     never_read,
@@ -68,7 +69,7 @@ from inferaudit.measure.load.preflight import (
 )
 from inferaudit.measure.load.stream import Malformed, ReadMeter, Stream, read_stream
 from inferaudit.measure.protocol import Api, Endpoint, Load, Workload
-from inferaudit.measure.records import Record
+from inferaudit.measure.records import WRITTEN_WHOLE, Record
 from inferaudit.measure.workload import RequestPlan
 
 __all__ = [
@@ -199,9 +200,12 @@ async def execute(
         try:
             await _attempt(session, target, first, st, watch, epoch_ns, meter)
         except aiohttp.ClientConnectionError as exc:
-            if not never_read(exc, st, first):
+            if never_read(exc, st, first):
+                retried = _one_line(exc)
+            elif closed_unanswered(exc, st, first):
+                retried = WRITTEN_WHOLE + _one_line(exc)
+            else:
                 raise
-            retried = _one_line(exc)
             again = Attempt(Body(body, content_type="application/json"))
             async with fresh_session() as fresh:
                 await _attempt(fresh, target, again, st, watch, epoch_ns, meter)

@@ -11,11 +11,18 @@ connections: llama.cpp's server and uvicorn after 5 s, silently). Two defences:
    arrived and *before its body was completely written*, is sent again at once, once, on a new
    connection (its scheduled time and its timeouts stay as they were): the server cannot have
    read a request it did not have whole. ``Record.retried`` holds the first attempt's error. A
-   second failure is recorded as the endpoint's, as any other. A request that was written whole
-   and then lost its connection with no answer is *not* retried: the client cannot tell a server
-   that closed the idle connection as the request went out from one that read the request and
-   then closed (both are a FIN after our bytes), and a retry could double the server's work.
-   Nor is a request retried once its response began, or after a timeout.
+   second failure is recorded as the endpoint's, as any other.
+3. A request written whole on a pooled connection that the server then closed without a byte of
+   answer (``ServerDisconnectedError``, nothing received) is also sent once more on a new
+   connection, and its ``retried`` starts with :data:`~inferaudit.measure.records.WRITTEN_WHOLE`:
+   the client cannot tell a server that closed the connection as the request went out (llama.cpp's
+   server closes every connection right after a streamed response, while announcing keep-alive,
+   and a request sent on it within that instant meets the close) from one that read the request
+   and then closed, so the server *may* have done the first attempt's work. Counting it as the
+   endpoint's failure would accuse an honest server; sending it again may double work the
+   endpoint did, which only lowers the figures credited to it, and the ``server-counters`` check
+   allows the retried request's tokens in its band. Never retried: a request whose response had
+   begun, a reset or a timeout.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ __all__ = [
     "OPEN_TIMEOUT_S",
     "Attempt",
     "Body",
+    "closed_unanswered",
     "fresh_session",
     "make_session",
     "never_read",
@@ -177,6 +185,18 @@ def never_read(exc: aiohttp.ClientConnectionError, st: Stream, attempt: Attempt)
     if isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(exc.message, str):
         return False  # a partial response had arrived
     return not isinstance(exc, aiohttp.ClientConnectorError)
+
+
+def closed_unanswered(exc: aiohttp.ClientConnectionError, st: Stream, attempt: Attempt) -> bool:
+    """The server closed a pooled connection after the request was written whole, without a
+    byte of answer (defence 3): retry it, saying the server may have read it."""
+    return (
+        st.status is None
+        and attempt.reused
+        and attempt.body.written
+        and isinstance(exc, aiohttp.ServerDisconnectedError)
+        and isinstance(exc.message, str)  # no partial response message
+    )
 
 
 async def open_connections(session: aiohttp.ClientSession, target: Target, n: int) -> int:
