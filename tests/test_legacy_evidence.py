@@ -29,3 +29,19 @@ def test_v1_run_directory_refuses_an_edited_record(tmp_path: Path) -> None:
     report = verify_run(run, load_trust(FIXTURE / "trust.txt"))
     assert not report.ok
     assert any(c.name == "subjects" for c in report.failures())
+
+
+FIXTURE_V2 = Path(__file__).parent / "data" / "evidence-v2"
+
+
+def test_v2_run_directory_of_this_round_still_verifies(tmp_path: Path) -> None:
+    # Sealed by this round's version (multi-turn sessions from the ShareGPT sample, the twin's
+    # /metrics scraped, nine checks): every later version must verify it as it is.
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_V2, run)
+    report = verify_run(run, load_trust(FIXTURE_V2 / "trust.txt"))
+    assert report.ok, [f"{c.name}: {c.detail}" for c in report.failures()]
+    server = run / "server-metrics.jsonl"
+    server.write_bytes(server.read_bytes().replace(b'"ok":true', b'"ok":false', 1))
+    report = verify_run(run, load_trust(FIXTURE_V2 / "trust.txt"))
+    assert any(c.name == "subjects" for c in report.failures())

@@ -13,6 +13,7 @@ from inferaudit.audit.specs import SpecInputs, build_specs
 from inferaudit.errors import ConfigError
 from inferaudit.measure.datasets import load_conversations
 from inferaudit.measure.planner import TURN_SHIFT, Planner, render_messages, turn_id
+from inferaudit.measure.probes.plan import PROBE_ID_BASE
 from inferaudit.measure.protocol import (
     Arrivals,
     Endpoint,
@@ -127,6 +128,15 @@ def test_sessions_carry_the_real_answers_in_order() -> None:
     assert Planner(spec(wl), conversations=conversations, injected={position: injected}).turns(
         position
     ) == 1
+
+
+def test_probes_plan_first_turns_at_their_own_ids() -> None:
+    # conformance probes and audit requests are planned at ids far above any load position
+    path = sample_path("sharegpt.json")
+    wl = Workload(dataset=str(path), dataset_format="sharegpt", sessions=Sessions())
+    planner = Planner(spec(wl), conversations=load_conversations(path, "sharegpt"))
+    probe = planner.generated(PROBE_ID_BASE + 3, phase="probe")
+    assert (probe.id, probe.turn, probe.phase) == (PROBE_ID_BASE + 3, 0, "probe")
 
 
 def test_render_messages_known_answer() -> None:

@@ -33,7 +33,7 @@ def truth_lines(path: Path) -> list[dict[str, Any]]:
 
 def run(
     tmp_path: Path,
-    checks: tuple[str, ...] = (),
+    checks: tuple[str, ...] | None = (),
     ttft_ms: float = 200,
     behaviours: tuple[str, ...] = (),
     **inputs: Any,
@@ -174,3 +174,19 @@ def test_a_rate_with_a_concurrency_cap_waits_for_slots(tmp_path: Path) -> None:
     wait = outcome.summary.slot_wait_ms
     assert wait is not None and wait.n == 20 and (wait.max or 0) > 0
     assert outcome.summary.valid, outcome.summary.invalid_reasons
+
+
+def test_sessions_run_with_every_check_that_fits(tmp_path: Path) -> None:
+    # The checks' own traffic (probes, repeats, shared-prefix pairs) is planned from the same
+    # conversations, at ids of its own, beside the sessions.
+    outcome, records, _ = run(
+        tmp_path, checks=None, api=Api.chat, dataset=sample_path("sharegpt.json"),
+        multi_turn=True, concurrency=2, requests=6, output_tokens="4",
+    )  # fmt: skip
+    measured = [r for r in records if r.phase == "measure"]
+    # six measured positions, each a session's first turn or an audit request put in its place
+    assert sum(r.turn in (0, None) for r in measured) == 6
+    assert all(r.ok for r in records)
+    names = {v.check for v in outcome.verdicts}
+    assert {"conformance", "caching", "prefix-cache", "errors"} <= names
+    assert not [v for v in outcome.verdicts if v.verdict.value == "fail"]

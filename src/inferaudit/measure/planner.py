@@ -65,8 +65,11 @@ Messages = tuple[tuple[str, str], ...]
 
 
 def turn_id(position: int, turn: int) -> int:
-    """The request id of turn ``turn`` of the session at ``position`` (turn 0: the position)."""
-    assert 0 <= position < 1 << TURN_SHIFT, "session positions are below 2**40"
+    """The request id of turn ``turn`` of the session at ``position`` (turn 0: the position,
+    whatever it is: probes and audit requests plan first turns at ids of their own)."""
+    if turn == 0:
+        return position
+    assert 0 <= position < 1 << TURN_SHIFT, "a session with later turns starts below 2**40"
     return position + (turn << TURN_SHIFT)
 
 
