@@ -323,3 +323,25 @@ def test_cache_prompt_reuses_the_shared_prefix(
         assert verdict["numbers"]["prefix_reuse_expected"] == why, verdict
     failed = [(r.phase, r.id, r.error_class, r.error_message) for r in run.records if not r.ok]
     assert failed == [], failed
+
+
+def test_the_prefix_cache_check_sees_cache_prompt_reuse(
+    swa_full_server: LlamaServer, tmp_path: Path
+) -> None:
+    # Unique salted prompts: the only shared prefixes are the audit's own (a hit shares an
+    # earlier prime's first words). llama-server's cache_prompt reuses them, so the check sees
+    # faster hits than controls and says so; the protocol allows caching, so it passes saying
+    # what it saw (without --allow-prompt-cache the same finding fails, as README says).
+    run = inferaudit_run(
+        swa_full_server, tmp_path / "run",
+        "--concurrency", "1",
+        "--requests", "40",
+        "--input-tokens", "256",
+        "--output-tokens", "8",
+        "--checks", "prefix-cache",
+        "--allow-prompt-cache",
+    )  # fmt: skip
+    verdict = run.verdicts["prefix-cache"]
+    assert verdict["verdict"] == "pass", verdict
+    assert verdict["summary"].endswith("prefix caching allowed by the protocol"), verdict
+    assert run.grew("prompt_tokens_cached_total") > 0
