@@ -69,6 +69,7 @@ __all__ = [
     "RecordWriter",
     "iter_records",
     "read_records",
+    "whole_lines",
     "write_records",
 ]
 
@@ -228,6 +229,17 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
+def whole_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a JSONL file's bytes with their 1-based numbers; a final line
+    without its newline (a write cut short by a crash) is not one of them."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] != b"":
+        lines = lines[:-1]  # a torn last write
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            yield number, line
+
+
 def iter_records(path: Path) -> Iterator[Record]:
     """Read and validate records; a malformed line is a ConfigError naming its line number.
 
@@ -237,12 +249,7 @@ def iter_records(path: Path) -> Iterator[Record]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such records file") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
-        lines = lines[:-1]  # torn last write
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in whole_lines(data):
         try:
             yield Record.model_validate(orjson.loads(line))
         except (orjson.JSONDecodeError, ValidationError) as exc:

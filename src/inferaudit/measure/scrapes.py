@@ -33,6 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferaudit.errors import DataError
+from inferaudit.measure.records import whole_lines
 from inferaudit.measure.telemetry.agent_wire import parse_agent
 from inferaudit.measure.telemetry.model import DeviceSample
 
@@ -76,13 +77,8 @@ def read_lines(path: Path, model: type[L]) -> list[L]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
-        lines = lines[:-1]  # a torn last write
     out: list[L] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in whole_lines(data):
         try:
             out.append(model.model_validate(orjson.loads(line)))
         except (orjson.JSONDecodeError, ValidationError) as exc:
