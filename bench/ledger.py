@@ -101,8 +101,8 @@ def make_run(run_dir: Path, n: int, chunks: int = 64) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "spec.json").write_bytes(canonical_bytes(spec))
     write_records(run_dir / "records.jsonl", records)
-    summary = summarize(records, spec)
-    summary["checks"] = []
+    summary = summarize(records, spec).to_json()
+    summary["checks"] = []  # a v1 run directory (verdicts inside the summary; none here)
     (run_dir / "summary.json").write_bytes(orjson.dumps(summary))
     (run_dir / "meta.json").write_bytes(orjson.dumps({"models": {"data": [{"id": "bench"}]}}))
 

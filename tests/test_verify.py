@@ -23,6 +23,7 @@ STEPS = [
     "meta",
     "seed",
     "checkpoint signature",
+    "witnesses",
     "checkpoint consistency",
     "inclusion",
     "summary",
@@ -64,6 +65,7 @@ def test_sealed_run_verifies(sealed: tuple[Path, TrustPolicy]) -> None:
     assert details["checkpoint consistency"] == (
         "not compared: this trust policy keeps no checkpoints"
     )
+    assert details["witnesses"] == "no witness required by the policy"
     assert report.verified is not None
     assert report.verified.ledger_index == 37
     assert report.verified.predicate_type == "https://inferaudit.dev/inference-run/v2"

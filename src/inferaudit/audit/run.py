@@ -19,7 +19,11 @@
     5. checks after the run (record checks, extra phases such as the caching audit);
     6. summary: ``metrics.summarize`` over the records -> ``summary.json``; the verdicts ->
        ``verdicts.json`` (contract C2: the statement binds both);
-    7. evidence: statement + DSSE envelope, appended to the ledger, inclusion proof saved.
+    7. evidence: statement + DSSE envelope, appended to the ledger, inclusion proof saved; with
+       ``RunOptions.publish`` (a log service URL), the envelope signed here goes to that remote
+       log instead (``seal.remote``), its index and tlog-proof against the remote checkpoint
+       are written the same way, and then, every evidence file being final, the run directory
+       is uploaded to the service as its bundle.
 
 ``problems(outcome)`` states when a run does not pass (the CLI's exit status, the demo's).
 
@@ -50,6 +54,7 @@ from inferaudit.judge.verdict import Outcome, Verdict
 from inferaudit.measure.health import read_health
 from inferaudit.measure.load.client import check_endpoint
 from inferaudit.measure.load.preflight import api_key_for
+from inferaudit.measure.load.ray_backend import RayBackend, clock_problem
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
 from inferaudit.measure.planner import Planner
@@ -70,13 +75,14 @@ from inferaudit.measure.rundir import (
     file_sha256,
 )
 from inferaudit.measure.scrapes import read_telemetry
-from inferaudit.measure.selftest import run_self_test
+from inferaudit.measure.selftest import run_node_self_tests, run_self_test
 from inferaudit.measure.server_metrics import read_samples
 from inferaudit.measure.summary import Summary
 from inferaudit.measure.workload import commit_seed, fresh_seed, write_seed
 from inferaudit.seal.keys import DEFAULT_SIGNER_NAME, load_or_create_signer
 from inferaudit.seal.ledger.store import open_ledger
 from inferaudit.seal.publish import seal_run
+from inferaudit.seal.remote import RemoteLog, seal_run_remote
 
 
 class RunObserver(Protocol):
@@ -118,6 +124,12 @@ class RunOptions:
     # telemetry_parse reads its answers (None: measure.scrapes.telemetry_reading, the agent's).
     telemetry: str | None = None
     telemetry_parse: Parse | None = None
+    # A log service (``inferaudit serve``) to seal into instead of the local ledger, and the
+    # bearer token for it (``seal.remote.read_token``; never shown in a repr).
+    publish: str | None = None
+    publish_token: str | None = field(default=None, repr=False)
+    # Run the load on a Ray cluster (``--backend ray``); None: local worker processes.
+    backend: RayBackend | None = None
 
 
 @dataclass
@@ -128,6 +140,8 @@ class RunOutcome:
     verdicts: tuple[Verdict, ...] = ()
     interrupted: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
+    # the load's own reasons the run is invalid (Ray: a lost client node, clock uncertainty)
+    load_problems: tuple[str, ...] = ()
 
 
 def problems(outcome: RunOutcome) -> list[str]:
@@ -143,6 +157,7 @@ def problems(outcome: RunOutcome) -> list[str]:
     if outcome.interrupted:
         out.append("interrupted: finished requests are kept in records.jsonl")
     out.extend(f"invalid: {why}" for why in s.invalid_reasons)
+    out.extend(f"invalid: {why}" for why in outcome.load_problems)
     out.extend(
         f"check {v.check} failed: {v.summary}"
         for v in outcome.verdicts
@@ -196,6 +211,10 @@ def run_verification(
     """Run one measurement point under ``spec`` into ``run_dir`` (see the module docstring)."""
     obs = observer or _Silent()
     check_options(options.server_metrics, options.telemetry)
+    if options.publish is not None:  # reachable before anything is measured
+        if not options.sign:
+            raise ConfigError("--publish needs signed evidence: drop --no-sign")
+        _remote(options).checkpoint()
     prepare_dir(run_dir)
     records_path = run_dir / RECORDS_FILE
 
@@ -233,7 +252,17 @@ def run_verification(
 
     # (2b): can the client keep up with 2x this load within the error budget? (DESIGN §6.2;
     # the result is evidence)
-    if options.self_test:
+    if options.self_test and options.backend is not None:  # each Ray node, at its share
+        obs.phase("client self-test per Ray node (2x its share, a server on each node)", None)
+        backend = options.backend
+        nodes = run_node_self_tests(spec, backend.workers or spec.workers, backend.address,
+                                    figure_ms=options.expected_ttft_ms)  # fmt: skip
+        meta["self_test"] = {"per_node": [{"node_id": n, **r.to_json()} for n, r in nodes]}
+        write_json(run_dir / META_FILE, meta)
+        for node, r in nodes:
+            if not r.passed and not (should_stop is not None and should_stop()):
+                raise ClientOverloadError(f"Ray node {node[:12]}: {r.message()}")
+    elif options.self_test:
         obs.phase("client self-test (2x load, local server)", None)
         self_test = run_self_test(spec, figure_ms=options.expected_ttft_ms, should_stop=should_stop)
         meta["self_test"] = self_test.to_json()
@@ -270,6 +299,7 @@ def run_verification(
             on_record=obs.record,
             should_stop=should_stop,
             health_path=run_dir / HEALTH_FILE,
+            backend=options.backend,
         )
     except BaseException:
         sidecars.close()  # their spools stay; no sample file without the epoch
@@ -303,9 +333,7 @@ def run_verification(
             spec,
             model_listed=listed,
             # the noise-aware timing rules where the run recorded client health (C3)
-            health=read_health(run_dir / HEALTH_FILE)
-            if (run_dir / HEALTH_FILE).exists()
-            else None,
+            health=read_health(run_dir / HEALTH_FILE) if (run_dir / HEALTH_FILE).exists() else None,
             # the server's own counters, when its /metrics was scraped (reported, compared)
             server=read_samples(run_dir / SERVER_METRICS_FILE)
             if (run_dir / SERVER_METRICS_FILE).exists()
@@ -316,7 +344,14 @@ def run_verification(
     # telemetry reported, kept apart in its ``reported`` block); the verdicts beside it.
     telemetry_path = run_dir / TELEMETRY_FILE
     telemetry = read_telemetry(telemetry_path) if telemetry_path.exists() else None
-    summary = summarize(read_records(records_path), spec, telemetry)
+    summary = summarize(records_path, spec, telemetry)
+    load_problems: tuple[str, ...] = ()
+    if result.ray is not None:  # a Ray run: its losses and clocks can void it (meta.json says)
+        figure = summary.ttft_from_sent_ms.p50 if summary.ttft_from_sent_ms else None
+        clocks = clock_problem(result.ray, spec.error_budget, figure)
+        load_problems = (*result.ray.lost, *([clocks] if clocks else []))
+        meta["load_problems"] = list(load_problems)
+        write_json(run_dir / META_FILE, meta)
     write_json(run_dir / SUMMARY_FILE, summary.to_json())
     write_json(run_dir / VERDICTS_FILE, [v.to_json() for v in verdicts])
     outcome = RunOutcome(
@@ -325,6 +360,7 @@ def run_verification(
         summary=summary,
         verdicts=tuple(verdicts),
         interrupted=result.interrupted,
+        load_problems=load_problems,
     )
 
     # (7): evidence — statement, envelope, ledger entry, inclusion proof.
@@ -335,11 +371,27 @@ def run_verification(
 
 def seal(run_dir: Path, options: RunOptions) -> dict[str, Any]:
     """Publish the run's statement (``seal.publish``: sign, append, checkpoint, proof) and
-    write its evidence files; returns what was written (keys, ledger index, origin, log key)."""
+    write its evidence files; returns what was written (keys, ledger index, origin, log key).
+
+    With ``options.publish``: signed here, logged by the remote service, then the run
+    directory is uploaded as the entry's bundle (``bundle``: the service's verification)."""
     home = data_dir(options.data_dir)
     signer = load_or_create_signer(home, DEFAULT_SIGNER_NAME)
+    if options.publish is not None:
+        remote = _remote(options)
+        out = seal_run_remote(run_dir, signer, remote)
+        index = out["ledger_index"]
+        assert isinstance(index, int), "a remote seal names its index: the code has a bug"
+        bundle = remote.upload_bundle(index, run_dir)
+        out["bundle"] = bundle.status + (f" ({bundle.reason})" if bundle.reason else "")
+        return out
     with open_ledger(db_url(options.db_url, home), home) as ledger:
         return seal_run(run_dir, signer, ledger)
+
+
+def _remote(options: RunOptions) -> RemoteLog:
+    assert options.publish is not None
+    return RemoteLog(options.publish, options.publish_token)
 
 
 def execute_sweep(

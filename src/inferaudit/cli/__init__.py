@@ -24,8 +24,10 @@ from inferaudit.cli import (  # noqa: F401 - importing registers the commands
     ledger,
     report,
     run,
+    serve,
     twin,
     verify,
+    witness,
 )
 from inferaudit.cli.app import app, err_console
 from inferaudit.errors import InferauditError

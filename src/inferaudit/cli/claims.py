@@ -120,15 +120,47 @@ def import_(
     ] = False,
     data_dir: DataDir = None,
     db: DbUrl = None,
+    publish: Annotated[
+        str | None,
+        typer.Option(
+            help="Sign here, then submit to this log service (`inferaudit serve`) "
+            "instead of the local registry; token: $INFERAUDIT_TOKEN or --token-file"
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="--publish: file holding the bearer token (chmod 600)")
+    ] = None,
 ) -> None:
     """Import claims in one transaction: every record or none."""
     if (file is None) == (not example):
         raise ConfigError("give a FILE or --example (not both)")
+    if token_file is not None and publish is None:
+        raise ConfigError("--token-file is for --publish URL")
     try:
         claims = C.seed_claims() if file is None else C.read_claims(file, fmt)
     except C.ClaimImportError as exc:
         _print_problems(exc)
+    if publish is not None:
+        _publish(claims, publish, token_file, data_dir)
+        return
     _import(open_store(data_dir, db), claims, str(file or "seed_claims.json"), data_dir, db)
+
+
+def _publish(
+    claims: list[C.Claim], url: str, token_file: Path | None, data_dir: Path | None
+) -> None:
+    """Sign every claim with the claims key (every size checked first), then submit them one
+    by one to the log service, printing each index."""
+    from inferaudit.seal.keys import load_or_create_signer
+    from inferaudit.seal.remote import RemoteLog, read_token
+
+    remote = RemoteLog(url, read_token(token_file))
+    signer = load_or_create_signer(home.data_dir(data_dir), C.SIGNER_NAME)
+    signed = C.publish_claims(claims, C.Signing(signer, None))
+    for claim, published in zip(claims, signed, strict=True):
+        receipt = remote.submit_claim(published.envelope)
+        say(f"{claim.claim_id}: logged at index {receipt.index}")
+    console.print(f"submitted {len(claims)} claim(s) to {escape(remote.url)}", highlight=False)
 
 
 def _ask(value: Any, name: str, flag: str, missing: list[str], **prompt: Any) -> Any:

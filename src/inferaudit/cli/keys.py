@@ -8,14 +8,19 @@ from typing import Annotated
 import typer
 
 from inferaudit.cli.app import app, console
+from inferaudit.errors import ConfigError
 from inferaudit.home import data_dir
 from inferaudit.seal.keys import (
+    ALG_COSIGNATURE_V1,
     DEFAULT_SIGNER_NAME,
+    KeyFormatError,
     TrustPolicy,
+    Verifier,
     generate_key,
     key_paths,
     list_keys,
     load_verifier,
+    parse_verifier,
 )
 
 keys_app = typer.Typer(
@@ -61,26 +66,91 @@ def show(name: Annotated[str, typer.Argument(help="Key name")], data: DataDir = 
 @keys_app.command("trust")
 def trust(
     signer: Annotated[
-        list[str] | None, typer.Option("--signer", help="Signer key name to trust (repeatable)")
+        list[str] | None,
+        typer.Option(
+            "--signer",
+            help="Signer key to trust: a key name in the data directory, a verifier key text "
+            "or a .pub file (repeatable)",
+        ),
     ] = None,
     log: Annotated[
-        list[str] | None, typer.Option("--log", help="Log key name to trust (repeatable)")
+        list[str] | None,
+        typer.Option(
+            "--log",
+            help="Log key to trust: a key name in the data directory, a verifier key text or "
+            "a .pub file, e.g. a log service's keys/inferaudit-ledger.pub (repeatable)",
+        ),
+    ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness",
+            help="A witness's cosignature verifier key (0x04): its text or a file holding it, "
+            "e.g. the witness's witness.pub (repeatable)",
+        ),
+    ] = None,
+    witness_quorum: Annotated[
+        int | None,
+        typer.Option(
+            "--witness-quorum", help="How many of the witnesses must cosign (default: all)"
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here (default: stdout)")
     ] = None,
     data: DataDir = None,
 ) -> None:
-    """Write a trust policy for `inferaudit verify --trust` from keys in the data directory."""
+    """Write a trust policy for `inferaudit verify --trust` from keys in the data directory or
+    given as key texts or files."""
     from inferaudit.seal.ledger.store import DEFAULT_LOG_NAME
 
+    if witness_quorum is not None and not witness:
+        raise ConfigError("--witness-quorum needs at least one --witness")
     home = data_dir(data)
     policy = TrustPolicy(
-        signers=tuple(load_verifier(home, n) for n in (signer or [DEFAULT_SIGNER_NAME])),
-        logs=tuple(load_verifier(home, n) for n in (log or [DEFAULT_LOG_NAME])),
+        signers=tuple(_key(home, n, "--signer") for n in (signer or [DEFAULT_SIGNER_NAME])),
+        logs=tuple(_key(home, n, "--log") for n in (log or [DEFAULT_LOG_NAME])),
+        witnesses=tuple(_witness_key(w) for w in witness or ()),
+        witness_quorum=witness_quorum,
     )
     if out is None:
         typer.echo(policy.text(), nl=False)
     else:
         out.write_text(policy.text())
         console.print(f"trust policy written to {out}", highlight=False)
+
+
+def _given_key(given: str, what: str) -> Verifier:
+    """A verifier key given as its text, or as a file holding one (a ``.pub`` file)."""
+    path = Path(given)
+    text = given
+    if "+" not in given or path.is_file():
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{what} {given}: no such file, and not a key text") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{what} {given}: {exc}") from None
+    try:
+        return parse_verifier(text)
+    except KeyFormatError as exc:
+        raise KeyFormatError(f"{what} {given}: {exc}") from None
+
+
+def _key(home: Path, given: str, what: str) -> Verifier:
+    """``--signer``/``--log``: a key name in the data directory (names hold no '+' or '/'), or
+    a verifier key text or file; a cosignature key (0x04) is refused, as in a policy file."""
+    if "+" not in given and "/" not in given and not given.endswith(".pub"):
+        return load_verifier(home, given)
+    key = _given_key(given, what)
+    if key.alg == ALG_COSIGNATURE_V1:
+        raise KeyFormatError(f"{what} {given}: {key.keyid} is a witness cosignature key (0x04)")
+    return key
+
+
+def _witness_key(given: str) -> Verifier:
+    """``--witness``: a verifier key text, or a file holding one (a witness's ``witness.pub``)."""
+    key = _given_key(given, "--witness")
+    if key.alg != ALG_COSIGNATURE_V1:
+        raise KeyFormatError(f"--witness {given}: {key.keyid} is not a cosignature key (0x04)")
+    return key

@@ -342,6 +342,15 @@ def run(
         bool, typer.Option(help="Prompt/response caching is allowed: reported, not a failure")
     ] = False,
     workers: Annotated[int, typer.Option(help="Client worker processes (default: CPU cores)")] = 0,
+    backend: Annotated[
+        str, typer.Option(help="Where the client workers run: local (processes) or ray (a cluster)")
+    ] = "local",
+    ray_address: Annotated[
+        str, typer.Option(help="--backend ray: the cluster, auto or HOST:PORT")
+    ] = "auto",
+    ray_workers: Annotated[
+        int, typer.Option(help="--backend ray: Ray workers (default: one per cluster CPU)")
+    ] = 0,
     max_lag_ms: MaxLagMs = None,
     timeout: Annotated[
         float, typer.Option(help="Per request: scheduled send -> last byte, seconds")
@@ -392,10 +401,24 @@ def run(
         str | None,
         typer.Option(help="An `inferaudit agent` URL: operator-reported device telemetry"),
     ] = None,
+    publish: Annotated[
+        str | None,
+        typer.Option(help="Seal into this log service (`inferaudit serve`) instead of the local "
+                     "ledger, then upload the run directory; token: $INFERAUDIT_TOKEN or "
+                     "--token-file"),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="--publish: file holding the bearer token (chmod 600)")
+    ] = None,
 ) -> None:
     """Load-test an endpoint and write a run directory (records, summary, evidence)."""
     from inferaudit.audit.run import RunOptions, execute_sweep, run_verification
     from inferaudit.measure.load.client import api_key_for
+    from inferaudit.seal.remote import read_token
+
+    if token_file is not None and publish is None:
+        raise ConfigError("--token-file is for --publish URL")
+    publish_token = read_token(token_file) if publish is not None else None
 
     for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
         if path is not None and not path.is_file():
@@ -430,6 +453,14 @@ def run(
         if concurrency is not None and concurrency != max_concurrency:
             raise ConfigError("--max-concurrency without --rate is --concurrency: give one")
         concurrency, max_concurrency = max_concurrency, None  # vLLM: rate inf, N at a time
+    ray_backend = None
+    if choice(backend, ("local", "ray"), "--backend") == "ray":
+        from inferaudit.measure.load.ray_backend import RayBackend, cluster_cpus
+
+        ray_backend = RayBackend(address=ray_address, workers=ray_workers or None)
+        workers = ray_workers or cluster_cpus(ray_backend)
+    elif ray_workers or ray_address != "auto":
+        raise ConfigError("--ray-address / --ray-workers need --backend ray")
     specs = build_specs(SpecInputs(
         endpoint=endpoint, model=model, api=api, api_key_env=api_key_env,
         concurrency=concurrency, rate=rate, arrivals=arrivals, sweep=sweep, requests=requests,
@@ -462,6 +493,9 @@ def run(
         self_test=self_test,
         server_metrics=None if server_metrics == "off" else server_metrics,
         telemetry=telemetry,
+        publish=publish,
+        publish_token=publish_token,
+        backend=ray_backend,
     )
     run_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     flag = stop_flag()

@@ -1,7 +1,9 @@
-"""`inferaudit verify RUN_DIR`: offline check of signatures, inclusion and recomputed metrics."""
+"""`inferaudit verify RUN_DIR [--log URL]`: check of signatures, witnesses, inclusion and
+recomputed metrics; offline, unless ``--log`` names the log to prove consistency with."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +15,7 @@ from inferaudit.cli.app import app, console
 from inferaudit.errors import ConfigError
 from inferaudit.home import data_dir, db_url
 from inferaudit.seal.keys import load_trust
+from inferaudit.seal.ledger.tile_client import TileFormatError, TileLog
 from inferaudit.seal.trust import CHECKPOINTS_DIR, CheckpointMemory, default_policy
 from inferaudit.seal.verify import verify_run
 
@@ -39,8 +42,18 @@ def verify(
     fingerprint: Annotated[
         Path | None, typer.Option(help="The run's --fingerprint file, to recheck identity")
     ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="The log's tlog-tiles URL (or an `ledger export-tiles` directory): its current "
+            "checkpoint must be trusted and witnessed, consistent with the run's, and serve "
+            "the run's entry",
+        ),
+    ] = None,
 ) -> None:
-    """Verify a run directory offline: one line per step; exit 0 only if all pass."""
+    """Verify a run directory (offline unless --log): one line per step; exit 0 only if all
+    pass, 1 if a step fails, 2 if the run or the log cannot be read at all."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory")
     home = data_dir(data, create=False)
@@ -52,15 +65,23 @@ def verify(
     for path, what in ((tokenizer, "--tokenizer"), (fingerprint, "--fingerprint")):
         if path is not None and not path.is_file():
             raise ConfigError(f"{what} {path}: no such file")
-    console.print(f"policy: {escape(policy.describe())}", highlight=False, soft_wrap=True)
-    report = verify_run(run_dir, policy, tokenizer=tokenizer, fingerprint=fingerprint)
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            remote = stack.enter_context(TileLog(log))
+            with contextlib.suppress(TileFormatError):  # a malformed one fails a step (exit 1)
+                remote.checkpoint()  # no log there: one error line (exit 2), before any step
+            assert policy.memory is not None, "a CLI policy always has a checkpoint memory"
+            policy = replace(policy, memory=replace(policy.memory, remote=remote))
+        console.print(f"policy: {escape(policy.describe())}", highlight=False, soft_wrap=True)
+        report = verify_run(run_dir, policy, tokenizer=tokenizer, fingerprint=fingerprint)
     for step in report.steps:
         mark = "[green]ok  [/]" if step.ok else "[bold red]FAIL[/]"
         console.print(f"{mark} {step.name}: {escape(step.detail)}", highlight=False, soft_wrap=True)
     if report.fork is not None:
         console.print(
             f"fork proof: two signed checkpoints of {report.fork.origin} at size "
-            f"{report.fork.size} (the one shown by this run, then the one known here):",
+            f"{report.fork.size} (the one {report.fork.seen_from}, then the one "
+            f"{report.fork.known_from}):",
             highlight=False,
             soft_wrap=True,
         )

@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from inferaudit.errors import ConfigError, StorageError
 from inferaudit.measure.budget import lag_bound
 from inferaudit.measure.protocol import RunSpec
-from inferaudit.measure.records import Record
+from inferaudit.measure.records import Record, file_lines
 
 __all__ = [
     "HEALTH_WINDOW_S",
@@ -114,22 +114,16 @@ def read_health(path: Path) -> list[HealthWindow]:
 
     A final line without a newline (a write cut short by a crash) is ignored.
     """
+    out = []
     try:
-        data = path.read_bytes()
+        for number, line in file_lines(path):  # streamed: one line at a time
+            try:
+                out.append(HealthWindow.model_validate_json(line))
+            except ValidationError as exc:
+                first = str(exc).splitlines()[0]
+                raise ConfigError(f"{path}:{number}: bad health window: {first}") from None
     except FileNotFoundError:
         return []
-    lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
-        lines = lines[:-1]
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(HealthWindow.model_validate_json(line))
-        except ValidationError as exc:
-            first = str(exc).splitlines()[0]
-            raise ConfigError(f"{path}:{number}: bad health window: {first}") from None
     return out
 
 

@@ -18,18 +18,20 @@ A v1 protocol's summary credits ``usage`` (else the content events), exactly as 
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from inferaudit.errors import RecordError
 from inferaudit.measure import stats
 from inferaudit.measure.budget import figure_shifts, summary_lag_problem
+from inferaudit.measure.columns import NS_PER_MS, NS_PER_S, Columns, RequestTimes, dist_ns, rate
 from inferaudit.measure.definitions import CREDIT_BASIS, DEFINITIONS, USAGE_BASIS, definitions
 from inferaudit.measure.protocol import RunSpec
-from inferaudit.measure.records import Record
+from inferaudit.measure.records import Record, iter_records
 from inferaudit.measure.scrapes import TelemetrySample
 from inferaudit.measure.summary import BudgetBlock, FigureMove, Summary, TokenCredit
 from inferaudit.measure.telemetry.figures import reported_figures
@@ -39,6 +41,7 @@ __all__ = [
     "DEFINITIONS",
     "MEASURE_PHASE",
     "USAGE_BASIS",
+    "Records",
     "RequestTimes",
     "TokenCounter",
     "definitions",
@@ -50,10 +53,6 @@ __all__ = [
 ]
 
 MEASURE_PHASE = "measure"
-NS_PER_MS = 1_000_000
-NS_PER_S = 1_000_000_000
-CI_MAX_SUBWINDOWS = 10
-CI_MIN_REQUESTS_PER_SUBWINDOW = 5
 
 
 class TokenCounter(Protocol):
@@ -77,38 +76,6 @@ def proven_tokens(record: Record, tokenizer: TokenCounter | None = None) -> int:
     if record.usage_completion_tokens is not None:
         proven = min(proven, record.usage_completion_tokens)
     return proven
-
-
-@dataclass(frozen=True)
-class RequestTimes:
-    """Per-request values of one record, as the summary defines them (times in ns, unrounded).
-
-    ``request_times(record)`` is the one place TTFT, E2E, TPOT and ITL of a record are derived;
-    the summary, the report and anything else that needs per-request values use it. Undefined
-    values are None (a failed request has no TTFT; a 1-token reply has no TPOT).
-    """
-
-    ok: bool
-    output_tokens: int  # usage when reported, else content chunks
-    proven_tokens: int  # what the stream proves (``proven_tokens``): what a v2 summary credits
-    ttft_ns: int | None = None  # scheduled send -> first content chunk
-    ttft_sent_ns: int | None = None  # actual send -> first content chunk
-    ttft_due_ns: int | None = None  # when it was due (scheduled, or its slot) -> first content
-    e2e_ns: int | None = None  # scheduled send -> done
-    tpot_ms: float | None = None
-    itl_ms: tuple[float, ...] = ()
-
-    @property
-    def ttft_ms(self) -> float | None:
-        return None if self.ttft_ns is None else self.ttft_ns / NS_PER_MS
-
-    def credited_tokens(self, spec: RunSpec) -> int:
-        """The tokens ``spec``'s summary credits this request with (proven; usage for v1)."""
-        return self.proven_tokens if spec.credits_proven else self.output_tokens
-
-    @property
-    def e2e_ms(self) -> float | None:
-        return None if self.e2e_ns is None else self.e2e_ns / NS_PER_MS
 
 
 def tokens_per_chunk(record: Record) -> list[int]:
@@ -185,186 +152,74 @@ def _round(x: float) -> float:
     return rounded
 
 
-def _ms(ns: int) -> float:
-    return ns / NS_PER_MS
+Records = Sequence[Record] | Path  # read twice at most: a list, or a records file (streamed)
 
 
-def _slo_value(req: RequestTimes, metric: str, pct: float) -> float | None:
-    """The request's own value for an SLO metric in ms; None when undefined for it."""
-    if metric == "ttft":
-        return None if req.ttft_ns is None else _ms(req.ttft_ns)
-    if metric == "e2e":
-        return None if req.e2e_ns is None else _ms(req.e2e_ns)
-    if metric == "tpot":
-        return req.tpot_ms
-    assert metric == "itl", f"unknown SLO metric {metric}"
-    return stats.percentile(sorted(req.itl_ms), pct) if req.itl_ms else None
+def _measured(records: Records) -> Iterator[Record]:
+    source = iter_records(records) if isinstance(records, Path) else iter(records)
+    return (r for r in source if r.phase == MEASURE_PHASE)
 
 
-def _slo(
-    requests: list[RequestTimes], bounds: dict[str, float]
-) -> tuple[dict[str, Any], list[bool]]:
-    """Early-stopping verdict per bound, and per request whether it met every bound."""
-    meets_all = [r.ok for r in requests]
-    out: dict[str, Any] = {}
-    for key in sorted(bounds):
-        bound = bounds[key]
-        metric, _, pct_name = key.partition("_")
-        pct = float(pct_name[1:])
-        ranked: list[float] = []  # failed -> +inf, undefined -> -inf (meets any bound)
-        violations = 0
-        for i, req in enumerate(requests):
-            if not req.ok:
-                ranked.append(math.inf)
-                violations += 1
-                continue
-            value = _slo_value(req, metric, pct)
-            ranked.append(-math.inf if value is None else value)
-            if value is not None and value > bound:
-                violations += 1
-                meets_all[i] = False
-        ranked.sort()
-        n = len(requests)
-        es = stats.early_stopping(n, violations, pct / 100.0)
-        estimate = None
-        if es.estimate_rank is not None:
-            estimate = stats.round_sig(ranked[n - es.estimate_rank])
-        out[key] = {
-            "metric": metric,
-            "percentile": pct,
-            "bound_ms": bound,
-            "n": n,
-            "violations": violations,
-            "verdict": es.verdict,
-            "confidence": stats.EARLY_STOPPING_CONFIDENCE,
-            "min_requests_zero_violations": es.min_requests_zero_violations,
-            "min_requests_for_estimate": es.min_requests_for_estimate,
-            "additional_requests_needed": es.additional_requests_needed,
-            "estimate_ms": estimate,
-        }
-    return out, meets_all
-
-
-def _rate(count: int, span_ns: int | None) -> float | None:
-    if span_ns is None or span_ns <= 0:
-        return None
-    return stats.round_sig(count * NS_PER_S / span_ns)
-
-
-def _span_rate(times: list[int]) -> float | None:
-    """(n - 1) events over the span of their times, per second."""
-    if len(times) < 2:
-        return None
-    return _rate(len(times) - 1, max(times) - min(times))
-
-
-def _throughput_ci(
-    done_tokens: list[tuple[int, int]], start: int, span_ns: int | None
-) -> dict[str, Any]:
-    """t-interval of output tokens/s over equal sub-windows; tokens counted at done time."""
-    k = min(CI_MAX_SUBWINDOWS, len(done_tokens) // CI_MIN_REQUESTS_PER_SUBWINDOW)
-    out: dict[str, Any] = {
-        "method": (
-            "equal sub-windows of the measurement window; output tokens of requests done in "
-            "each / sub-window length; Student-t interval of the mean"
-        ),
-        "confidence": stats.CI_CONFIDENCE,
-        "subwindows": None,
-        "mean": None,
-        "low": None,
-        "high": None,
-    }
-    if span_ns is None or span_ns <= 0 or k < 2:
-        return out
-    tokens = [0] * k
-    for done, n_tok in done_tokens:
-        tokens[min(k - 1, (done - start) * k // span_ns)] += n_tok
-    rates = [t * k * NS_PER_S / span_ns for t in tokens]
-    interval = stats.t_interval(rates)
-    assert interval is not None
-    mean, low, high = interval
-    out.update(
-        subwindows=k,
-        mean=stats.round_sig(mean),
-        low=stats.round_sig(low),
-        high=stats.round_sig(high),
-    )
-    return out
-
-
-def _lag(records: list[Record]) -> dict[str, float | None]:
-    lags = sorted(_ms(r.lag_ns) for r in records if r.lag_ns is not None)
-    if not lags:
-        return {"p50": None, "p99": None, "max": None}
-    return {
-        "p50": stats.round_sig(stats.percentile(lags, 50.0)),
-        "p99": stats.round_sig(stats.percentile(lags, 99.0)),
-        "max": stats.round_sig(lags[-1]),
-    }
-
-
-def _token_sources(records: list[Record], proven: bool) -> dict[str, Any]:
-    """Output tokens of completed requests counted from usage and from content chunks."""
-    done = [r for r in records if r.ok]
-    with_usage = [r for r in done if r.usage_completion_tokens is not None]
-    usage_sum = sum(r.usage_completion_tokens or 0 for r in with_usage)
-    return {
-        "usage": usage_sum if with_usage else None,
-        "content_chunks": sum(r.content_chunks for r in done),
-        "requests_with_usage": len(with_usage),
-        "requests_without_usage": len(done) - len(with_usage),
-        "usage_equals_chunks": sum(
-            1 for r in with_usage if r.usage_completion_tokens == r.content_chunks
-        ),
-        "usage_above_chunks": sum(
-            1 for r in with_usage if (r.usage_completion_tokens or 0) > r.content_chunks
-        ),
-        "usage_below_chunks": sum(
-            1 for r in with_usage if (r.usage_completion_tokens or 0) < r.content_chunks
-        ),
-        "throughput_uses": CREDIT_BASIS if proven else USAGE_BASIS,
-    }
+def _itl_batches(records: Records) -> Iterator[np.ndarray]:
+    """The ITL samples of the completed measured requests again, in batches (a later pass)."""
+    batch: list[float] = []
+    for r in _measured(records):
+        if r.ok:
+            batch.extend(itl_samples_ms(r))
+            if len(batch) >= 65_536:
+                yield np.array(batch, dtype=np.float64)
+                batch = []
+    if batch:
+        yield np.array(batch, dtype=np.float64)
 
 
 def summarize(
-    records: Sequence[Record],
+    records: Records,
     spec: RunSpec,
     telemetry: Sequence[TelemetrySample] | None = None,
 ) -> Summary:
     """The summary of one measurement point: pure, deterministic, JSON-ready (see module doc).
+
+    ``records``: a list, or the path of a ``records.jsonl``, read as a stream: the summary keeps
+    compact per-request numbers (``measure.columns``), never the records; a run whose ITL
+    samples exceed what the columns keep is read a second time (exact percentiles).
     ``telemetry``: the run's operator-reported device samples (``telemetry.jsonl``), which add
     the ``reported`` block; they never change a measured figure."""
-    measured = sorted(
-        (r for r in records if r.phase == MEASURE_PHASE),
-        key=lambda r: (r.id, r.worker, r.scheduled_ns),
-    )
-    excluded = Counter(r.phase for r in records if r.phase != MEASURE_PHASE)
-    derived = [request_times(r) for r in measured]
-    done_reqs = [d for d in derived if d.ok]
-    n, completed = len(measured), len(done_reqs)
-
-    start = min((r.scheduled_ns for r in measured), default=None)
-    end = max((r.done_ns for r in measured if r.done_ns is not None), default=None)
-    span = None if start is None or end is None else end - start
-    proven = spec.credits_proven
-    output_tokens = sum(d.credited_tokens(spec) for d in done_reqs)
-
     bounds = dict(spec.slo.bounds_ms)
-    slo, meets_all = _slo(derived, bounds)
-    good = [d for d, ok in zip(derived, meets_all, strict=True) if ok]
+    itl_pcts = sorted({float(k.partition("_")[2][1:]) for k in bounds if k.startswith("itl_")})
+    cols = Columns(itl_slo_pcts=tuple(itl_pcts), turns=spec.workload.sessions is not None)
+    excluded: Counter[str] = Counter()
+    source = iter_records(records) if isinstance(records, Path) else iter(records)
+    for r in source:
+        if r.phase != MEASURE_PHASE:
+            excluded[r.phase] += 1
+            continue
+        t = request_times(r)
+        cols.add(r, t, t.credited_tokens(spec))
+    cols.flush_itl()
+    n = cols.n
+    completed = int(cols.ok_mask().sum())
+    ok = cols.ok_mask()
 
-    ttft_from_sent = _dist_ns([d.ttft_sent_ns for d in done_reqs])
-    lag = _lag(measured)
+    start, end, span = cols.span()
+    proven = spec.credits_proven
+    output_tokens = cols.credited_sum
+
+    slo, meets_all = cols.slo(bounds)
+    good = int(meets_all.sum())
+
+    ttft_from_sent = dist_ns(cols.defined(cols.ttft_sent, ok))
+    lag = cols.lag_ms()
     reasons: list[str] = []
     if n == 0:
         reasons.append("no measured requests")
     elif completed == 0:
         reasons.append("no measured request completed")
-    ttft = _dist_ns([d.ttft_ns for d in done_reqs])
+    ttft = dist_ns(cols.defined(cols.ttft, ok))
     lag_p99 = lag["p99"]
     # what the send lag moved: TTFT from when each request was due (its scheduled time, or its
     # slot under max_concurrency: a slot wait is the protocol's) against TTFT from its send
-    due = _dist_ns([d.ttft_due_ns for d in done_reqs]) if spec.load.max_concurrency else ttft
+    due = dist_ns(cols.defined(cols.ttft_due, ok)) if spec.load.max_concurrency else ttft
     pair = (_opt(due["p50"]), _opt(due["p99"]))
     pair_sent = (_opt(ttft_from_sent["p50"]), _opt(ttft_from_sent["p99"]))
     problem = summary_lag_problem(spec, lag_p99, pair, pair_sent)
@@ -389,23 +244,18 @@ def summarize(
             within=lag_p99 is not None and problem is None,
         )
 
-    done_tokens = [
-        (r.done_ns, d.credited_tokens(spec))
-        for r, d in zip(measured, derived, strict=True)
-        if d.ok and r.done_ns is not None
-    ]
     credit = None
     if proven:
-        usage_based = sum(d.output_tokens for d in done_reqs)
+        usage_based = cols.usage_based
         credit = TokenCredit(
             credited=CREDIT_BASIS,
             usage_based_tokens=usage_based,
-            usage_based_throughput_tok_s=_rate(usage_based, span),
-            requests_usage_above_proven=sum(
-                1 for d in done_reqs if d.output_tokens > d.proven_tokens
-            ),
+            usage_based_throughput_tok_s=rate(usage_based, span),
+            requests_usage_above_proven=cols.usage_above_proven,
             uncredited_tokens=usage_based - output_tokens,
         )
+    tpot = cols.arr(cols.tpot, np.float64)
+    good_tokens = int(cols.arr(cols.credited, np.int64)[meets_all].sum())
     return Summary.model_validate(
         {
             "load": spec.load.label(),
@@ -415,47 +265,48 @@ def summarize(
             "excluded": dict(sorted(excluded.items())),
             "duration_s": None if span is None else stats.round_sig(span / NS_PER_S),
             "output_tokens": output_tokens,
-            "output_tokens_by_source": _token_sources(measured, proven),
+            "output_tokens_by_source": {
+                "usage": cols.usage_sum if cols.with_usage else None,
+                "content_chunks": cols.chunks_sum,
+                "requests_with_usage": cols.with_usage,
+                "requests_without_usage": completed - cols.with_usage,
+                "usage_equals_chunks": cols.usage_equals,
+                "usage_above_chunks": cols.usage_above,
+                "usage_below_chunks": cols.usage_below,
+                "throughput_uses": CREDIT_BASIS if proven else USAGE_BASIS,
+            },
             "token_credit": credit,
-            "request_throughput_rps": _rate(completed, span),
-            "output_throughput_tok_s": _rate(output_tokens, span),
-            "output_throughput_ci": _throughput_ci(done_tokens, start or 0, span),
+            "request_throughput_rps": rate(completed, span),
+            "output_throughput_tok_s": rate(output_tokens, span),
+            "output_throughput_ci": cols.throughput_ci(start or 0, span),
             "arrival_rate": {
                 "requested_rps": spec.load.rate,
-                "scheduled_rps": _span_rate([r.scheduled_ns for r in measured]),
-                "achieved_rps": _span_rate(
-                    [r.sent_ns for r in measured if r.sent_ns is not None]
-                ),
+                "scheduled_rps": cols.scheduled_rps(),
+                "achieved_rps": cols.achieved_rps(),
             },
             "ttft_ms": ttft,
             "ttft_from_sent_ms": ttft_from_sent,
-            "tpot_ms": stats.distribution(
-                [d.tpot_ms for d in done_reqs if d.tpot_ms is not None]
-            ),
-            "itl_ms": stats.distribution([x for d in done_reqs for x in d.itl_ms]),
-            "e2e_ms": _dist_ns([d.e2e_ns for d in done_reqs]),
-            "goodput_rps": _rate(len(good), span) if bounds else None,
-            "goodput_tok_s": (
-                _rate(sum(d.credited_tokens(spec) for d in good), span) if bounds else None
-            ),
-            "goodput_requests": len(good) if bounds else None,
+            "tpot_ms": stats.distribution_array(tpot[ok & ~np.isnan(tpot)]),
+            "itl_ms": cols.itl.result(lambda: _itl_batches(records)),
+            "e2e_ms": dist_ns(cols.defined(cols.e2e, ok)),
+            "goodput_rps": rate(good, span) if bounds else None,
+            "goodput_tok_s": rate(good_tokens, span) if bounds else None,
+            "goodput_requests": good if bounds else None,
             "slo": slo,
             "client_lag_ms": lag,
             "error_budget": budget_block,
-            "errors": dict(sorted(Counter(r.error_class for r in measured if not r.ok).items())),
-            "empty_chunks_before_content": sum(r.empty_chunks_before_content for r in measured),
-            "requests_with_empty_chunks_before_content": sum(
-                1 for r in measured if r.empty_chunks_before_content > 0
-            ),
+            "errors": dict(sorted(cols.errors.items())),
+            "empty_chunks_before_content": cols.empty_chunks,
+            "requests_with_empty_chunks_before_content": cols.requests_with_empty_chunks,
             "valid": not reasons,
             "invalid_reasons": tuple(reasons),
             "definitions": definitions(spec),
             "slot_wait_ms": (
-                _dist_ns([r.slot_wait_ns for r in measured if r.sent_ns is not None])
+                dist_ns(cols.defined(cols.slot_wait, np.ones(n, dtype=bool)))
                 if spec.load.max_concurrency
                 else None
             ),
-            "turns": _turns(measured, derived, spec) if spec.workload.sessions else None,
+            "turns": cols.turn_stats() if spec.workload.sessions else None,
             "reported": (
                 None
                 if not telemetry or start is None or end is None
@@ -467,33 +318,3 @@ def summarize(
             ),
         }
     )
-
-
-def _turns(
-    measured: Sequence[Record], derived: Sequence[RequestTimes], spec: RunSpec
-) -> list[dict[str, Any]]:
-    """Per turn index of a multi-turn run: requests, completions, credited tokens, TTFT, TPOT
-    and E2E (each as the overall figures define them, over that turn's requests)."""
-    by_turn: dict[int, list[RequestTimes]] = {}
-    for r, d in zip(measured, derived, strict=True):
-        by_turn.setdefault(r.turn or 0, []).append(d)
-    out = []
-    for turn, group in sorted(by_turn.items()):
-        ok = [d for d in group if d.ok]
-        out.append(
-            {
-                "turn": turn,
-                "requests": len(group),
-                "completed": len(ok),
-                "output_tokens": sum(d.credited_tokens(spec) for d in ok),
-                "ttft_ms": _dist_ns([d.ttft_ns for d in ok]),
-                "tpot_ms": stats.distribution([d.tpot_ms for d in ok if d.tpot_ms is not None]),
-                "e2e_ms": _dist_ns([d.e2e_ns for d in ok]),
-            }
-        )
-    return out
-
-
-def _dist_ns(values: Sequence[int | None]) -> dict[str, float | int | None]:
-    """``stats.distribution`` in ms of the values that are not None (ns)."""
-    return stats.distribution([_ms(v) for v in values if v is not None])

@@ -52,6 +52,7 @@ Field meanings:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = [
     "WRITTEN_WHOLE",
     "Record",
     "RecordWriter",
+    "file_lines",
     "iter_records",
     "read_records",
     "whole_lines",
@@ -240,21 +242,36 @@ def whole_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
+def file_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``whole_lines`` of the file at ``path``, read line by line (memory: one line, not the
+    file); FileNotFoundError when it is absent."""
+    with path.open("rb") as fh:  # not the module's ``open``, which only the writer uses
+        for number, line in enumerate(fh, 1):
+            if not line.endswith(b"\n"):
+                return  # a torn last write
+            if line.strip():
+                yield number, line[:-1]
+
+
 def iter_records(path: Path) -> Iterator[Record]:
-    """Read and validate records; a malformed line is a ConfigError naming its line number.
+    """Read and validate records, one line at a time (a run's file is never held whole); a
+    malformed line is a RecordError naming its line number.
 
     A final line without a newline (a write cut short by a crash) is ignored.
     """
     try:
-        data = path.read_bytes()
+        lines = file_lines(path)
+        first = next(lines, None)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such records file") from None
-    for number, line in whole_lines(data):
+    if first is None:
+        return
+    for number, line in itertools.chain((first,), lines):
         try:
             yield Record.model_validate(orjson.loads(line))
         except (orjson.JSONDecodeError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
-            raise RecordError(f"{path}:{number}: bad record: {first}") from None
+            message = str(exc).splitlines()[0]
+            raise RecordError(f"{path}:{number}: bad record: {message}") from None
 
 
 def read_records(path: Path) -> list[Record]:

@@ -18,6 +18,10 @@
        judge the budget: it reports the smallest TTFT the measured lag fits (``min_figure_ms``)
        and passes; the run's own validity rule (the same budget) decides.
 
+``--backend ray``: :func:`run_node_self_tests` runs this same self-test on every Ray worker's
+node (a task in the run's placement, its own fast server there) at ``LOAD_FACTOR`` x that
+node's planned share of the load (:func:`node_share`), before the run.
+
 The server's own CPU time is measured and reported beside the client's, to show which side was
 busy. The self-test's records are scratch (a temporary directory); its result, not its records,
 is part of a run's evidence (``meta.json``).
@@ -39,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from inferaudit.errors import ConfigError
 from inferaudit.measure.budget import lag_bound, lag_problem, min_figure_ms
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
@@ -356,3 +361,64 @@ def run_self_test(
         elapsed_s=round(elapsed, 3),
         passed=passed,
     )  # fmt: skip
+
+
+def node_share(spec: RunSpec, nodes: int) -> RunSpec:
+    """One Ray node's planned share of ``spec``'s open-loop load (one worker): the rate (or, all
+    at once, the request count) split evenly over ``nodes``."""
+    load = spec.load
+    if load.rate is None:
+        raise ConfigError("--backend ray runs open-loop loads only (a rate), not --concurrency")
+    if math.isinf(load.rate):
+        share = load.model_copy(update={"requests": -(-(load.requests or 1) // nodes)})
+    else:
+        share = load.model_copy(update={"rate": load.rate / nodes})
+    return spec.model_copy(update={"load": share, "workers": 1})
+
+
+def _on_node(
+    spec: RunSpec, figure_ms: float | None, duration_s: float
+) -> tuple[str, SelfTestResult]:
+    """A Ray task: the self-test of one node's share, on that node (its own fast server)."""
+    import ray
+
+    node = str(ray.get_runtime_context().get_node_id())
+    return node, run_self_test(spec, figure_ms=figure_ms, duration_s=duration_s)
+
+
+def run_node_self_tests(
+    spec: RunSpec,
+    workers: int,
+    address: str,
+    *,
+    figure_ms: float | None = None,
+    duration_s: float = DEFAULT_DURATION_S,
+) -> tuple[tuple[str, SelfTestResult], ...]:
+    """Before a ``--backend ray`` run: each of the ``workers`` Ray workers' places (a SPREAD
+    placement group, as the run uses) self-tests its planned share of the load
+    (:func:`node_share`) at ``LOAD_FACTOR`` x, on its own node. Returns (node id, result) per
+    worker, in worker order."""
+    from inferaudit.measure.load.ray_backend import RayBackend, cluster_cpus
+
+    cluster_cpus(RayBackend(address=address))  # connects (once) with the run's settings
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([{"CPU": 1}] * workers, strategy="SPREAD")
+    try:
+        ray.get(pg.ready(), timeout=180)
+        task = ray.remote(num_cpus=1, max_retries=0)(_on_node)
+        share = node_share(spec, workers)
+        refs = [
+            task.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                )
+            ).remote(share, figure_ms, duration_s)
+            for i in range(workers)
+        ]
+        results: list[tuple[str, SelfTestResult]] = ray.get(refs, timeout=180 + 4 * duration_s)
+    finally:
+        remove_placement_group(pg)
+    return tuple(results)

@@ -15,8 +15,8 @@ the chance of seeing ``t`` or fewer violations if the true violation rate were e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import betainc
@@ -41,7 +41,7 @@ def round_sig(x: float | None, digits: int = SIGNIFICANT_DIGITS) -> float | None
     return float(f"{x:.{digits}g}")
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float] | np.ndarray, q: float) -> float:
     """numpy ``percentile(values, q, method="linear")`` of sorted, non-empty values, in Python.
 
     The same float operations as numpy's ``_quantile``/``_lerp`` (so the same result, bit for
@@ -78,6 +78,235 @@ def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
         out[name] = round_sig(float(value))
     out["max"] = round_sig(ordered[-1])
     return out
+
+
+def distribution_array(values: np.ndarray) -> dict[str, float | int | None]:
+    """``distribution(values.tolist())`` of a float64 array, bit for bit, without Python floats
+    (8 bytes a value): sorted by numpy, the mean an exact sum (``ExactSum``) as ``fsum`` rounds."""
+    if not len(values):
+        return distribution([])
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    total = ExactSum()
+    total.add(ordered)
+    out: dict[str, float | int | None] = {"n": len(ordered)}
+    out["mean"] = round_sig(total.value() / len(ordered))
+    qs = np.percentile(ordered, [q for _, q in PERCENTILES], method="linear")
+    for (name, _), value in zip(PERCENTILES, qs, strict=True):
+        out[name] = round_sig(float(value))
+    out["max"] = round_sig(float(ordered[-1]))
+    return out
+
+
+class ExactSum:
+    """The exact sum of finite float64 values, in any order and any number of batches;
+    ``value()`` rounds it once, as ``math.fsum`` does (so ``fsum(xs) == value()``).
+
+    Each value is ``mantissa * 2**(exponent - 53)`` with an integer mantissa below 2**53
+    (``frexp``); mantissas of one exponent are summed in int64 halves of 26 and 27 bits (exact
+    for 2**36 values a batch) and added to one Python integer in units of 2**-1126 (below the
+    least subnormal's unit).
+    """
+
+    _UNIT_SHIFT = 1126
+
+    def __init__(self) -> None:
+        self._acc = 0
+
+    _BLOCK = 1 << 18  # values decomposed at a time (the temporaries: ~60 bytes a value)
+
+    def add(self, values: np.ndarray) -> None:
+        for i in range(0, len(values), self._BLOCK):
+            self._add(values[i : i + self._BLOCK])
+
+    def _add(self, values: np.ndarray) -> None:
+        assert bool(np.isfinite(values).all()), "ExactSum takes finite values"
+        mant_f, exp = np.frexp(np.asarray(values, dtype=np.float64))
+        mant = np.ldexp(mant_f, 53).astype(np.int64)  # exact: |mant| < 2**53
+        order = np.argsort(exp, kind="stable")
+        exps = exp[order]
+        starts = np.flatnonzero(np.concatenate(([True], exps[1:] != exps[:-1])))
+        sorted_mant = mant[order]
+        his = np.add.reduceat(sorted_mant >> 26, starts)
+        los = np.add.reduceat(sorted_mant & ((1 << 26) - 1), starts)
+        for e, hi, lo in zip(exps[starts].tolist(), his.tolist(), los.tolist(), strict=True):
+            self._acc += ((hi << 26) + lo) << (e - 53 + self._UNIT_SHIFT)
+
+    def value(self) -> float:
+        """The sum, correctly rounded (integer true division rounds correctly)."""
+        return self._acc / (1 << self._UNIT_SHIFT)
+
+
+# -- exact percentiles of more values than memory holds ------------------------------------------
+
+_BITS = 16  # key bits resolved per pass: a histogram of 65,536 counts
+_SIGN = np.uint64(1 << 63)
+
+
+def _keys(values: np.ndarray) -> np.ndarray:
+    """Order-preserving uint64 keys of float64 values (negative: all bits flipped)."""
+    bits = np.asarray(values, dtype=np.float64).view(np.uint64)
+    return np.where(bits & _SIGN, ~bits, bits | _SIGN)
+
+
+def _value(key: int) -> float:
+    bits = key ^ (1 << 63) if key >> 63 else ~key & ((1 << 64) - 1)
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+@dataclass
+class _Window:
+    """The keys ``k`` with ``k >> shift == prefix``: ``below`` keys are smaller, ``count`` in it."""
+
+    prefix: int
+    shift: int
+    below: int
+    count: int
+    collect: bool = False
+    keys: list[np.ndarray] = field(default_factory=list)
+    hist: np.ndarray | None = None
+
+
+class _Ranked(Sequence[float]):
+    """The sorted values at the ranks ``percentile`` reads (and the last), without the rest."""
+
+    def __init__(self, n: int, at: dict[int, float]) -> None:
+        self.n, self.at = n, at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> float:  # type: ignore[override]
+        return self.at[i % self.n]
+
+
+Batches = Callable[[], Iterable[np.ndarray]]
+
+
+class StreamDistribution:
+    """``distribution`` of a stream of values too many to hold, exactly (bit for bit).
+
+    ``add`` takes the values (float64 batches) in one pass. Up to ``memory_values`` of them are
+    kept and the result is ``distribution_array`` of them; past that, only the count, the exact
+    sum, the maximum and a histogram of each value's top 16 key bits are kept, and ``result``
+    reads the values again (``again()``: a fresh iterator over the same batches) to find the
+    values at the percentiles' ranks: each further pass narrows the window holding each rank by
+    16 bits, and a window of at most ``window_values`` values is read whole and sorted. Memory:
+    ``memory_values`` (or ``window_values``) floats and 65,536 counts per rank; passes: at most 4
+    after the first, 2 for any realistic latency data.
+    """
+
+    def __init__(self, memory_values: int = 2_000_000, window_values: int = 1_000_000) -> None:
+        self.memory_values, self.window_values = memory_values, window_values
+        self.kept: list[np.ndarray] | None = []
+        self.n = 0
+        self.total = ExactSum()
+        self.top = -math.inf
+        self.hist: np.ndarray | None = None
+        self.passes = 1
+
+    def add(self, values: np.ndarray) -> None:
+        if not len(values):
+            return
+        self.n += len(values)
+        self.total.add(values)
+        self.top = max(self.top, float(values.max()))
+        if self.kept is not None:
+            self.kept.append(values)
+            if self.n <= self.memory_values:
+                return
+            self.hist = np.zeros(1 << _BITS, dtype=np.int64)
+            for kept in self.kept:
+                self._histogram(kept)
+            self.kept = None
+        else:
+            self._histogram(values)
+
+    def _histogram(self, values: np.ndarray) -> None:
+        assert self.hist is not None
+        top = (_keys(values) >> np.uint64(64 - _BITS)).astype(np.int64)
+        self.hist += np.bincount(top, minlength=1 << _BITS)
+
+    def result(self, again: Batches) -> dict[str, float | int | None]:
+        if self.kept is not None:
+            return distribution_array(
+                np.concatenate(self.kept) if self.kept else np.empty(0, dtype=np.float64)
+            )
+        assert self.hist is not None
+        n = self.n
+        ranks = set()
+        for _, q in PERCENTILES:
+            virtual = (n - 1) * (q / 100)
+            if virtual < n - 1:
+                ranks |= {math.floor(virtual), math.floor(virtual) + 1}
+        at = self._select(sorted(ranks), again)
+        at[n - 1] = self.top
+        ordered = _Ranked(n, at)
+        out: dict[str, float | int | None] = {"n": n, "mean": round_sig(self.total.value() / n)}
+        for name, q in PERCENTILES:
+            out[name] = round_sig(percentile(ordered, q))
+        out["max"] = round_sig(self.top)
+        return out
+
+    def _select(self, ranks: list[int], again: Batches) -> dict[int, float]:
+        """The value at each 0-based rank: windows narrowed pass by pass, then read whole."""
+        assert self.hist is not None
+        at: dict[int, float] = {}
+        windows = self._windows(self.hist, 0, 64, 0, ranks)
+        while windows:
+            pending: list[tuple[_Window, list[int]]] = []
+            for w, rs in windows:
+                if w.shift == 0:  # one key: every rank in it has its value
+                    at.update(dict.fromkeys(rs, _value(w.prefix)))
+                    continue
+                w.collect = w.count <= self.window_values // len(windows)
+                pending.append((w, rs))
+            if not pending:
+                break
+            self._pass([w for w, _ in pending], again)
+            windows = []
+            for w, rs in pending:
+                if w.collect:
+                    keys = np.sort(np.concatenate(w.keys)) if w.keys else np.empty(0, np.uint64)
+                    assert len(keys) == w.count, "the values changed between passes"
+                    at.update({r: _value(int(keys[r - w.below])) for r in rs})
+                else:
+                    assert w.hist is not None and int(w.hist.sum()) == w.count
+                    windows += self._windows(w.hist, w.prefix, w.shift, w.below, rs)
+        return at
+
+    @staticmethod
+    def _windows(
+        hist: np.ndarray, prefix: int, shift: int, below: int, ranks: list[int]
+    ) -> list[tuple[_Window, list[int]]]:
+        """The sub-windows (next 16 bits under ``prefix``) holding ``ranks``, with their ranks."""
+        cum = np.cumsum(hist)
+        out: dict[int, tuple[_Window, list[int]]] = {}
+        for r in ranks:
+            b = int(np.searchsorted(cum, r - below, side="right"))
+            if b not in out:
+                count = int(hist[b])
+                start = below + int(cum[b]) - count
+                out[b] = (_Window((prefix << _BITS) | b, shift - _BITS, start, count), [])
+            out[b][1].append(r)
+        return list(out.values())
+
+    def _pass(self, windows: list[_Window], again: Batches) -> None:
+        self.passes += 1
+        for w in windows:
+            if not w.collect:
+                w.hist = np.zeros(1 << _BITS, dtype=np.int64)
+        for values in again():
+            keys = _keys(values)
+            for w in windows:
+                inside = keys[(keys >> np.uint64(w.shift)) == np.uint64(w.prefix)]
+                if not len(inside):
+                    continue
+                if w.collect:
+                    w.keys.append(inside)
+                else:
+                    assert w.hist is not None
+                    sub = (inside >> np.uint64(w.shift - _BITS)) & np.uint64((1 << _BITS) - 1)
+                    w.hist += np.bincount(sub.astype(np.int64), minlength=1 << _BITS)
 
 
 # -- MLPerf early stopping ----------------------------------------------------------------------

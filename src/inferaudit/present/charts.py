@@ -193,6 +193,7 @@ def hbar_chart(
         for i in range(len(labels))
     ]
     vmax = 100.0 if percent else max(totals, default=0.0) or 1.0
+    esc_unit = _esc(unit)  # a claim's unit is stored text
     ticks = nice_ticks(0.0, vmax, 4)
     scale = pw / ticks[-1]
     out = [
@@ -232,7 +233,7 @@ def hbar_chart(
             if v > 0 or not stacked:  # a zero in a grouped chart is drawn as a 2 px tick
                 out.append(
                     f'<rect x="{x:.1f}" y="{y}" width="{max(w, 2.0):.1f}" height="{bar_h - 1}" '
-                    f'rx="1"><title>{_esc(name)}: {fmt_num(v)}{"%" if percent else " " + unit}'
+                    f'rx="1"><title>{_esc(name)}: {fmt_num(v)}{"%" if percent else " " + esc_unit}'
                     "</title></rect>"
                 )
         out.append("</g>")

@@ -15,7 +15,14 @@ Trust policy (``--trust FILE``), a text file of lines, ``#`` starting a comment:
     # inferaudit trust policy v1
     signer <verifier key>     # accepted signer of evidence envelopes (DSSE)
     log <verifier key>        # accepted transparency-log key (checkpoint signatures)
+    witness <verifier key>    # a witness whose cosignatures count (C2SP tlog-cosignature, 0x04)
+    witnesses 2 of 3          # the quorum: K of the N witness lines must cosign
 
+Signer and log keys are plain Ed25519 keys (0x01), witness keys cosignature keys (0x04): a key
+of the other kind on a line is refused (a witness key must never stand in for a log's).
+Without witness lines no cosignature is required (policies before witnesses read unchanged);
+witness lines without a ``witnesses`` line require all of them. ``witnesses K of N`` takes
+canonical decimals, N equal to the number of witness lines and 1 <= K <= N, at most once.
 A verifier key line must be well formed; unknown words or malformed keys are errors naming the
 line, never skipped.
 """
@@ -26,6 +33,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import stat
 import unicodedata
 from dataclasses import dataclass, field, replace
@@ -298,9 +306,14 @@ def list_keys(home: Path) -> list[Verifier]:
 # -- trust policy --------------------------------------------------------------------------------
 
 
+_QUORUM = re.compile(r"witnesses (0|[1-9][0-9]{0,5}) of (0|[1-9][0-9]{0,5})")
+_KINDS = "expected 'signer KEY', 'log KEY', 'witness KEY' or 'witnesses K of N'"
+
+
 @dataclass(frozen=True)
 class TrustPolicy:
-    """Which keys a verifier accepts: evidence signers and transparency logs.
+    """Which keys a verifier accepts: evidence signers, transparency logs, and the witnesses
+    whose cosignatures a log's checkpoint needs (``witness_quorum`` of them; None: all).
 
     ``source`` says where the policy came from (for ``describe``); ``memory`` is where known
     checkpoints are remembered and checked for forks (``seal.trust``), None for a bare policy.
@@ -310,47 +323,116 @@ class TrustPolicy:
     logs: tuple[Verifier, ...] = ()
     source: str = "given keys"
     memory: CheckpointMemory | None = None
+    witnesses: tuple[Verifier, ...] = ()
+    witness_quorum: int | None = None  # None: every witness must cosign
+
+    def __post_init__(self) -> None:
+        for v in (*self.signers, *self.logs):
+            if v.alg != ALG_ED25519:
+                raise KeyFormatError(f"key {v.keyid} is a witness key (0x04), not a signing key")
+        for v in self.witnesses:
+            if v.alg != ALG_COSIGNATURE_V1:
+                raise KeyFormatError(f"witness key {v.keyid} is not a cosignature key (0x04)")
+        if len({(v.name, v.key_hash) for v in self.witnesses}) != len(self.witnesses):
+            raise KeyFormatError("a witness key is listed twice")
+        k, n = self.witness_quorum, len(self.witnesses)
+        if k is not None and not 1 <= k <= n:
+            raise KeyFormatError(f"witness quorum {k} is outside 1..{n} (the witnesses listed)")
+
+    @property
+    def witnesses_required(self) -> int:
+        """How many distinct policy witnesses must cosign a checkpoint (0: none required)."""
+        return len(self.witnesses) if self.witness_quorum is None else self.witness_quorum
 
     def text(self) -> str:
         lines = [TRUST_HEADER]
         lines += [f"signer {v.text()}" for v in self.signers]
         lines += [f"log {v.text()}" for v in self.logs]
+        lines += [f"witness {v.text()}" for v in self.witnesses]
+        if self.witness_quorum is not None:
+            lines.append(f"witnesses {self.witness_quorum} of {len(self.witnesses)}")
         return "\n".join(lines) + "\n"
 
     def describe(self) -> str:
-        """One line for outputs: ``trusting signer K, log L (this data directory /x)``."""
+        """One line for outputs: ``trusting signer K, log L[, witnesses 2 of 3: a, b, c]
+        (this data directory /x)``."""
 
         def names(keys: tuple[Verifier, ...]) -> str:
             return ", ".join(v.keyid for v in keys) or "none"
 
         plural = "s" if len(self.signers) > 1 else ""
         logs = "s" if len(self.logs) > 1 else ""
+        quorum = ""
+        if self.witnesses:
+            n = len(self.witnesses)
+            quorum = f", witnesses {self.witnesses_required} of {n}: {names(self.witnesses)}"
         return (
-            f"trusting signer{plural} {names(self.signers)}, log{logs} {names(self.logs)} "
-            f"({self.source})"
+            f"trusting signer{plural} {names(self.signers)}, log{logs} {names(self.logs)}"
+            f"{quorum} ({self.source})"
         )
 
 
 def parse_trust(text: str, source: str = "trust policy") -> TrustPolicy:
-    """A trust policy file's keys; ``source`` names it in errors and in ``describe``."""
+    """A trust policy file's keys and witness quorum; ``source`` names it in errors and in
+    ``describe``. Every error names the line it is about."""
     signers: list[Verifier] = []
     logs: list[Verifier] = []
+    witnesses: list[Verifier] = []
+    quorum: tuple[int, int, int] | None = None  # (line number, K, N)
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
+        where = f"{source}:{number}"
         kind, _, rest = line.partition(" ")
+        if kind == "witnesses":
+            match = _QUORUM.fullmatch(line)
+            if match is None:
+                raise KeyFormatError(f"{where}: expected 'witnesses K of N' (canonical decimals)")
+            if quorum is not None:
+                raise KeyFormatError(
+                    f"{where}: a second 'witnesses' line (first on line {quorum[0]})"
+                )
+            quorum = (number, int(match[1]), int(match[2]))
+            continue
+        if kind not in ("signer", "log", "witness"):
+            raise KeyFormatError(f"{where}: {_KINDS}")
         try:
             verifier = parse_verifier(rest)
         except KeyFormatError as exc:
-            raise KeyFormatError(f"{source}:{number}: {exc}") from None
-        if kind == "signer":
-            signers.append(verifier)
-        elif kind == "log":
-            logs.append(verifier)
-        else:
-            raise KeyFormatError(f"{source}:{number}: expected 'signer KEY' or 'log KEY'")
-    return TrustPolicy(signers=tuple(signers), logs=tuple(logs), source=source)
+            raise KeyFormatError(f"{where}: {exc}") from None
+        if kind == "witness":
+            if verifier.alg != ALG_COSIGNATURE_V1:
+                raise KeyFormatError(
+                    f"{where}: witness key {verifier.name} is not a cosignature key (0x04)"
+                )
+            if any((v.name, v.key_hash) == (verifier.name, verifier.key_hash) for v in witnesses):
+                raise KeyFormatError(f"{where}: witness key {verifier.keyid} is listed twice")
+            witnesses.append(verifier)
+            continue
+        if verifier.alg != ALG_ED25519:
+            raise KeyFormatError(
+                f"{where}: {kind} key {verifier.name} is a witness key (0x04), not a signing key"
+            )
+        (signers if kind == "signer" else logs).append(verifier)
+    witness_quorum: int | None = None
+    if quorum is not None:
+        number, k, n = quorum
+        if n != len(witnesses):
+            raise KeyFormatError(
+                f"{source}:{number}: 'witnesses {k} of {n}' but the policy lists "
+                f"{len(witnesses)} witness key{'s' if len(witnesses) != 1 else ''}"
+            )
+        if not 1 <= k <= n:
+            raise KeyFormatError(f"{source}:{number}: 'witnesses {k} of {n}' needs 1 <= K <= N")
+        witness_quorum = k
+    return TrustPolicy(
+        signers=tuple(signers),
+        logs=tuple(logs),
+        source=source,
+        witnesses=tuple(witnesses),
+        witness_quorum=witness_quorum,
+    )
 
 
 def load_trust(path: Path) -> TrustPolicy:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from inferaudit.errors import InferauditError
 from inferaudit.measure.protocol import RunSpec
-from inferaudit.measure.records import Record, read_records
+from inferaudit.measure.records import Record, file_lines, read_records
 from inferaudit.measure.rundir import (
     HEALTH_FILE,
     RECORDS_FILE,
@@ -78,13 +78,17 @@ def recompute_summary(
         from inferaudit.measure.scrapes import read_telemetry
 
         spec = _spec(run_dir)
-        records = read_records(run_dir / RECORDS_FILE)
+        path = run_dir / RECORDS_FILE
         if summarize is None:  # with the operator-reported telemetry the run recorded, if any
             telemetry_path = run_dir / TELEMETRY_FILE
             telemetry = read_telemetry(telemetry_path) if telemetry_path.exists() else None
-            result: Summary | dict[str, Any] = default_summarize(records, spec, telemetry)
+            # streamed: the records file is read, never held (memory bounded by the columns)
+            result: Summary | dict[str, Any] = default_summarize(path, spec, telemetry)
+            count = sum(1 for _ in file_lines(path))
         else:
+            records = read_records(path)
             result = summarize(records, spec)
+            count = len(records)
         as_json = result if isinstance(result, dict) else result.to_json()
         recomputed = orjson.loads(canonical(as_json, "summary"))
     except ValidationError as exc:
@@ -95,7 +99,7 @@ def recompute_summary(
     if diffs:
         more = f" (+{len(diffs) - MAX_DIFFS} more)" if len(diffs) > MAX_DIFFS else ""
         return False, "; ".join(diffs[:MAX_DIFFS]) + more
-    return True, f"recomputed from {len(records)} records: equal"
+    return True, f"recomputed from {count} records: equal"
 
 
 def recheck_verdicts(

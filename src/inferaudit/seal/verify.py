@@ -1,6 +1,9 @@
-"""Offline verification of a run directory against a trust policy.
+"""Verification of a run directory against a trust policy, offline unless told of a log URL.
 
-Nothing here touches the network. The steps, each reported as one ``Step``:
+Nothing here touches the network unless the policy's checkpoint memory names a remote log
+(``verify --log URL``: ``CheckpointMemory.remote``); then steps 8 and 11 read its checkpoint and
+tiles (``seal.ledger.tile_client``), and an unreachable log raises ``LogUnreachableError``
+(not a verification failure). The steps, each reported as one ``Step``:
 
     1. envelope signature: ``envelope.dsse.json`` is a DSSE v1 envelope of an in-toto payload,
        signed (over PAE) by a signer key the trust policy accepts;
@@ -19,16 +22,24 @@ Nothing here touches the network. The steps, each reported as one ``Step``:
        specs without one (v1 specs);
     6. checkpoint signature: the checkpoint in ``entry.tlog-proof`` is a signed note by a log
        key the trust policy accepts, named as the checkpoint's origin;
-    7. checkpoint consistency: the checkpoint agrees with the ones this verifier knows (the
-       local ledger's, the remembered one; ``seal.trust``): a same-size different-root
-       checkpoint is a fork, printed with both notes; an unprovable one fails;
-    8. inclusion: the RFC 9162 inclusion proof leads from the envelope's leaf hash
+    7. witnesses: that checkpoint carries valid C2SP tlog-cosignature/v1 lines over its own
+       text by at least K distinct witness keys of the policy (``witnesses K of N``; all N
+       without a quorum line); other keys' cosignatures are ignored; passes with "no witness
+       required by the policy" when the policy names no witness (``seal.trust.witness_quorum``);
+    8. log checkpoint (with a remote log only): the log's current checkpoint, fetched from it,
+       is signed by the same log key as the run's and meets the witness quorum;
+    9. checkpoint consistency: the checkpoint agrees with the ones this verifier knows (the
+       local ledger's, the remembered one, the remote log's; ``seal.trust``): a same-size
+       different-root checkpoint is a fork, printed with both notes; an unprovable one fails;
+   10. inclusion: the RFC 9162 inclusion proof leads from the envelope's leaf hash
        (SHA-256(0x00 || RFC 8785 bytes of the envelope)) to the checkpoint's root;
-    9. summary: ``metrics.summarize(records, spec)`` recomputed here equals the signed summary,
+   11. log entry (with a remote log only): the log's entry at the proof's index, read from its
+       entry bundles, is byte-identical to the envelope's leaf (RFC 8785 bytes);
+   12. summary: ``metrics.summarize(records, spec)`` recomputed here equals the signed summary,
        key by key;
-   10. summary file: ``summary.json`` equals the signed summary, and the signed verdicts equal
+   13. summary file: ``summary.json`` equals the signed summary, and the signed verdicts equal
        ``verdicts.json`` (v2) or ``summary.json``'s ``checks`` (v1);
-   11. verdicts: every integrity verdict recomputed from ``records.jsonl`` equals the run's
+   14. verdicts: every integrity verdict recomputed from ``records.jsonl`` equals the run's
        verdicts (``verdicts.json`` for v2, the signed ones for v1); checks that counted with
        the run's tokenizer, or used its fingerprint, need that file, matched by the digest in
        ``spec.json``; without it they are listed as not rechecked.
@@ -89,6 +100,7 @@ from inferaudit.seal.ledger.note import (
     open_checkpoint,
     parse_tlog_proof,
 )
+from inferaudit.seal.ledger.tile_client import LogUnreachableError
 from inferaudit.seal.recompute import (
     MAX_DIFFS,
     Summarize,
@@ -96,7 +108,13 @@ from inferaudit.seal.recompute import (
     recompute_summary,
     summary_diffs,
 )
-from inferaudit.seal.trust import ForkProof
+from inferaudit.seal.trust import (
+    ForkProof,
+    LogSource,
+    RemoteCheckpoint,
+    open_remote,
+    witness_quorum,
+)
 from inferaudit.seal.verified import VerifiedRun
 
 SEED_DOMAIN = b"inferaudit.seed/v1\n"
@@ -229,18 +247,37 @@ def verify_run(
         except NoteError as exc:
             add("checkpoint signature", False, f"checkpoint: {exc}")
 
-    # (7): the checkpoint agrees with every checkpoint this verifier knows.
+    # (7): the checkpoint carries the witness quorum's cosignatures.
+    if not trust.witnesses:
+        add("witnesses", True, "no witness required by the policy")
+    elif proof is None or checkpoint is None:
+        add("witnesses", False, "no trusted checkpoint whose cosignatures to count")
+    else:
+        quorum = witness_quorum(proof.checkpoint, trust)
+        add("witnesses", quorum.ok, quorum.detail)
+
+    # (8): with a remote log, its current checkpoint is signed by that log key and witnessed.
+    source = trust.memory.remote if trust.memory is not None else None
+    remote: RemoteCheckpoint | None = None
+    if source is not None:
+        if log_key is None:
+            add("log checkpoint", False, "no trusted checkpoint of the run to compare it with")
+        else:
+            ok, detail, remote = open_remote(source, log_key, trust)
+            add("log checkpoint", ok, detail)
+
+    # (9): the checkpoint agrees with every checkpoint this verifier knows.
     fork: ForkProof | None = None
     if proof is None or checkpoint is None or log_key is None:
         add("checkpoint consistency", False, "no trusted checkpoint to compare")
     elif trust.memory is None:
         add("checkpoint consistency", True, "not compared: this trust policy keeps no checkpoints")
     else:
-        result = trust.memory.check(proof.checkpoint, checkpoint, log_key)
+        result = trust.memory.check(proof.checkpoint, checkpoint, log_key, remote)
         fork = result.fork
         add("checkpoint consistency", result.ok, result.detail)
 
-    # (8): the envelope's leaf is in the checkpointed tree.
+    # (10): the envelope's leaf is in the checkpointed tree.
     if proof is None or env is None:
         add("inclusion", False, "no proof or no envelope to check")
     elif checkpoint is None:
@@ -255,18 +292,22 @@ def verify_run(
         except InferauditError as exc:
             add("inclusion", False, str(exc))
 
-    # (9): recompute the summary from the records and compare with the signed one.
+    # (11): with a remote log, it serves the run's envelope at the proof's index.
+    if source is not None:
+        add("log entry", *_log_entry(source, remote, proof, env))
+
+    # (12): recompute the summary from the records and compare with the signed one.
     signed = predicate.get("summary")
     if not isinstance(signed, dict):
         add("summary", False, "statement has no summary")
     else:
         add("summary", *recompute_summary(run_dir, signed, summarize))
 
-    # (10): summary.json (and verdicts.json) agree with what was signed.
+    # (13): summary.json (and verdicts.json) agree with what was signed.
     signed_verdicts = predicate.get("verdicts")
     add("summary file", *_files(run_dir, signed, signed_verdicts, v2))
 
-    # (11): the verdicts follow from the records too.
+    # (14): the verdicts follow from the records too.
     verdicts = _json(_read(run_dir / VERDICTS_FILE)) if v2 else signed_verdicts
     rechecked = recheck_verdicts(run_dir, verdicts, tokenizer, fingerprint, v2=v2)
     steps.append(Step("verdicts", *rechecked))
@@ -294,6 +335,30 @@ def verify_run(
 
 def sig_id(sig: Signature) -> tuple[str, int]:
     return sig.name, sig.key_hash
+
+
+def _log_entry(
+    source: LogSource,
+    remote: RemoteCheckpoint | None,
+    proof: TlogProof | None,
+    env: dict[str, Any] | None,
+) -> tuple[bool, str]:
+    where = f"the log at {source.location}"
+    if remote is None or proof is None or env is None:
+        return False, f"no trusted checkpoint of {where} or no proof and envelope to compare"
+    size = remote.checkpoint.size
+    if proof.index >= size:
+        return False, f"{where} holds {size} entries: none at index {proof.index}"
+    try:
+        leaf = canonical(env, "envelope")
+        served = source.entry(proof.index, size)
+    except LogUnreachableError:
+        raise
+    except InferauditError as exc:
+        return False, f"{where}: entry {proof.index}: {exc.diagnostics()}"
+    if served != leaf:
+        return False, f"{where} serves another entry at index {proof.index}"
+    return True, f"{where} serves this envelope at index {proof.index} of {size}"
 
 
 def _statement(

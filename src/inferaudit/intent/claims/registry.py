@@ -202,6 +202,48 @@ class ClaimStore:
             repaired=repaired,
         )
 
+    def check(self, claims: Sequence[Claim], *, path: str = "<input>") -> None:
+        """Refuse (``ClaimImportError``) what ``add`` would refuse; write nothing."""
+        try:
+            with self.engine.connect() as conn:
+                _plan(claims, self._read_rows(conn), path)
+        except SQLAlchemyError as exc:
+            raise _database_error(exc) from None
+
+    def add_logged(self, claim: Claim, index: int, *, path: str = "<input>") -> ImportResult:
+        """Store one claim that was signed and logged elsewhere (the log service appended its
+        submitted envelope at ``index``), under the same rules as ``add``: an identical stored
+        claim is unchanged (given ``index`` when it had none), a changed one is refused."""
+        try:
+            with self._writing() as conn:
+                plan = _plan([claim], self._read_rows(conn), path)
+                if plan.new:
+                    conn.execute(
+                        claims_table.insert().values(
+                            claim_id=claim.claim_id,
+                            sha256=claim.digest(),
+                            body=claim.canonical().decode("utf-8"),
+                            supersedes=claim.supersedes,
+                            added_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                            ledger_index=index,
+                        )
+                    )
+                repaired = [c.claim_id for c in plan.unsigned]
+                for cid in repaired:
+                    conn.execute(
+                        claims_table.update()
+                        .where(claims_table.c.claim_id == cid)
+                        .values(ledger_index=index)
+                    )
+        except SQLAlchemyError as exc:
+            raise _database_error(exc) from None
+        return ImportResult(
+            added=[c.claim_id for c in plan.new],
+            unchanged=[c.claim_id for c in plan.unchanged],
+            indices={claim.claim_id: index} if plan.new or repaired else {},
+            repaired=repaired,
+        )
+
     def _rows(self) -> Iterator[StoredClaim]:
         try:
             with self.engine.connect() as conn:

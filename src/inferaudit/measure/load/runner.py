@@ -54,6 +54,10 @@
 Workers are started with multiprocessing's "spawn" method (no fork of a threaded parent), so a
 script calling :func:`run_load` needs the usual ``if __name__ == "__main__":`` guard.
 
+``backend``: a :class:`~.ray_backend.RayBackend` runs the same workers as Ray actors over a
+cluster (open loop only; :mod:`~.ray_backend` says what differs: clocks, lost nodes). None: the
+local processes above, unchanged.
+
 Positions are request ids: ``plan(i)`` of the spec's ``planner.Planner`` (or of the
 ``planner`` given), or ``plans[i]`` of an explicit list (whose records keep each plan's own id,
 phase and tag; explicit plans are single requests, never sessions). A session's later turns
@@ -75,6 +79,12 @@ from inferaudit.measure.load.client import Target, api_key_for, timeouts_of
 from inferaudit.measure.load.messages import WorkerArgs
 from inferaudit.measure.load.parent import Parent, WorkerInfo
 from inferaudit.measure.load.plans import PlanSource, SessionSource
+from inferaudit.measure.load.ray_backend import (
+    RayBackend,
+    RayInfo,
+    lost_plan_record,
+    run_on_ray,
+)
 from inferaudit.measure.load.schedule import schedule_offsets_ns, split_concurrency
 from inferaudit.measure.planner import AuditLookup, Planner
 from inferaudit.measure.protocol import RunSpec, Workload
@@ -108,6 +118,7 @@ class LoadResult:
     sessions_ended_early: int = 0
     workers: tuple[WorkerInfo, ...] = field(default_factory=tuple)
     health: tuple[HealthWindow, ...] = field(default_factory=tuple)
+    ray: RayInfo | None = None  # the Ray backend's clocks and losses (None: local workers)
 
     @property
     def epoch_wall(self) -> str:
@@ -125,6 +136,11 @@ class LoadResult:
         del data["health"]  # the windows are in health.jsonl
         data["health_windows"] = len(self.health)
         data["unhealthy_windows"] = sum(not w.healthy for w in self.health)
+        if self.ray is None:
+            del data["ray"]  # a local run's meta.json is as it always was
+        else:
+            data["backend"] = "ray"
+            data["ray"] = self.ray.to_json()
         return data
 
 
@@ -142,6 +158,7 @@ def run_load(
     health_window_s: float = HEALTH_WINDOW_S,
     health_phase: str = "measure",
     planner: PlanSource | None = None,
+    backend: RayBackend | None = None,
 ) -> LoadResult:
     """Run ``spec``'s load, appending one record per request it sent to ``records_path``.
 
@@ -154,7 +171,8 @@ def run_load(
     is written; ``should_stop`` is polled every 50 ms. ``health_path``: where the client health
     windows are appended (None: sampled, returned in the result, not written). ``planner``:
     plan the positions with it instead of ``Planner.from_spec(spec, injected, audit)`` (a
-    :class:`~.plans.SessionSource` for a multi-turn workload). Returns when every worker has
+    :class:`~.plans.SessionSource` for a multi-turn workload). ``backend``: run on Ray (see
+    the module). Returns when every worker has
     ended; raises ``WorkerError`` / ``StorageError`` as the module says, ``ConfigError`` for a
     session workload that does not keep its answers whole.
     """
@@ -211,11 +229,31 @@ def run_load(
                     health_ns, cap=caps[w], think_ns=think_ns,
                 )
             )  # fmt: skip
-    parent = Parent(
-        ctx, args, shared, records_path, spec, on_record, should_stop, health_path, health_ns,
-        health_phase,
-    )
-    out = parent.run()
+    ray_info: RayInfo | None = None
+    if backend is not None:
+        source = planner
+
+        def lost_record(a: WorkerArgs, position: int, message: str) -> Record:
+            if plan_list is not None:
+                plan = plan_list[position]
+            else:
+                assert source is not None
+                plan = source.plan(position)
+            assert a.offsets is not None
+            scheduled = int(a.offsets[(position - a.index) // a.stride])
+            return lost_plan_record(plan.id, a.index, plan.phase, plan.tag, scheduled, message)
+
+        out, ray_info = run_on_ray(
+            backend, args, records_path, spec, on_record=on_record, should_stop=should_stop,
+            health_path=health_path, health_ns=health_ns, health_phase=health_phase,
+            lost_record=lost_record,
+        )  # fmt: skip
+    else:
+        parent = Parent(
+            ctx, args, shared, records_path, spec, on_record, should_stop, health_path,
+            health_ns, health_phase,
+        )  # fmt: skip
+        out = parent.run()
     return LoadResult(
         records_path=records_path,
         epoch_ns=out.epoch_ns,
@@ -231,6 +269,7 @@ def run_load(
         sessions_ended_early=sum(i.sessions_ended_early for i in out.workers),
         workers=out.workers,
         health=out.health,
+        ray=ray_info,
     )
 
 

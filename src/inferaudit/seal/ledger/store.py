@@ -369,6 +369,37 @@ class Ledger:
             conn.execute(insert(checkpoints_t).values(size=st.size, root=root, note=note))
         return note
 
+    def add_cosignatures(self, note: str) -> None:
+        """Store ``note`` in place of the signed checkpoint of its size (and of the latest one,
+        when it is the latest): only signature lines may be added (witness cosignatures), after
+        the stored ones, none under the log's own name; the text and every stored signature
+        line must be identical."""
+        text, sigs = split_note(note)
+        cp = parse_checkpoint(text)
+        with self._locked() as (conn, st):
+            stored = conn.execute(
+                select(checkpoints_t.c.note).where(checkpoints_t.c.size == cp.size)
+            ).scalar_one_or_none()
+            if stored is None:
+                raise LedgerError(f"the log has no signed checkpoint of size {cp.size}")
+            stored_text, stored_sigs = split_note(str(stored))
+            if stored_text != text:
+                raise LedgerError(f"that note is not the log's checkpoint of size {cp.size}")
+            if sigs[: len(stored_sigs)] != stored_sigs:
+                raise LedgerError(
+                    f"that note does not keep the log's signatures of checkpoint {cp.size}"
+                )
+            added = sigs[len(stored_sigs) :]
+            if any(s.name == self.origin for s in added):
+                raise LedgerError("only witness cosignatures may be added to a checkpoint")
+            if len({(s.name, s.key_hash) for s in sigs}) != len(sigs):
+                raise LedgerError("that note holds two signatures by one key")
+            conn.execute(
+                update(checkpoints_t).where(checkpoints_t.c.size == cp.size).values(note=note)
+            )
+            if st.checkpoint_size == cp.size:
+                conn.execute(update(state_t).where(state_t.c.id == 1).values(checkpoint=note))
+
     # -- proofs for export -----------------------------------------------------------------------
 
     def tlog_proof(self, index: int, checkpoint: str | None = None) -> TlogProof:
