@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from inferaudit.home import make_engine
 from inferaudit.judge.suite import recheck
 from inferaudit.measure.metrics import summarize
 from inferaudit.measure.protocol import SLO, Endpoint, Load, RunSpec, canonical_bytes
 from inferaudit.measure.records import Record, write_records
 
 MS = 1_000_000
+PG_ENV = "INFERAUDIT_TEST_PG_URL"
+
+
+@contextmanager
+def database(kind: str, base: Path) -> Iterator[str]:
+    """A fresh database URL: a SQLite file under ``base``, or a private schema on the server of
+    INFERAUDIT_TEST_PG_URL (selected by ``options=-csearch_path=...``; dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{base / 'test.sqlite3'}"
+        return
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"{PG_ENV} is not set (source scripts/start-postgres)")
+    schema = f"s_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def make_spec(requests: int) -> RunSpec:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -21,15 +20,11 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from inferaudit.home import make_engine
+from conftest_ledger import database  # noqa: F401 - the tests of services take it from here
 from inferaudit.seal.keys import Verifier, parse_verifier
 from inferaudit.seal.ledger.witnessing import WitnessEndpoint
 
-PG_ENV = "INFERAUDIT_TEST_PG_URL"
 START_TIMEOUT_S = 120.0  # only against a hang: two busy cores start Python slowly
 
 
@@ -51,29 +46,6 @@ def cli(
         check=False,
         env={**os.environ, "COLUMNS": "400", **(env or {})},
     )
-
-
-@contextmanager
-def database(kind: str, base: Path) -> Iterator[str]:
-    """A fresh database URL: a SQLite file under ``base``, or a private schema on the server of
-    INFERAUDIT_TEST_PG_URL (selected by ``options=-csearch_path=...``; dropped afterwards)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{base / 'service.sqlite3'}"
-        return
-    url = os.environ.get(PG_ENV)
-    if not url:
-        pytest.skip(f"{PG_ENV} is not set (source scripts/start-postgres)")
-    schema = f"s_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @dataclass

@@ -5,14 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import update
 
+from conftest_ledger import database
 from inferaudit.errors import LedgerError
 from inferaudit.home import make_engine
 from inferaudit.seal.keys import Signer
@@ -22,30 +21,14 @@ from inferaudit.seal.ledger.store import Ledger, nodes_t, open_ledger
 from inferaudit.seal.ledger.tiles import export_tiles, tile_index_path, tile_path, unbundle
 from test_merkle import LEAVES, ROOTS  # transparency-dev known answers; ROOTS[n]: n leaves
 
-PG_ENV = "INFERAUDIT_TEST_PG_URL"
 LOG = "example.test/log"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL: a SQLite file, or a private schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1/db)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 def _signer() -> Signer:

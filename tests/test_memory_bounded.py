@@ -22,7 +22,6 @@ import numpy as np
 import orjson
 import pytest
 
-from inferaudit.measure import records as records_module
 from inferaudit.measure import stats
 from inferaudit.measure.metrics import itl_samples_ms, summarize
 from inferaudit.measure.protocol import SLO, Endpoint, Length, Load, RunSpec, Workload
@@ -157,12 +156,14 @@ def test_summary_reads_the_file_again_when_itl_samples_overflow_memory(
     monkeypatch.setattr(stats.StreamDistribution.__init__, "__defaults__", (100, 50))
     opened: list[object] = []
 
-    def counting_open(file: object, *args: object, **kwargs: object) -> object:
-        opened.append(file)
-        return open(file, *args, **kwargs)  # type: ignore[call-overload]
+    real_open = Path.open
 
-    # the records module's own ``open`` (module globals come before builtins)
-    monkeypatch.setattr(records_module, "open", counting_open, raising=False)
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        opened.append(self)
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    # the records reader opens the file with ``Path.open``
+    monkeypatch.setattr(Path, "open", counting_open)
     overflowing = summarize(path, spec).to_json()
     assert overflowing == in_memory
     assert opened.count(path) >= 2  # the first pass, then at least one more for the ranks

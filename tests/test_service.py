@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,10 +20,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from conftest_ledger import SEED, make_run_dir
+from conftest_ledger import SEED, database, make_run_dir
 from inferaudit.home import make_engine
 from inferaudit.intent.claims import Claim, ClaimInput, ClaimStore, build_claim, claim_statement
 from inferaudit.present.web.auditors import AuditorKeys
@@ -37,7 +34,6 @@ from inferaudit.seal.ledger.store import DEFAULT_LOG_NAME, Ledger, open_ledger
 from inferaudit.seal.ledger.tiles import export_tiles
 from inferaudit.seal.publish import publish
 
-PG_ENV = "INFERAUDIT_TEST_PG_URL"
 READY = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 AUDITOR = Signer(name="auditor-a", seed=bytes(range(1, 33)))
 OTHER = Signer(name="auditor-b", seed=bytes(range(2, 34)))  # never registered
@@ -116,23 +112,8 @@ def serve(data_dir: Path, db: str, *args: str) -> Iterator[Served]:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database: a SQLite file, or a private schema on the PostgreSQL server (its URL
     selects the schema through ``options=-csearch_path=...``)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'service.sqlite3'}"
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1/db)")
-    schema = f"s_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 def prepare(db: str, auditors: tuple[Signer, ...] = (AUDITOR,)) -> dict[str, str]:
@@ -367,3 +348,32 @@ def test_the_log_key_is_made_0600_and_the_first_checkpoint_signed(served: Served
     assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
     cp = parse_checkpoint(note.split("\n\n")[0] + "\n")
     assert (cp.origin, cp.size, cp.root) == (DEFAULT_LOG_NAME, 0, hashlib.sha256().digest())
+
+
+def test_below_the_witness_quorum_the_entry_is_logged_and_answered_503(tmp_path: Path) -> None:
+    """A witness that does not answer: the submission is logged (its index is kept) but refused
+    with 503 and one line; sending it again asks again and gets the same index, never a second
+    entry."""
+    from inferaudit.seal.keys import ALG_COSIGNATURE_V1, key_id
+    from service_procs import free_port
+
+    pub = bytes(range(40, 72))
+    down = Verifier("w-down", key_id("w-down", ALG_COSIGNATURE_V1, pub), pub, ALG_COSIGNATURE_V1)
+    db = f"sqlite:///{tmp_path / 'service.sqlite3'}"
+    tokens = prepare(db)
+    envelope = run_envelope(make_run_dir(tmp_path / "r1", seed=SEED))
+    witness = f"http://127.0.0.1:{free_port()}={down.text()}"
+    with serve(tmp_path / "service", db, "--witness", witness, "--witness-timeout", "2") as s:
+        s.tokens = tokens
+        for _ in range(2):
+            answer = s.post("/api/v1/evidence", envelope)
+            assert answer.status_code == 503, answer.text
+            error = answer.json()["error"]
+            assert "\n" not in error
+            assert error.startswith(
+                "the entry is logged, but 0 of the quorum of 1 witnesses cosigned its checkpoint"
+            )
+            assert error.endswith("submit again to retry")
+        with s.client() as c:
+            assert c.get("/api/v1/entries/0").json()["index"] == 0
+            assert c.get("/api/v1/entries/1").status_code == 404

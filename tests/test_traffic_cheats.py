@@ -28,7 +28,7 @@ from inferaudit.judge.caching import CACHE_REPEAT, check_caching, check_prefix_c
 from inferaudit.judge.verdict import Outcome, Verdict, format_verdict
 from inferaudit.measure.fingerprint import TAG
 from inferaudit.measure.fingerprint_record import record_fingerprint
-from inferaudit.measure.probes.interrupts import CutStreams, cut_by_arrivals
+from inferaudit.measure.probes.interrupts import CutStreams, cut_by_arrivals, is_cut
 from inferaudit.measure.protocol import Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.measure.records import Record, read_records
 from inferaudit.measure.workload import fixed_seed, seed_commitment
@@ -311,6 +311,21 @@ def test_streams_cut_by_the_next_arrival_are_named() -> None:
     assert cut_by_arrivals(crash) is None
     assert cut_by_arrivals([stream(0, 0, 50, 400, False)]) is None  # nothing cut
     assert cut_by_arrivals([stream(0, 0, 50, 90, True)]) is None  # nobody waiting
+
+
+def test_a_stream_ended_by_a_bare_done_is_cut_too() -> None:
+    # llama-cpp-python 0.3.36 behind sse-starlette 3.7 (measured here): the aborted streams end
+    # with ``data: [DONE]`` after one chunk and no finish_reason, so the client sees no error.
+    def bare(r: Record) -> Record:
+        return r.model_copy(update={"error_class": None, "error_message": None})
+
+    seen = [bare(stream(0, 0, 93, 93, True)), bare(stream(1, 0, 193, 193, True)),
+            bare(stream(2, 1, 277, 277, True)), stream(3, 1, 367, 709, False)]  # fmt: skip
+    assert [is_cut(r) for r in seen] == [True, True, True, False]
+    assert cut_by_arrivals(seen) == CutStreams(3, 4)
+    # a stream that ended saying why is not cut, whatever its length; an HTTP error is not a stream
+    assert not is_cut(stream(0, 0, 50, 60, False))
+    assert not is_cut(bare(stream(0, 0, 50, 60, True)).model_copy(update={"status": 500}))
 
 
 def test_conformance_says_what_the_server_did(tmp_path: Path) -> None:

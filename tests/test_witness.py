@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import base64
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy import text as sql_text
-from sqlalchemy.engine import make_url
 
+from conftest_ledger import database
 from inferaudit.errors import ConfigError, LedgerError
 from inferaudit.home import make_engine
 from inferaudit.seal.keys import (
@@ -45,7 +42,6 @@ from inferaudit.seal.ledger.witness import (
 )
 
 ORIGIN = "log.example/test"
-PG_ENV = "INFERAUDIT_TEST_PG_URL"
 NOW = 1_727_964_367
 # C2SP tlog-cosignature vector (transparency-dev/formats note/note_cosigv1_test.go)
 COSIG_VKEY = "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2"
@@ -85,23 +81,8 @@ class Log:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The witness's database: a SQLite file, or a private schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'witness.sqlite3'}"
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (e.g. postgresql+psycopg://postgres@127.0.0.1/db)")
-    schema = f"w_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sql_text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sql_text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from inferaudit.measure.fingerprint import (
 from inferaudit.measure.likelihood import calibrate, score
 from inferaudit.measure.load.client import check_endpoint, send_plans
 from inferaudit.measure.planner import Planner
-from inferaudit.measure.probes.interrupts import cut_by_arrivals
+from inferaudit.measure.probes.interrupts import cut_by_arrivals, is_cut
 from inferaudit.measure.protocol import Api, Endpoint, Load, RunSpec, Sampling, Workload
 from inferaudit.measure.records import Record
 from inferaudit.measure.workload import RequestPlan, commit_seed, fresh_seed
@@ -108,14 +108,17 @@ def record_fingerprint(
             # Servers refuse logprobs in several ways (HTTP 400, or a stream that breaks
             # off, as llama-cpp-python without logits_all does): ask again without them.
             recs = send(conc, greedy)
-        bad = [r for r in recs if not r.ok]
+        # a reference stream must end saying why (a finish_reason): one that stops short with a
+        # bare [DONE] would make a reference of a cut-off answer
+        bad = [r for r in recs if not r.ok or is_cut(r)]
         cut = cut_by_arrivals(recs) if bad and conc > 1 else None
         if cut is not None:
             raise EndpointError(f"fingerprint: {cut.line('reference streams')}")
         if bad:
             raise EndpointError(
                 f"fingerprint: {len(bad)} of {prompts} reference requests failed "
-                f"({bad[0].error_class}: {bad[0].error_message})"
+                f"({bad[0].error_class or 'no finish_reason'}: "
+                f"{bad[0].error_message or 'the stream ended without saying why'})"
             )
         rounds.append(recs)
     ref = rounds[0]

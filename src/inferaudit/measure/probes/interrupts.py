@@ -3,7 +3,8 @@
 Some servers serve one request at a time and abort the stream in flight when another request
 arrives: llama-cpp-python's OpenAI server by default (``--interrupt_requests True``). Seen from
 the client, a stream that had begun (HTTP 200, some content) ends without ``[DONE]``
-(``stream_truncated``) while another request of the same batch was waiting for its first byte,
+(``stream_truncated``), or with a ``[DONE]`` but no ``finish_reason`` in any chunk (``is_cut``),
+while another request of the same batch was waiting for its first byte,
 and that request is served next. Measured against llama-cpp-python 0.3.36 with 4 requests at
 once: three streams cut after their first token, each as the next request's prefill began, the
 last one complete.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from inferaudit.measure.records import Record
 
-__all__ = ["CutStreams", "cut_by_arrivals"]
+__all__ = ["CutStreams", "cut_by_arrivals", "is_cut"]
 
 TRUNCATED = "stream_truncated"
 ADVICE = (
@@ -55,9 +56,18 @@ def _cut_at(r: Record) -> int | None:
     return r.chunk_ns[-1] if r.chunk_ns else None
 
 
+def is_cut(r: Record) -> bool:
+    """A stream that had begun and ended without saying why: no ``[DONE]`` (``stream_truncated``),
+    or a ``[DONE]`` after chunks none of which carried a ``finish_reason`` (llama-cpp-python
+    0.3.36 behind sse-starlette 3.7 ends an aborted stream that way)."""
+    if r.status != 200:
+        return False
+    return r.error_class == TRUNCATED or (r.error_class is None and r.finish_reason is None)
+
+
 def cut_by_arrivals(records: Sequence[Record]) -> CutStreams | None:
     """The finding when the records' cut streams match the rule (module docstring)."""
-    cut = [r for r in records if r.error_class == TRUNCATED and r.status == 200]
+    cut = [r for r in records if is_cut(r)]
     if not cut:
         return None
     for r in cut:
