@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from inferaudit.errors import ConfigError, StorageError
+from inferaudit.errors import ConfigError
+from inferaudit.present.web.tokens import db_error
 from inferaudit.seal.keys import ALG_ED25519, KeyFormatError, Verifier, parse_verifier
 
 metadata = MetaData()
@@ -35,11 +36,6 @@ def parse_auditor_key(text: str) -> Verifier:
     return key
 
 
-def _db_error(exc: SQLAlchemyError) -> StorageError:
-    first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    return StorageError(f"auditor database: {exc.__class__.__name__}: {first}")
-
-
 class AuditorKeys:
     """The ``service_auditors`` table."""
 
@@ -49,7 +45,7 @@ class AuditorKeys:
             with engine.begin() as conn:
                 metadata.create_all(conn)
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("auditor", exc) from None
 
     def add(self, key: Verifier) -> bool:
         """Register ``key``; False when it was registered already."""
@@ -74,7 +70,7 @@ class AuditorKeys:
         except IntegrityError:
             return False  # registered concurrently
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("auditor", exc) from None
         return True
 
     def list(self) -> list[Verifier]:
@@ -82,5 +78,5 @@ class AuditorKeys:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(auditors_t.c.key).order_by(auditors_t.c.keyid)).all()
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("auditor", exc) from None
         return [parse_verifier(r.key) for r in rows]

@@ -92,9 +92,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _db_error(exc: SQLAlchemyError) -> StorageError:
+def db_error(what: str, exc: SQLAlchemyError) -> StorageError:
+    """One line for a failed service table (``what``: "token", "auditor")."""
     first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    return StorageError(f"token database: {exc.__class__.__name__}: {first}")
+    return StorageError(f"{what} database: {exc.__class__.__name__}: {first}")
 
 
 class TokenStore:
@@ -106,7 +107,7 @@ class TokenStore:
             with engine.begin() as conn:
                 metadata.create_all(conn)
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("token", exc) from None
 
     def add(self, name: str, scopes: list[str] | tuple[str, ...]) -> str:
         """Make a token; return it (the only time it is ever available)."""
@@ -127,7 +128,7 @@ class TokenStore:
         except IntegrityError:
             raise TokenError(f"a token named {name!r} exists already") from None
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("token", exc) from None
         return token
 
     def list(self) -> list[TokenInfo]:
@@ -135,7 +136,7 @@ class TokenStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(tokens_t).order_by(tokens_t.c.name)).all()
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("token", exc) from None
         return [self._info(r.name, r.scopes, r.created, r.revoked) for r in rows]
 
     def revoke(self, name: str) -> TokenInfo:
@@ -148,7 +149,7 @@ class TokenStore:
                 )
                 row = conn.execute(select(tokens_t).where(tokens_t.c.name == name)).first()
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("token", exc) from None
         if row is None:
             raise TokenError(f"no token named {name[:70]!r}")
         return self._info(row.name, row.scopes, row.created, row.revoked)
@@ -163,7 +164,7 @@ class TokenStore:
             with self.engine.connect() as conn:
                 row = conn.execute(select(tokens_t).where(tokens_t.c.sha256 == digest)).first()
         except SQLAlchemyError as exc:
-            raise _db_error(exc) from None
+            raise db_error("token", exc) from None
         if row is None or not hmac.compare_digest(str(row.sha256), digest):
             return None
         return self._info(row.name, row.scopes, row.created, row.revoked)
