@@ -19,6 +19,7 @@ from inferaudit.measure.metrics import summarize
 from inferaudit.measure.protocol import Endpoint, Load, RunSpec, canonical_bytes
 from inferaudit.measure.records import Record, write_records
 from inferaudit.present.records_table import (
+    BATCH_ROWS,
     COLUMNS,
     EVIDENCE_KEY,
     records_table,
@@ -202,6 +203,21 @@ def test_bad_input_is_one_line(tmp_path: Path, empty_home: Path) -> None:
     assert str(exc.value) == (
         f"{run / 'records.jsonl'}: record 0: content_chunks is 2 but 3 chunk times were recorded"
     )
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_an_export_that_fails_after_a_batch_leaves_no_half_table(
+    tmp_path: Path, empty_home: Path, fmt: str
+) -> None:
+    base = crafted()[0]
+    good = [base.model_copy(update={"id": i}) for i in range(BATCH_ROWS + 5)]
+    broken = base.model_copy(update={"id": len(good), "content_chunks": 2})
+    run = make_run_dir(tmp_path / "run", crafted())
+    write_records(run / "records.jsonl", [*good, broken])  # the bad record is in batch 2
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RecordError, match=f"record {len(good)}: content_chunks is 2"):
+        write_records_table(run, fmt)  # type: ignore[arg-type]
+    assert sorted(p.name for p in run.iterdir()) == before  # no table, no partial file
 
 
 def test_cli_export(tmp_path: Path, empty_home: Path) -> None:

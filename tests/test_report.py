@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -261,9 +262,25 @@ def test_run_view_credits_proven_tokens_and_shows_usage_beside(tmp_path: Path, h
     # the throughput chart's bins count the proven tokens: the same for both runs
     runs = {r.run_dir.name: r for r in runs_of(home, honest, inflated).verified}
     measured = {
-        name: [x for x in read_records(name_dir / "records.jsonl") if x.phase == "measure"]
+        name: series.RequestSeries.of(read_records(name_dir / "records.jsonl"), runs[name].spec)
         for name, name_dir in (("honest", honest), ("inflated", inflated))
     }
-    assert series.throughput_over_time(measured["inflated"], runs["inflated"].spec) == (
-        series.throughput_over_time(measured["honest"], runs["honest"].spec)
+    assert int(measured["honest"].tokens.sum()) > 0
+    assert series.throughput_over_time(measured["inflated"]) == (
+        series.throughput_over_time(measured["honest"])
     )
+
+
+def test_throughput_over_time_bins_credited_tokens_at_done_times() -> None:
+    # requests done at 0.5, 1.5, 2.5, 3.5, 4.5 and 6 s after the first scheduled send, 10 tokens
+    # each: 2 bins (6 requests // 3) of 3 s, 3 requests each -> 30 tokens / 3 s = 10 tok/s
+    s = series.RequestSeries(
+        start_ns=0,
+        ttft_ms=np.array([]),
+        e2e_ms=np.array([]),
+        done_ns=np.array([500, 1500, 2500, 3500, 4500, 6000], dtype=np.int64) * 1_000_000,
+        tokens=np.array([10] * 6, dtype=np.int64),
+    )
+    assert series.throughput_over_time(s) == ([1.5, 4.5], [10.0, 10.0])
+    empty = series.RequestSeries(None, np.array([]), np.array([]), np.array([]), np.array([]))
+    assert series.throughput_over_time(empty) == ([], [])

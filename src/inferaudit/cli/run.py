@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import threading
@@ -42,8 +43,12 @@ MaxLagMs = Annotated[
 ]
 
 
+_PROGRESS_TTFT_WINDOW = 4096  # the live TTFT p50 is over this many latest requests
+
+
 class LiveProgress:
-    """Rich progress: requests done/failed, request and token rates, TTFT p50 so far."""
+    """Rich progress: requests done/failed, request and token rates, and the TTFT p50 of the
+    latest requests (memory and refresh cost bounded, however long the run)."""
 
     def __init__(self) -> None:
         self.progress = Progress(
@@ -60,7 +65,9 @@ class LiveProgress:
 
     def _reset(self) -> None:
         self.done = self.failed = self.tokens = 0
-        self.ttfts: list[float] = []
+        # the live TTFT p50 is over the latest requests: a list of the whole run's would grow
+        # with it, and its median cost each refresh with it
+        self.ttfts: collections.deque[float] = collections.deque(maxlen=_PROGRESS_TTFT_WINDOW)
         self.t0 = time.monotonic()
         self.last_refresh = 0.0
 
@@ -97,9 +104,10 @@ class LiveProgress:
     def _stats(self) -> str:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         ttft = f"{np.median(self.ttfts):.1f} ms" if self.ttfts else "-"
+        latest = f" (last {len(self.ttfts)})" if len(self.ttfts) == self.ttfts.maxlen else ""
         return (
             f"failed {self.failed}  {self.done / elapsed:.1f} req/s  "
-            f"{self.tokens / elapsed:.0f} tok/s  TTFT p50 {ttft}"
+            f"{self.tokens / elapsed:.0f} tok/s  TTFT p50{latest} {ttft}"
         )
 
 

@@ -1,8 +1,9 @@
 """A run's records as a table: one row per request, typed columns, as Parquet or CSV.
 
-``records_table(records)`` turns records (streamed: ``iter_records``) into a ``pyarrow.Table``
-built in batches of numeric columns (no generated text is kept). Every per-request value comes
-from ``metrics.request_times``, the one place TTFT, E2E, TPOT and ITL of a record are derived:
+``record_batches(records)`` turns records (streamed: ``iter_records``) into batches of typed
+columns (no generated text is kept); ``records_table`` gathers them into a ``pyarrow.Table``.
+Every per-request value comes from ``metrics.request_times``, the one place TTFT, E2E, TPOT and
+ITL of a record are derived:
 
   id, session, turn, worker, phase, tag      the record's own fields (session/turn: multi-turn)
   scheduled_ms                               scheduled send, ms since the run's epoch
@@ -25,9 +26,11 @@ Undefined values are nulls (a failed request has no TTFT; a 1-token reply no TPO
 with one content event no ITL). Values are unrounded: the table is raw data, never a credited
 figure. Every phase is listed (warm-up and check traffic too; ``phase`` tells them apart).
 
-``write_records_table(run_dir, fmt, out)`` writes ``run_dir/records.parquet`` (or ``.csv``) and
-states whether the run's evidence verified under a trust policy (default: the data directory's
-own keys, ``trust.default_policy``) via ``seal.verified.open_verified``: "verified" or
+``write_records_table(run_dir, fmt, out)`` writes ``run_dir/records.parquet`` (or ``.csv``) a
+batch at a time into a temporary file renamed when whole (memory bounded by a batch; a failed
+export leaves no half table), and states whether the run's evidence verified under a trust
+policy (default: the data directory's own keys, ``trust.default_policy``) via
+``seal.verified.open_verified``: "verified" or
 "not verified: <reason>". Parquet carries it in the schema metadata (``inferaudit.evidence``,
 with ``inferaudit.trust_policy``, ``inferaudit.output_tokens`` and ``inferaudit.note``); a CSV
 has a plain header line and a sidecar ``<out>.json`` holding the same keys. CSV text cells
@@ -37,7 +40,7 @@ pass through ``claims.csv_cell`` (no spreadsheet formula).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -171,22 +174,26 @@ def _batch(rows: Sequence[tuple[Cell, ...]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
 
-def records_table(records: Iterable[Record], spec: RunSpec | None = None) -> pa.Table:
-    """One row per record (see the module doc); ``spec`` decides the credited token count.
-
-    Records are consumed one at a time and kept only as cells of ``BATCH_ROWS``-row batches, so
-    an ``iter_records`` stream is never held whole. RecordError for an inconsistent record.
-    """
-    batches: list[pa.RecordBatch] = []
+def record_batches(
+    records: Iterable[Record], spec: RunSpec | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``records`` (see the module doc) in ``BATCH_ROWS``-row batches, at least one;
+    ``spec`` decides the credited token count. Records are consumed one at a time and kept only
+    as the cells of the batch being built. RecordError for an inconsistent record."""
     rows: list[tuple[Cell, ...]] = []
+    any_batch = False
     for record in records:
         rows.append(_row(record, spec))
         if len(rows) == BATCH_ROWS:
-            batches.append(_batch(rows))
-            rows = []
-    if rows or not batches:
-        batches.append(_batch(rows))
-    return pa.Table.from_batches(batches, schema=SCHEMA)
+            yield _batch(rows)
+            any_batch, rows = True, []
+    if rows or not any_batch:
+        yield _batch(rows)
+
+
+def records_table(records: Iterable[Record], spec: RunSpec | None = None) -> pa.Table:
+    """One row per record, as one table (``record_batches`` gathered)."""
+    return pa.Table.from_batches(list(record_batches(records, spec)), schema=SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -246,11 +253,13 @@ def in_file(path: Path, message: str) -> str:
     return message if message.startswith(str(path)) else f"{path}: {message}"
 
 
-def _for_csv(table: pa.Table) -> pa.Table:
+def _for_csv(batch: pa.RecordBatch) -> pa.RecordBatch:
+    columns = list(batch.columns)
     for name in TEXT_COLUMNS:
-        cells = [None if v is None else csv_cell(v) for v in table.column(name).to_pylist()]
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(cells, type=_S))
-    return table
+        i = SCHEMA.get_field_index(name)
+        cells = [None if v is None else csv_cell(v) for v in columns[i].to_pylist()]
+        columns[i] = pa.array(cells, type=_S)
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
 
 def write_records_table(
@@ -269,10 +278,6 @@ def write_records_table(
         raise ConfigError(f"--format {fmt!r}; expected {', '.join(TABLE_FORMATS)}")
     records_path = require_records(run_dir)
     evidence = run_evidence(run_dir, policy)
-    try:
-        table = records_table(iter_records(records_path), evidence.spec)
-    except RecordError as exc:
-        raise RecordError(in_file(records_path, str(exc))) from None
     credited = evidence.spec is None or evidence.spec.credits_proven
     meta = {
         EVIDENCE_KEY: evidence.status,
@@ -282,12 +287,30 @@ def write_records_table(
     }
     path = out if out is not None else run_dir / f"records.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        encoded = {k.encode(): v.encode() for k, v in meta.items()}
-        pq.write_table(table.replace_schema_metadata(encoded), path)
-    else:
-        pa_csv.write_csv(_for_csv(table), path)
-        sidecar: dict[str, str | int] = {"records": RECORDS_FILE, "rows": table.num_rows}
+    # written batch by batch (memory bounded by a batch, not by the run) into a temporary file
+    # that replaces ``path`` only when whole: a failed or killed export leaves no half table
+    partial = path.with_name(f".{path.name}.partial")
+    rows = 0
+    try:
+        batches = record_batches(iter_records(records_path), evidence.spec)
+        if fmt == "parquet":
+            encoded = {k.encode(): v.encode() for k, v in meta.items()}
+            with pq.ParquetWriter(partial, SCHEMA.with_metadata(encoded)) as pq_writer:
+                for batch in batches:
+                    pq_writer.write_batch(batch)
+                    rows += batch.num_rows
+        else:
+            with pa_csv.CSVWriter(partial, SCHEMA) as csv_writer:
+                for batch in batches:
+                    csv_writer.write_batch(_for_csv(batch))
+                    rows += batch.num_rows
+        partial.replace(path)
+    except RecordError as exc:
+        raise RecordError(in_file(records_path, str(exc))) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    if fmt == "csv":
+        sidecar: dict[str, str | int] = {"records": RECORDS_FILE, "rows": rows}
         sidecar.update({k.removeprefix("inferaudit."): v for k, v in meta.items()})
         path.with_name(path.name + ".json").write_bytes(
             orjson.dumps(sidecar, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)

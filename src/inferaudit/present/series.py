@@ -4,15 +4,19 @@ Per-request values come from ``measure.metrics.request_times`` (the summary's ow
 TTFT and E2E from the scheduled send; output tokens as the run's summary credits them, the
 tokens the stream proves for a v2 protocol, usage else content chunks for v1), over the measured
 phase of the run's ``records.jsonl`` — a file the run's verification bound by
-digest. Nothing here re-derives a metric by hand.
+digest — read once, streamed, into columns (:class:`RequestSeries`): a page's memory is bounded
+by the run's request count times a few numbers, never by the records. Nothing here re-derives a
+metric by hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from markupsafe import Markup
 
 from inferaudit.intent.reconcile import run_label
@@ -26,37 +30,71 @@ from inferaudit.seal.verified import VerifiedRun
 MAX_CDF_POINTS = 400
 
 
-def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
+def cdf(values: Sequence[float] | np.ndarray) -> tuple[list[float], list[float]]:
     """Empirical CDF points (value, share of values <= it), at most 400 points."""
-    xs = sorted(values)
+    xs = np.sort(np.asarray(values, dtype=np.float64))
     n = len(xs)
     if n == 0:
         return [], []
     stride = max(1, n // MAX_CDF_POINTS)
     idx = sorted({*range(0, n, stride), n - 1})
-    return [xs[i] for i in idx], [(i + 1) / n for i in idx]
+    return [float(xs[i]) for i in idx], [(i + 1) / n for i in idx]
 
 
-def throughput_over_time(
-    records: Sequence[Record], spec: RunSpec, bins: int = 40
-) -> tuple[list[float], list[float]]:
+@dataclass(frozen=True)
+class RequestSeries:
+    """The per-request numbers the charts need of a run's measured requests, as columns (8
+    bytes a value): the records themselves are read once, streamed, and never held."""
+
+    start_ns: int | None  # the earliest scheduled send (None: no measured request)
+    ttft_ms: np.ndarray  # completed requests with a first content chunk
+    e2e_ms: np.ndarray  # completed requests with a done time
+    done_ns: np.ndarray  # completed requests with a done time: when ...
+    tokens: np.ndarray  # ... and how many output tokens the summary credits them
+
+    @classmethod
+    def of(cls, records: Iterable[Record], spec: RunSpec) -> RequestSeries:
+        start: int | None = None
+        ttft = array("d")  # 8 bytes a value while reading, not a Python float's 32
+        e2e = array("d")
+        done = array("q")
+        tokens = array("q")
+        for r in records:
+            if r.phase != MEASURE_PHASE:
+                continue
+            start = r.scheduled_ns if start is None else min(start, r.scheduled_ns)
+            if not r.ok:
+                continue
+            t = request_times(r)
+            if t.ttft_ms is not None:
+                ttft.append(t.ttft_ms)
+            if t.e2e_ms is not None:
+                e2e.append(t.e2e_ms)
+            if r.done_ns is not None:
+                done.append(r.done_ns)
+                tokens.append(t.credited_tokens(spec))
+        return cls(
+            start_ns=start,
+            ttft_ms=np.frombuffer(ttft, dtype=np.float64),
+            e2e_ms=np.frombuffer(e2e, dtype=np.float64),
+            done_ns=np.frombuffer(done, dtype=np.int64),
+            tokens=np.frombuffer(tokens, dtype=np.int64),
+        )
+
+
+def throughput_over_time(series: RequestSeries, bins: int = 40) -> tuple[list[float], list[float]]:
     """Credited output tokens/s per time bin (tokens counted at each request's done time)."""
-    done = [
-        (r.done_ns, request_times(r).credited_tokens(spec))
-        for r in records
-        if r.ok and r.done_ns is not None
-    ]
-    if not done:
+    n = len(series.done_ns)
+    if not n or series.start_ns is None:
         return [], []
-    start = min(r.scheduled_ns for r in records)
-    end = max(t for t, _ in done)
-    span = max(end - start, 1)
-    k = max(1, min(bins, len(done) // 3 or 1))
+    start = series.start_ns
+    span = max(int(series.done_ns.max()) - start, 1)
+    k = max(1, min(bins, n // 3 or 1))
     width = span / k
     tokens = [0] * k
-    for t, n in done:
-        tokens[min(k - 1, int((t - start) // width))] += n
-    return [(i + 0.5) * width / 1e9 for i in range(k)], [n / (width / 1e9) for n in tokens]
+    for t, count in zip(series.done_ns.tolist(), series.tokens.tolist(), strict=True):
+        tokens[min(k - 1, int((t - start) // width))] += count
+    return [(i + 0.5) * width / 1e9 for i in range(k)], [c / (width / 1e9) for c in tokens]
 
 
 @dataclass(frozen=True)
@@ -126,11 +164,11 @@ def run_view(run: VerifiedRun) -> RunView:
     path = run.run_dir / RECORDS_FILE
     if not path.exists():
         return view
-    measured = [r for r in iter_records(path) if r.phase == MEASURE_PHASE]
-    times = [request_times(r) for r in measured if r.ok]
-    ttft = [t.ttft_ms for t in times if t.ttft_ms is not None]
-    e2e = [t.e2e_ms for t in times if t.e2e_ms is not None]
-    cdfs = [Series(name, *cdf(vals), step=True) for name, vals in (("TTFT", ttft), ("E2E", e2e))]
+    measured = RequestSeries.of(iter_records(path), spec)
+    cdfs = [
+        Series(name, *cdf(vals), step=True)
+        for name, vals in (("TTFT", measured.ttft_ms), ("E2E", measured.e2e_ms))
+    ]
     view.charts.append(
         line_chart(
             cdfs,
@@ -139,7 +177,7 @@ def run_view(run: VerifiedRun) -> RunView:
             y_label="share of completed requests",
         )
     )
-    xs, ys = throughput_over_time(measured, spec)
+    xs, ys = throughput_over_time(measured)
     tp = [Series("per time bin", xs, ys, markers=True)]
     low = run.summary.output_throughput_ci.low
     if low is not None and xs:
