@@ -8,8 +8,14 @@ content-chunk rates, client lag (sent - scheduled) p50/p99, errors, and client C
 1,000 requests (workers' and this process's ``getrusage``; start-up separately). The answer is
 the highest rate sustained with lag p99 < 5 ms, no errors and >= 95 % of the requested rate.
 
+Then, in the same invocation and against the same nginx, path and POST body, ``wrk`` (Debian
+package; C, reads whole responses, no SSE parsing) at a few connection counts, closed loop as
+fast as it can: its best responses/s is the ceiling this machine's loopback and nginx allow, and
+inferaudit's highest sustained rate is printed as a share of it.
+
 Run by hand:  .venv/bin/python bench/client_capacity.py [--workers N] [--seconds S]
-              [--rates 500,1000,...] [--api completions|chat]
+              [--rates 500,1000,...] [--api completions|chat] [--wrk-connections 16,64,256]
+              [--wrk-threads N]
 Figures depend on what else the machine runs at the time; say so when quoting them.
 """
 
@@ -18,19 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from inferaudit.measure.load.client import Target, build_body
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.protocol import Api, Endpoint, Length, Load, RunSpec, Workload
 from inferaudit.measure.records import read_records
+from inferaudit.measure.workload import RequestPlan
 
 CHUNKS = 128
 MODEL = "bench-model"
@@ -126,6 +136,49 @@ http {{
     raise SystemExit("nginx did not start")
 
 
+def wrk_script(base_url: str, api: Api, tmp: Path) -> Path:
+    """A wrk Lua script that POSTs what inferaudit sends for the benchmark's workload (the same
+    headers and a body of the same shape and length)."""
+    target = Target.of(Endpoint(base_url=base_url, model=MODEL, api=api), None)
+    plan = RequestPlan(
+        id=0, phase="measure", prompt=" tok" * 64, input_tokens=64, max_tokens=CHUNKS
+    )
+    body = build_body(plan, target).decode()
+    assert "]==]" not in body
+    lines = ['wrk.method = "POST"', f"wrk.body = [==[{body}]==]"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items()]
+    path = tmp / f"wrk-{api}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_wrk(url: str, script: Path, connections: int, threads: int, seconds: float) -> WrkPoint:
+    """One wrk run: its responses/s, and its non-2xx and socket errors (0 expected)."""
+    cmd = [
+        shutil.which("wrk") or "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", out, re.M)
+    if rps is None:
+        raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkPoint(connections, float(rps.group(1)), errors + (int(bad.group(1)) if bad else 0))
+
+
+@dataclass(frozen=True)
+class WrkPoint:
+    connections: int
+    rps: float
+    errors: int
+
+
 def cpu(who: int) -> float:
     u = resource.getrusage(who)
     return u.ru_utime + u.ru_stime
@@ -178,7 +231,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rates", default="250,500,750,1000,1250,1500,1750,2000,2500,3000")
     ap.add_argument("--api", choices=("completions", "chat"), default="completions")
+    ap.add_argument("--wrk-connections", default="16,64,256")
+    ap.add_argument("--wrk-threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk (scripts/setup --test does)")
     rates = [float(r) for r in args.rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="inferaudit-bench-") as d:
         tmp = Path(d)
@@ -218,6 +275,23 @@ def main() -> None:
                     f"{best['lag_p99_ms']:.2f} ms, {best['cpu_s_per_1k']:.3f} CPU s per 1,000 "
                     f"requests (in run; {best['cpu_s_per_1k_with_startup']:.3f} with start-up)"
                 )
+            script = wrk_script(base, Api(args.api), tmp)
+            url = f"{base}/{'chat/completions' if args.api == 'chat' else 'completions'}"
+            print(f"wrk, {args.wrk_threads} threads, {args.seconds:g} s per point, same POST:")
+            points = []
+            for c in (int(c) for c in args.wrk_connections.split(",")):
+                w = run_wrk(url, script, c, args.wrk_threads, args.seconds)
+                points.append(w)
+                print(
+                    f"  {w.connections:5d} connections: {w.rps:9.0f} responses/s, {w.errors} errors"
+                )
+            top = max(points, key=lambda w: w.rps)
+            mine = 0.0 if best is None else best["achieved_rps"]
+            print(
+                f"wrk best {top.rps:.0f} responses/s ({top.connections} connections); inferaudit "
+                f"sustained {mine:.0f} req/s = {100 * mine / top.rps:.1f}% of it "
+                f"(loadavg {os.getloadavg()[0]:.2f})"
+            )
         finally:
             nginx.terminate()
             nginx.wait(10)

@@ -14,8 +14,11 @@ lengths: the figures must stay flat, not grow with the count):
 ``verify``  writes a synthetic run directory of ``--records`` valid records (``--chunks``
             content events each, text kept) and its spec, then in fresh child processes: the
             summary (``summarize(records.jsonl, spec)``, written as ``summary.json``) and
-            ``verify``'s recomputation of it (``seal.recompute.recompute_summary``), each
-            printing its VmHWM. Target at 10^6 records: under 1 GB.
+            ``verify``'s recomputation of it (``seal.recompute.recompute_summary``), the
+            verdicts of every check that needs no extra file, judged as ``inferaudit run``
+            does (``measure.record_store.open_records``), and ``verify``'s recheck of them
+            (``seal.recompute.recheck_verdicts``), each printing its VmHWM. Target at 10^6
+            records: under 1 GB.
 
 Run by hand:  .venv/bin/python bench/memory.py client [--rate 200] [--seconds 120] [--workers 2]
               .venv/bin/python bench/memory.py verify [--records 1000000] [--chunks 16]
@@ -164,11 +167,15 @@ def client(args: argparse.Namespace) -> None:
 
 def write_run(run_dir: Path, n: int, chunks: int, rate: float = 1000.0) -> RunSpec:
     """A synthetic run directory: ``spec.json`` and ``n`` valid measured records."""
+    from inferaudit.judge.suite import ALL_CHECKS
     from inferaudit.measure.protocol import canonical_bytes
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = _spec("http://127.0.0.1:9/v1", rate, n / rate, 4, chunks)
+    spec = _spec("http://127.0.0.1:9/v1", rate, n / rate, 4, chunks).model_copy(
+        update={"checks": tuple(c for c in ALL_CHECKS if c not in ("identity", "server-counters"))}
+    )
     (run_dir / "spec.json").write_bytes(canonical_bytes(spec))
+    (run_dir / "health.jsonl").write_bytes(b"")  # no client windows: the timing rules abstain
     rng = random.Random(1)
     with open(run_dir / "records.jsonl", "wb") as fh:
         for i in range(n):
@@ -220,6 +227,44 @@ def _recompute_child(run_dir: Path) -> None:
     print(json.dumps(out), flush=True)
 
 
+def _judge_child(run_dir: Path) -> None:
+    """The verdicts as ``inferaudit run`` judges them (``open_records``: a store when large)."""
+    from inferaudit.judge.suite import recheck
+    from inferaudit.measure.record_store import RecordStore, open_records
+
+    spec = RunSpec.model_validate_json((run_dir / "spec.json").read_bytes())
+    t0 = time.monotonic()
+    records = open_records(run_dir / "records.jsonl")
+    verdicts = recheck(records, spec, names=spec.checks, health=[])
+    (run_dir / "verdicts.json").write_bytes(orjson.dumps([v.to_json() for v in verdicts]))
+    out = {
+        "s": time.monotonic() - t0,
+        "hwm_mb": _self_hwm_mb(),
+        "store": isinstance(records, RecordStore),
+        "verdicts": [f"{v.check} {v.verdict.value}" for v in verdicts],
+    }
+    print(json.dumps(out), flush=True)
+
+
+def _recheck_child(run_dir: Path) -> None:
+    """``verify``'s step 11 over the verdicts ``_judge`` wrote."""
+    from inferaudit.seal.recompute import recheck_verdicts
+
+    signed = orjson.loads((run_dir / "verdicts.json").read_bytes())
+    t0 = time.monotonic()
+    ok, detail = recheck_verdicts(run_dir, signed, None, None, v2=True)
+    out = {"s": time.monotonic() - t0, "hwm_mb": _self_hwm_mb(), "ok": ok, "detail": detail}
+    print(json.dumps(out), flush=True)
+
+
+CHILDREN = {
+    "_summary": _summary_child,
+    "_recompute": _recompute_child,
+    "_judge": _judge_child,
+    "_recheck": _recheck_child,
+}
+
+
 def _child(kind: str, run_dir: Path) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, __file__, kind, str(run_dir)], capture_output=True, check=False
@@ -250,6 +295,18 @@ def verify(args: argparse.Namespace) -> None:
             f"  recompute: {'equal' if again['ok'] else 'DIFFERS'} ({again['detail']}), peak RSS "
             f"(VmHWM) {again['hwm_mb']:.0f} MB, {again['s']:.0f} s (bound: 1 GB)"
         )
+        judged = _child("_judge", run_dir)
+        print(
+            f"  verdicts:  {', '.join(judged['verdicts'])} "  # type: ignore[arg-type]
+            f"({'record store' if judged['store'] else 'records held whole'}), peak RSS "
+            f"(VmHWM) {judged['hwm_mb']:.0f} MB, {judged['s']:.0f} s"
+        )
+        rechecked = _child("_recheck", run_dir)
+        print(
+            f"  recheck:   {'equal' if rechecked['ok'] else 'DIFFERS'} ({rechecked['detail']}), "
+            f"peak RSS (VmHWM) {rechecked['hwm_mb']:.0f} MB, {rechecked['s']:.0f} s "
+            "(bound: 1 GB)"
+        )
 
 
 def main() -> None:
@@ -257,8 +314,8 @@ def main() -> None:
         url, rate, seconds, workers, tmp = sys.argv[2:7]
         _client_child(url, float(rate), float(seconds), int(workers), Path(tmp))
         return
-    if len(sys.argv) > 1 and sys.argv[1] in ("_summary", "_recompute"):
-        (_summary_child if sys.argv[1] == "_summary" else _recompute_child)(Path(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] in CHILDREN:
+        CHILDREN[sys.argv[1]](Path(sys.argv[2]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)

@@ -234,3 +234,37 @@ def test_a_lost_node_keeps_its_records_and_marks_the_run(cluster: Any, tmp_path:
     assert result.finished == 60
     assert result.ray.clocks[gone].offset_after_ns is None
     assert result.ray.clocks[kept_worker].offset_after_ns is not None
+
+
+def test_a_wrong_ray_address_is_one_line_before_any_ray_call(tmp_path: Path) -> None:
+    """Nothing listens at the address: `inferaudit run --backend ray` says so in one line, exit
+    2, without waiting for ray.init's retries (the probe runs first; the endpoint is never
+    contacted, so none is needed)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nobody listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "inferaudit", "run", "--endpoint", "http://127.0.0.1:9",
+             "--model", "m", "--rate", "2", "--requests", "4", "--backend", "ray",
+             "--ray-address", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "INFERAUDIT_HOME": str(tmp_path)},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"--ray-address 127.0.0.1:{port}: no Ray head answers there" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_malformed_ray_address_is_refused() -> None:
+    from inferaudit.measure.load.ray_backend import probe_address
+
+    with pytest.raises(ConfigError, match="not auto or HOST:PORT"):
+        probe_address("head-without-port")
+    probe_address("auto")  # Ray's own lookup, not probed

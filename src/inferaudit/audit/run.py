@@ -61,7 +61,8 @@ from inferaudit.measure.planner import Planner
 from inferaudit.measure.probes.send import model_listed, send_phase
 from inferaudit.measure.probes.top_up import top_up
 from inferaudit.measure.protocol import RunSpec, Sampling, canonical_bytes
-from inferaudit.measure.records import Record, read_records
+from inferaudit.measure.record_store import open_records
+from inferaudit.measure.records import Record, iter_records
 from inferaudit.measure.rundir import (
     HEALTH_FILE,
     META_FILE,
@@ -315,7 +316,7 @@ def run_verification(
     verdicts: list[Verdict] = []
     after, label = traffic.after, "checks: audit block"
     if not result.interrupted and traffic.stream is not None:
-        extra = top_up(spec, traffic, read_records(records_path), planner=planner)
+        extra = top_up(spec, traffic, iter_records(records_path), planner=planner)  # one pass
         meta["audit_top_up"] = extra.to_json()
         write_json(run_dir / META_FILE, meta)
         after = extra.plans
@@ -329,7 +330,7 @@ def run_verification(
     write_seed(run_dir, secret)  # after the last request (contract C5)
     if not result.interrupted:
         verdicts = suite.judge(
-            read_records(records_path),
+            open_records(records_path),  # memory bounded, however long the run (record_store)
             spec,
             model_listed=listed,
             # the noise-aware timing rules where the run recorded client health (C3)

@@ -463,8 +463,9 @@ def run(
         concurrency, max_concurrency = max_concurrency, None  # vLLM: rate inf, N at a time
     ray_backend = None
     if choice(backend, ("local", "ray"), "--backend") == "ray":
-        from inferaudit.measure.load.ray_backend import RayBackend, cluster_cpus
+        from inferaudit.measure.load.ray_backend import RayBackend, cluster_cpus, probe_address
 
+        probe_address(ray_address)  # one line now, not ray.init's minute of retries
         ray_backend = RayBackend(address=ray_address, workers=ray_workers or None)
         workers = ray_workers or cluster_cpus(ray_backend)
     elif ray_workers or ray_address != "auto":

@@ -68,9 +68,10 @@ def tokens_per_event(r: Record) -> list[int]:
 def tpot_ms(r: Record) -> float | None:
     """The stream's own time per output token after the first event (None below 2 events)."""
     tokens = tokens_per_event(r)
-    if len(r.chunk_ns) < 2:
+    ns = r.chunk_ns
+    if len(ns) < 2:
         return None
-    return (r.chunk_ns[-1] - r.chunk_ns[0]) / 1e6 / max(sum(tokens) - tokens[0], 1)
+    return (ns[-1] - ns[0]) / 1e6 / max(sum(tokens) - tokens[0], 1)
 
 
 def tick_ms(r: Record, tick: float = TICK_MS) -> float:
@@ -81,19 +82,21 @@ def tick_ms(r: Record, tick: float = TICK_MS) -> float:
 def group_spans(r: Record, *, tick: float = TICK_MS) -> list[tuple[int, int, int]]:
     """(first event, last event, tokens) of each group (>= 2 consecutive events within the
     tick) in one record."""
-    if len(r.chunk_ns) < 2:
+    ns = r.chunk_ns  # read once: a stored record's list comes from its file (record_store)
+    k = len(ns)
+    if k < 2:
         return []
     limit_ns = tick_ms(r, tick) * 1e6
     tokens = tokens_per_event(r)
     out: list[tuple[int, int, int]] = []
     first, toks = 0, tokens[0]
-    for i in range(1, len(r.chunk_ns) + 1):
-        if i < len(r.chunk_ns) and r.chunk_ns[i] - r.chunk_ns[i - 1] <= limit_ns:
+    for i in range(1, k + 1):
+        if i < k and ns[i] - ns[i - 1] <= limit_ns:
             toks += tokens[i]
             continue
         if i - 1 > first:
             out.append((first, i - 1, toks))
-        if i < len(r.chunk_ns):
+        if i < k:
             first, toks = i, tokens[i]
     return out
 

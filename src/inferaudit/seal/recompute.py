@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from inferaudit.errors import InferauditError
 from inferaudit.measure.protocol import RunSpec
+from inferaudit.measure.record_store import open_records
 from inferaudit.measure.records import Record, file_lines, read_records
 from inferaudit.measure.rundir import (
     HEALTH_FILE,
@@ -121,7 +122,7 @@ def recheck_verdicts(
         return False, "the run has no verdicts list"
     try:
         spec = _spec(run_dir)
-        records = read_records(run_dir / RECORDS_FILE)
+        records = open_records(run_dir / RECORDS_FILE)  # memory bounded (record_store)
         skipped: list[str] = []
         tok = fp = None
         for path, digest, uses, what in (

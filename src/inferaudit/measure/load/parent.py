@@ -41,7 +41,7 @@ from inferaudit.measure.load.worker import worker_entry
 from inferaudit.measure.protocol import RunSpec
 from inferaudit.measure.records import Record, RecordWriter
 
-__all__ = ["EPOCH_LEAD_NS", "Parent", "ParentOutcome", "WorkerInfo"]
+__all__ = ["EPOCH_LEAD_NS", "Parent", "ParentOutcome", "WorkerInfo", "dispatch_control"]
 
 EPOCH_LEAD_NS = 50_000_000  # the epoch is set this far ahead of "go" so every worker has it
 START_TIMEOUT_S = 120.0
@@ -82,6 +82,32 @@ class ParentOutcome:
 
 class _WorkerLost(Exception):
     """A worker process ended before it was ready (internal)."""
+
+
+def dispatch_control(
+    msg: object,
+    w: int,
+    recorder: HealthRecorder,
+    stats: dict[int, WorkerStats],
+    reported: set[int],
+) -> str | None:
+    """Act on one control message from worker ``w`` after its Go (the local parent and the Ray
+    driver alike): a health sample goes to ``recorder``; ``Done`` keeps its ``stats`` and marks
+    ``w`` as ``reported`` and ended; ``Failed`` marks it so too. Returns the line that ends the
+    run (``Failed``, or a message of no known type), else None."""
+    if isinstance(msg, HealthSample):
+        recorder.sample(msg)
+        return None
+    if isinstance(msg, Done):
+        stats[w] = msg.stats
+        reported.add(w)
+        recorder.worker_ended(w)
+        return None
+    if isinstance(msg, Failed):
+        reported.add(w)
+        recorder.worker_ended(w)
+        return f"load {msg.message}"
+    return f"load worker {w} sent an unknown message {type(msg).__name__}"
 
 
 def exit_text(code: int | None) -> str:
@@ -324,18 +350,9 @@ class Parent:
                                 f"{exit_text(procs[w].exitcode)}"
                             )
                         continue
-                    if isinstance(msg, HealthSample):
-                        recorder.sample(msg)
-                    elif isinstance(msg, Done):
-                        self.stats[w] = msg.stats
-                        reported.add(w)
-                        recorder.worker_ended(w)
-                    elif isinstance(msg, Failed):
-                        reported.add(w)
-                        recorder.worker_ended(w)
-                        self._fail(f"load {msg.message}")
-                    else:
-                        self._fail(f"load worker {w} sent an unknown message {type(msg).__name__}")
+                    why = dispatch_control(msg, w, recorder, self.stats, reported)
+                    if why is not None:
+                        self._fail(why)
             recorder.tick()
             if self.should_stop is not None and not self.interrupted and self.should_stop():
                 self.interrupted = True

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,14 +48,15 @@ import orjson
 from pydantic import ValidationError
 
 from inferaudit.errors import ConfigError, WorkerError
-from inferaudit.measure.health import HealthRecorder, HealthSample
-from inferaudit.measure.load.messages import (
-    Done,
-    Failed,
-    WorkerArgs,
-    WorkerStats,
+from inferaudit.measure.health import HealthRecorder
+from inferaudit.measure.load.messages import WorkerArgs, WorkerStats
+from inferaudit.measure.load.parent import (
+    EPOCH_LEAD_NS,
+    ParentOutcome,
+    WorkerInfo,
+    dispatch_control,
+    exit_text,
 )
-from inferaudit.measure.load.parent import EPOCH_LEAD_NS, ParentOutcome, WorkerInfo, exit_text
 from inferaudit.measure.load.ray_actor import Batch, NodeWorker, ray_module
 from inferaudit.measure.protocol import ErrorBudget, RunSpec
 from inferaudit.measure.records import CANCELLED, Record, RecordWriter
@@ -167,9 +169,31 @@ def cluster_cpus(backend: RayBackend) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+PROBE_TIMEOUT_S = 3.0
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse a HOST:PORT where nothing listens in one line, before ``ray.init`` (which would
+    retry for a minute and then print pages). "auto" and ``ray://`` addresses are Ray's own."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r}: not auto or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"--ray-address {address}: no Ray head answers there ({why}); start one with "
+            f"`ray start --head --port {port}`"
+        ) from None
+
+
 def _connect(ray: Any, backend: RayBackend) -> None:
     if ray.is_initialized():
         return
+    probe_address(backend.address)
     try:
         ray.init(address=backend.address, log_to_driver=False, include_dashboard=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -377,18 +401,9 @@ class _Driver:
                 for line in lines:
                     self._write(writer, recorder, w, line)
                 for msg in batch.messages:
-                    if isinstance(msg, HealthSample):
-                        recorder.sample(msg)
-                    elif isinstance(msg, Done):
-                        self.stats[w] = msg.stats
-                        reported.add(w)
-                        recorder.worker_ended(w)
-                    elif isinstance(msg, Failed):
-                        reported.add(w)
-                        recorder.worker_ended(w)
-                        self._fail(f"load {msg.message}")
-                    else:
-                        self._fail(f"load worker {w} sent an unknown message {type(msg).__name__}")
+                    why = dispatch_control(msg, w, recorder, self.stats, reported)
+                    if why is not None:
+                        self._fail(why)
                 if batch.ended:
                     del live[w]
                     self.exitcodes[w] = batch.exitcode
