@@ -8,6 +8,10 @@ node has one CPU, so the placement group's two one-CPU bundles land one per node
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +30,7 @@ from inferaudit.measure.load.ray_backend import (  # noqa: E402
     RayBackend,
     RayInfo,
     clock_problem,
+    probe_address,
 )
 from inferaudit.measure.load.runner import run_load  # noqa: E402
 from inferaudit.measure.protocol import (  # noqa: E402
@@ -240,11 +245,6 @@ def test_a_wrong_ray_address_is_one_line_before_any_ray_call(tmp_path: Path) -> 
     """Nothing listens at the address: `inferaudit run --backend ray` says so in one line, exit
     2, without waiting for ray.init's retries (the probe runs first; the endpoint is never
     contacted, so none is needed)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as s:  # a port nobody listens on (bound, never listening)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -263,8 +263,6 @@ def test_a_wrong_ray_address_is_one_line_before_any_ray_call(tmp_path: Path) -> 
 
 
 def test_a_malformed_ray_address_is_refused() -> None:
-    from inferaudit.measure.load.ray_backend import probe_address
-
     with pytest.raises(ConfigError, match="not auto or HOST:PORT"):
         probe_address("head-without-port")
     probe_address("auto")  # Ray's own lookup, not probed

@@ -53,6 +53,21 @@ def test_a_bad_line_is_named_and_a_torn_last_line_is_ignored(tmp_path: Path) -> 
         RecordStore(path)
 
 
+@pytest.mark.parametrize("usage", [1 << 63, -(1 << 63), (1 << 64) - 1])
+def test_a_number_no_column_holds_is_kept_exactly(tmp_path: Path, usage: int) -> None:
+    # ``usage`` is the server's to choose: 2^63 overflows an int64 column and -2^63 is the
+    # columns' None; either must read back as sent, never as None or an error.
+    lines = (DATA / "evidence-v2" / "records.jsonl").read_bytes().splitlines(keepends=True)
+    rec = Record.model_validate(orjson.loads(lines[1]))
+    odd = rec.model_copy(update={"usage_completion_tokens": usage})
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(lines[0] + odd.to_line() + lines[2])
+    store, whole = RecordStore(path), read_records(path)
+    assert whole[1].usage_completion_tokens == usage
+    assert [r.usage_completion_tokens for r in store] == [r.usage_completion_tokens for r in whole]
+    assert store[1].output_tokens == usage and store[0].usage_completion_tokens is not None
+
+
 def test_a_small_file_is_read_whole_and_a_large_one_stored(tmp_path: Path) -> None:
     path = DATA / "evidence-v1" / "records.jsonl"
     assert isinstance(open_records(path), list)

@@ -1,7 +1,7 @@
 """A run's records for the judges, in memory bounded by a constant, not by the run's length.
 
-``open_records(path)`` is what the verdicts (``audit.run``, ``verify``'s step 11) and the audit
-top-up read. A records file up to ``IN_MEMORY_BYTES`` is read whole into
+``open_records(path)`` is what the verdicts read (``audit.run``, ``verify``'s step 11). A records
+file up to ``IN_MEMORY_BYTES`` is read whole into
 :class:`~inferaudit.measure.records.Record` objects, as before. A larger one becomes a
 :class:`RecordStore`: one read validates every line (the same ``RecordError`` as
 ``read_records``) and keeps, per record, its byte range in the file and its scalar fields in
@@ -9,7 +9,9 @@ typed columns (8 bytes a number; phase, tag, error class, finish reason, model a
 codes into the distinct values seen). The lists and texts (chunk times and sizes, output text,
 top logprobs, hashes, error message) stay in the file: reading one of them re-reads that record's
 line (``os.pread``, so the file's pages are the OS cache's, not this process's) and keeps the
-last ``CACHE_RECORDS`` records parsed. 10^6 records take ~250 MB, whatever their length.
+last ``CACHE_RECORDS`` records parsed. 10^6 records take ~250 MB, whatever their length. A
+number no int64 column holds exactly (a server's ``usage`` of 2^63, or of -2^63, the columns'
+None) keeps its whole record in memory instead: its value is never lost or read as None.
 
 The store is a ``Sequence[Record]`` of :class:`RecordView` objects, one per record, made once:
 a view answers every attribute of its record -- fields, properties (``ok``, ``lag_ns``, ...)
@@ -28,17 +30,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast, overload
 
-import orjson
-from pydantic import ValidationError
-
-from inferaudit.errors import ConfigError, RecordError
-from inferaudit.measure.records import Record
+from inferaudit.errors import ConfigError
+from inferaudit.measure.records import Record, parse_record, read_records
 
 __all__ = ["CACHE_RECORDS", "IN_MEMORY_BYTES", "RecordStore", "RecordView", "open_records"]
 
 IN_MEMORY_BYTES = 64 << 20  # a records file up to this is read whole (~3x its size in objects)
 CACHE_RECORDS = 4096
-NONE = -(1 << 63)  # an int column's None (no field reaches it)
+NONE = -(1 << 63)  # an int column's None (a record whose field is this is kept whole)
+INT64_MAX = (1 << 63) - 1
 INT_FIELDS = tuple(
     name
     for name, f in Record.model_fields.items()
@@ -55,8 +55,6 @@ def open_records(path: Path, in_memory_bytes: int | None = None) -> Sequence[Rec
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such records file") from None
     if size <= (IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes):
-        from inferaudit.measure.records import read_records
-
         return read_records(path)
     return RecordStore(path)
 
@@ -81,8 +79,12 @@ class RecordView:
 
 def _int_field(name: str) -> property:
     def get(view: RecordView) -> int | None:
-        v = view._store._ints[name][view._i]
-        return None if v == NONE else v
+        store, i = view._store, view._i
+        v = store._ints[name][i]
+        if v != NONE:
+            return v
+        whole = store._whole.get(i)
+        return None if whole is None else getattr(whole, name)
 
     return property(get)
 
@@ -131,6 +133,7 @@ class RecordStore(Sequence[Record]):
         self._codes = {name: array("l") for name in STR_FIELDS}
         self._values: list[str] = []
         self._value_code: dict[str, int] = {}
+        self._whole: dict[int, Record] = {}  # records with a number no column holds exactly
         self._cache: OrderedDict[int, Record] = OrderedDict()
         self._last = -1  # the record read last (the judges read one record's fields in a row)
         self._read()
@@ -148,14 +151,7 @@ class RecordStore(Sequence[Record]):
                 line = raw[:-1]
                 if not line.strip():
                     continue
-                self._keep(start, len(line), self._validate(line, number))
-
-    def _validate(self, line: bytes, number: int) -> Record:
-        try:
-            return Record.model_validate(orjson.loads(line))
-        except (orjson.JSONDecodeError, ValidationError) as exc:
-            message = str(exc).splitlines()[0]
-            raise RecordError(f"{self.path}:{number}: bad record: {message}") from None
+                self._keep(start, len(line), parse_record(self.path, number, line))
 
     def _keep(self, start: int, length: int, rec: Record) -> None:
         self._offsets.append(start)
@@ -163,6 +159,9 @@ class RecordStore(Sequence[Record]):
         values = rec.__dict__
         for name, column in self._ints.items():
             v = values[name]
+            if v is not None and not NONE < v <= INT64_MAX:
+                self._whole[len(self._offsets) - 1] = rec
+                v = None
             column.append(NONE if v is None else v)
         for name, codes in self._codes.items():
             s = values[name]

@@ -267,11 +267,16 @@ def iter_records(path: Path) -> Iterator[Record]:
     if first is None:
         return
     for number, line in itertools.chain((first,), lines):
-        try:
-            yield Record.model_validate(orjson.loads(line))
-        except (orjson.JSONDecodeError, ValidationError) as exc:
-            message = str(exc).splitlines()[0]
-            raise RecordError(f"{path}:{number}: bad record: {message}") from None
+        yield parse_record(path, number, line)
+
+
+def parse_record(path: Path, number: int, line: bytes) -> Record:
+    """Line ``number`` of the records file ``path``, validated; a RecordError naming it."""
+    try:
+        return Record.model_validate(orjson.loads(line))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        message = str(exc).splitlines()[0]
+        raise RecordError(f"{path}:{number}: bad record: {message}") from None
 
 
 def read_records(path: Path) -> list[Record]:
