@@ -44,6 +44,9 @@ class Behaviour:
     comments: bool = False  # ": keep-alive" comment frames between events
     split: int = 0  # write the body in pieces of this many bytes (0: one write per event)
     models: tuple[str, ...] = ("fake-model",)
+    finish_reason: Any = "length"  # the last choice's finish_reason (any JSON value)
+    usage: Any = None  # when not None: the usage event's "usage" (any JSON value)
+    served_model: Any = None  # when not None: every event's "model" (any JSON value)
     api_key: str | None = None  # when set, other Authorization headers get 401
 
 
@@ -202,14 +205,15 @@ class FakeServer:
         tokens = req.get("max_tokens") if b.honour_max_tokens else None
         tokens = tokens or b.tokens
         nl = "\r\n" if b.crlf else "\n"
-        base = {"id": "cmpl-1", "created": 1, "model": req.get("model")}
+        model = req.get("model") if b.served_model is None else b.served_model
+        base = {"id": "cmpl-1", "created": 1, "model": model}
         out: list[bytes] = []
 
         def ev(obj: dict[str, Any] | str) -> bytes:
             text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
             return f"data: {text}{nl}{nl}".encode()
 
-        def choice(content: str | None, finish: str | None) -> dict[str, Any]:
+        def choice(content: str | None, finish: Any) -> dict[str, Any]:
             if chat:
                 delta = {} if content is None else {"content": content}
                 return {"index": 0, "delta": delta, "finish_reason": finish}
@@ -257,8 +261,10 @@ class FakeServer:
                 out.append(f": keep-alive{nl}".encode())
         if b.no_done:
             return out
-        out.append(ev({**base, "object": kind, "choices": [choice(None, "length")]}))
+        out.append(ev({**base, "object": kind, "choices": [choice(None, b.finish_reason)]}))
         usage = {"prompt_tokens": 7, "completion_tokens": word, "total_tokens": 7 + word}
+        if b.usage is not None:
+            usage = b.usage
         out.append(ev({**base, "object": kind, "choices": [], "usage": usage}))
         out.append(ev("[DONE]"))
         return out

@@ -264,6 +264,49 @@ def test_malformed_event_keeps_the_content_before_it_aligned() -> None:
     assert rec.content_chunks == len(rec.chunk_ns) == len(rec.chunk_chars) == 2
 
 
+@pytest.mark.parametrize(
+    ("behaviour", "field", "message"),
+    [
+        (
+            Behaviour(finish_reason=5),
+            "finish_reason",
+            "finish_reason: Input should be a valid string",
+        ),
+        (Behaviour(served_model=["m"]), "model", "model: Input should be a valid string"),
+        (
+            Behaviour(usage={"prompt_tokens": "7", "completion_tokens": 4.5}),
+            "usage_completion_tokens",
+            "usage_completion_tokens: Input should be a valid integer, got a number with a "
+            "fractional part",
+        ),
+        (
+            Behaviour(usage={"prompt_tokens": 2**64, "completion_tokens": 4}),
+            "usage_prompt_tokens",
+            "usage_prompt_tokens: Unable to parse input string as an integer, exceeded maximum "
+            "size",
+        ),
+    ],
+)
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_a_server_value_the_record_cannot_hold_is_the_endpoints_malformed_event(
+    behaviour: Behaviour, field: str, message: str, api: str
+) -> None:
+    """A finish_reason, model or usage count of the wrong type (or too big to write) fails
+    the request as sse_malformed with the value dropped: it used to raise in the worker, which
+    stopped the run as a client bug -- an endpoint could turn its FAIL into an invalid run."""
+    rec = one(behaviour, api)
+    assert rec.error_class == "sse_malformed"
+    assert rec.error_message == f"bad event: {message}"
+    assert getattr(rec, field) is None
+    assert rec.output_text == " w0 w1 w2 w3"  # the content it did send is kept
+    assert Record.model_validate_json(rec.to_line()) == rec  # and the line is writable
+
+
+def test_usage_as_a_whole_number_float_is_still_a_count() -> None:
+    rec = one(Behaviour(usage={"prompt_tokens": 7.0, "completion_tokens": 4}))
+    assert rec.ok and rec.usage_prompt_tokens == 7 and rec.finish_reason == "length"
+
+
 def test_check_endpoint_other_status_is_one_line() -> None:
     with FakeServer() as srv, pytest.raises(EndpointError) as info:
         check_endpoint(Endpoint(base_url=srv.base_url.replace("/v1", "/v2"), model=MODEL), None)

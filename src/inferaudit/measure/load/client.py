@@ -12,7 +12,8 @@ its character count. A request never raises for anything the endpoint does: the 
   first_byte_timeout  no byte of the response body within ``load.first_byte_timeout_s`` of the
                       actual send
   stall_timeout       no byte for ``load.stall_timeout_s`` after the previous one
-  sse_malformed       an event that is not the JSON of a completion chunk
+  sse_malformed       an event that is not the JSON of a completion chunk, or one whose
+                      finish_reason, model, usage or logprobs the record cannot hold
   stream_error        the stream carried an ``{"error": ...}`` event
   stream_truncated    the connection closed mid-stream, or ended without ``[DONE]`` or a
                       ``finish_reason``
@@ -45,6 +46,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import ValidationError
 
 from inferaudit.measure.load.deadline import Timeouts, Watch
 from inferaudit.measure.load.pool import (
@@ -284,7 +286,7 @@ def _record(
         limit = target.max_text_bytes
         kept = text if limit is None or len(data) <= limit else _cut(data, limit)
     assert st.done is not None
-    return Record(
+    return _checked(
         id=plan.id,
         worker=worker,
         phase=plan.phase,
@@ -317,6 +319,35 @@ def _record(
         turn=plan.turn,
         retried=retried,
     )
+
+
+# What the server chose and the record holds as it came: values of another type, or a count a
+# records line cannot hold, are the endpoint's malformed events (see _checked).
+_SERVER_FIELDS = frozenset(
+    {"finish_reason", "model", "usage_prompt_tokens", "usage_completion_tokens", "top_logprobs"}
+)
+
+
+def _checked(**fields: Any) -> Record:
+    """The record of ``fields``; when a value the server chose cannot be held -- a
+    ``finish_reason`` or ``model`` that is not a string, a ``usage`` count that is not a
+    64-bit integer (orjson reads a larger one as a float), logprobs that are not numbers --
+    that value is dropped (None) and the request fails as ``sse_malformed`` naming it: the
+    endpoint's fault, recorded like any other, never a crash of the client's worker (which
+    stops the run as the client's failure: an endpoint could turn a FAIL into an invalid run)."""
+    try:
+        return Record(**fields)
+    except ValidationError as exc:
+        wrong: dict[str, str] = {}
+        for error in exc.errors():
+            wrong.setdefault(str(error["loc"][0]), error["msg"])
+        if not wrong.keys() <= _SERVER_FIELDS:
+            raise  # a value the client made: a bug, not the endpoint's
+    fields.update(dict.fromkeys(wrong))
+    fields["error_class"] = "sse_malformed"
+    detail = "; ".join(f"{name}: {msg}" for name, msg in wrong.items())
+    fields["error_message"] = f"bad event: {detail}"[:ERROR_MESSAGE_CHARS]
+    return Record(**fields)
 
 
 def _cut(data: bytes, limit: int) -> str:
