@@ -11,6 +11,7 @@ import pytest
 from fakes import Behaviour, FakeServer, closed_port
 from inferaudit.errors import ConfigError, EndpointError
 from inferaudit.measure.load.client import api_key_for, check_endpoint, send_plans
+from inferaudit.measure.load.sse import MAX_EVENT_BYTES
 from inferaudit.measure.protocol import Endpoint, Workload
 from inferaudit.measure.records import Record
 from inferaudit.measure.workload import RequestPlan
@@ -345,3 +346,14 @@ def test_text_is_cut_at_a_character_boundary_and_digested_whole() -> None:
     assert rec.output_sha256 == hashlib.sha256(full.encode()).hexdigest()
     assert rec.output_text == " é€😀0 é"  # 11 + 3 bytes; the next character (€) would make 17
     assert not rec.text_complete
+
+
+def test_an_event_past_the_size_limit_is_malformed() -> None:
+    """Events a little under MAX_EVENT_BYTES are read; one over it (JSON around a content of
+    that many characters) fails the request as the endpoint's malformed event."""
+    fits = one(Behaviour(big_chunks=2, chunk_bytes=MAX_EVENT_BYTES - 200))
+    assert fits.ok and fits.output_chars == 2 * (MAX_EVENT_BYTES - 200)
+    rec = one(Behaviour(big_chunks=2, chunk_bytes=MAX_EVENT_BYTES))
+    assert rec.error_class == "sse_malformed"
+    assert rec.error_message == "bad event: an event of more than 1,048,576 bytes"
+    assert rec.content_chunks == 0

@@ -87,7 +87,9 @@ def test_a_duration_run_plans_its_audit_inside_the_load() -> None:
     roles = Counter(stream.role(i) for i in ids)
     # every drawn role is carried out (a source always exists at these densities)
     assert (len(repeats), len(hits), len(replayed)) == (
-        roles[Role.repeat], roles[Role.hit], roles[Role.replay]
+        roles[Role.repeat],
+        roles[Role.hit],
+        roles[Role.replay],
     )
     # densities 1/16, 1/16, 1/10 of ~2000 measured positions (5 binomial sigmas)
     for got, p in ((len(repeats), 1 / 16), (len(hits), 1 / 16), (len(replayed), 1 / 10)):
@@ -255,7 +257,8 @@ def test_duration_run_judges_from_audit_inside_the_load(tmp_path: Path, referenc
     for r in measure:
         plan = planner.plan(r.id)
         assert (r.tag, r.prompt_sha256) == (
-            plan.tag, hashlib.sha256(plan.prompt.encode()).hexdigest()
+            plan.tag,
+            hashlib.sha256(plan.prompt.encode()).hexdigest(),
         )
     tags = Counter((r.tag or "").split(":")[0] for r in measure)
     assert tags["cache"] >= 11 and tags["prefix"] >= 11 and tags["fingerprint"] >= 2

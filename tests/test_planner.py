@@ -125,9 +125,12 @@ def test_sessions_carry_the_real_answers_in_order() -> None:
     assert max(capped.turns(p) for p in range(6)) == 2
     # an injected plan is one request, whatever the conversation at its position
     injected = RequestPlan(position, "measure", "probe", 4)
-    assert Planner(spec(wl), conversations=conversations, injected={position: injected}).turns(
-        position
-    ) == 1
+    assert (
+        Planner(spec(wl), conversations=conversations, injected={position: injected}).turns(
+            position
+        )
+        == 1
+    )
 
 
 def test_probes_plan_first_turns_at_their_own_ids() -> None:

@@ -239,9 +239,7 @@ def test_only_the_tokens_the_stream_proves_are_credited(tmp_path: Path, home: Pa
     assert runs_of(home, inflated).verified[0].verdicts[0].verdict.value == "inconclusive"
     assert r.status is Status.verified
     assert r.verified == summary_of(honest)["output_throughput_ci"]["low"]
-    assert r.runs[0].reasons == (
-        f"lower 95% bound of proven output tokens/s: {r.verified:.4g}",
-    )
+    assert r.runs[0].reasons == (f"lower 95% bound of proven output tokens/s: {r.verified:.4g}",)
 
 
 def test_v1_evidence_with_usage_above_the_stream_is_not_credited(

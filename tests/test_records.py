@@ -116,8 +116,7 @@ def test_a_full_disk_leaves_whole_lines_and_one_line_of_error(
     with pytest.raises(StorageError) as info:
         w.write(rec(3))
     assert str(info.value) == (
-        f"{path}: cannot write record 4: no space left on device; "
-        "the 3 records before it are kept"
+        f"{path}: cannot write record 4: no space left on device; the 3 records before it are kept"
     )
     w.close()  # closed already: nothing more happens
     assert path.read_bytes() == b"".join(rec(i).to_line() for i in range(3))

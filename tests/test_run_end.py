@@ -133,9 +133,7 @@ def _wait_for(condition: Any, what: str, limit_s: float = 60.0) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_records_the_requests_in_flight_as_cancelled(
-    tmp_path: Path, signum: int
-) -> None:
+def test_a_signal_records_the_requests_in_flight_as_cancelled(tmp_path: Path, signum: int) -> None:
     # Before: SIGINT left 0 records, the in-flight requests were dropped.
     with FakeServer(Behaviour(endless=True, delay_s=0.2)) as srv:
         proc = _child(tmp_path, srv.base_url, Load(concurrency=3, requests=10))

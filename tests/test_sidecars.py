@@ -39,8 +39,7 @@ from inferaudit.twin.options import TwinOptions
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 COUNTER = (
-    "# TYPE vllm:request_success_total counter\n"
-    'vllm:request_success_total{{model_name="m"}} {n}\n'
+    '# TYPE vllm:request_success_total counter\nvllm:request_success_total{{model_name="m"}} {n}\n'
 )
 
 

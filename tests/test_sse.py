@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from inferaudit.measure.load.sse import SSEParser, parse_all
+from inferaudit.measure.load.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser, parse_all
 
 
 def feed_in_pieces(stream: bytes, cuts: list[int]) -> list[bytes]:
@@ -141,3 +141,38 @@ def test_plain_data_stream_whole_and_split_everywhere() -> None:
 )
 def test_shapes_near_the_fast_path(stream: bytes, events: list[bytes]) -> None:
     assert parse_all(stream) == events
+
+
+def test_an_event_without_end_is_refused_past_the_limit() -> None:
+    """A line (or an event's data lines) with no end would be held and copied on every read;
+    past MAX_EVENT_BYTES the parser refuses it, not before."""
+    piece = b"x" * 65536
+    parser = SSEParser()
+    parser.feed(b"data: ")
+    fed = 6
+    while fed + len(piece) <= MAX_EVENT_BYTES:
+        assert parser.feed(piece) == []
+        fed += len(piece)
+    with pytest.raises(EventTooLarge, match="an event of more than 1,048,576 bytes"):
+        parser.feed(piece)
+    lines = SSEParser()
+    line = b"data: " + b"y" * 1000 + b"\n"  # data lines, never a blank line
+    for _ in range(MAX_EVENT_BYTES // len(line)):
+        assert lines.feed(line) == []
+    with pytest.raises(EventTooLarge):
+        lines.feed(line * 2)
+
+
+def test_events_up_to_the_limit_and_the_limit_per_event() -> None:
+    parser = SSEParser()
+    big = b"z" * (MAX_EVENT_BYTES - 6)
+    events = [parser.feed(b"data: " + big[:1000]), parser.feed(big[1000:]), parser.feed(b"\n\n")]
+    assert events == [[], [], [big]]
+    # the count starts again with each event: many events of half the limit are fine
+    half = b"data: " + b"h" * (MAX_EVENT_BYTES // 2) + b"\n\n"
+    assert [len(e) for e in parser.feed(half * 3)] == [MAX_EVENT_BYTES // 2] * 3
+    # one read that holds a whole event over the limit is refused too
+    with pytest.raises(EventTooLarge):
+        SSEParser().feed(b"data: " + b"o" * MAX_EVENT_BYTES + b"\n\n")
+    with pytest.raises(EventTooLarge):
+        SSEParser().feed(b"data: a\n\n" + b"data: " + b"o" * MAX_EVENT_BYTES + b"\n\n")

@@ -16,7 +16,7 @@ import orjson
 
 from inferaudit.measure.load.deadline import Watch
 from inferaudit.measure.load.preflight import ERROR_MESSAGE_CHARS, error_message
-from inferaudit.measure.load.sse import SSEParser
+from inferaudit.measure.load.sse import EventTooLarge, SSEParser
 
 __all__ = ["Malformed", "ReadMeter", "Stream", "read_stream"]
 
@@ -133,7 +133,10 @@ async def read_stream(
             if not data:
                 break
             watch.last = done = now = perf_counter_ns()
-            events = parser.feed(data)
+            try:
+                events = parser.feed(data)
+            except EventTooLarge as exc:
+                raise Malformed(str(exc)) from None
             if not events:
                 continue
             if _DONE in events:
