@@ -10,8 +10,9 @@ import pytest
 
 from fakes import Behaviour, FakeServer, closed_port
 from inferaudit.errors import ConfigError, EndpointError
-from inferaudit.measure.load.client import api_key_for, check_endpoint, send_plans
+from inferaudit.measure.load.client import api_key_for, asked_tokens, check_endpoint, send_plans
 from inferaudit.measure.load.sse import MAX_EVENT_BYTES
+from inferaudit.measure.load.stream import ContentCap
 from inferaudit.measure.protocol import Endpoint, Workload
 from inferaudit.measure.records import Record
 from inferaudit.measure.workload import RequestPlan
@@ -351,9 +352,44 @@ def test_text_is_cut_at_a_character_boundary_and_digested_whole() -> None:
 def test_an_event_past_the_size_limit_is_malformed() -> None:
     """Events a little under MAX_EVENT_BYTES are read; one over it (JSON around a content of
     that many characters) fails the request as the endpoint's malformed event."""
-    fits = one(Behaviour(big_chunks=2, chunk_bytes=MAX_EVENT_BYTES - 200))
+    unbounded = [plan(max_tokens=None)]  # the content cap is 64 Mi characters then
+    fits = one(Behaviour(big_chunks=2, chunk_bytes=MAX_EVENT_BYTES - 200), plans=unbounded)
     assert fits.ok and fits.output_chars == 2 * (MAX_EVENT_BYTES - 200)
-    rec = one(Behaviour(big_chunks=2, chunk_bytes=MAX_EVENT_BYTES))
+    rec = one(Behaviour(big_chunks=2, chunk_bytes=MAX_EVENT_BYTES), plans=unbounded)
     assert rec.error_class == "sse_malformed"
     assert rec.error_message == "bad event: an event of more than 1,048,576 bytes"
     assert rec.content_chunks == 0
+
+
+def test_a_stream_far_longer_than_max_tokens_is_cut_off_as_overlong() -> None:
+    """A server that ignores max_tokens and streams on would fill the client's memory: past
+    ContentCap (2 x max_tokens + 64 events, or max_tokens x 256 + 64 Ki characters) the
+    request is cut off as the endpoint's failure, with what it had sent."""
+    cap = ContentCap.of(4)
+    assert (cap.events, cap.chars) == (72, 4 * 256 + 65536)
+    rec = one(Behaviour(tokens=500, honour_max_tokens=False))
+    assert rec.error_class == "overlong"
+    assert rec.content_chunks > 72 and rec.content_chunks < 500
+    assert rec.error_message == (
+        f"more than 72 content events or 66,560 characters ({rec.content_chunks} events, "
+        f"{rec.output_chars:,} characters so far)"
+    )
+    chars = one(Behaviour(big_chunks=3, chunk_bytes=600_000))
+    assert chars.error_class == "overlong" and chars.output_chars >= 600_000
+    assert chars.content_chunks < 3
+    honest = one(Behaviour(tokens=500, honour_max_tokens=False), plans=[plan(max_tokens=500)])
+    assert honest.ok and honest.content_chunks == 500
+
+
+def test_the_content_cap_follows_what_the_body_asks() -> None:
+    """extra_body is merged last: a larger max_tokens there widens the cap (an honest long
+    answer is never cut); a limit that is not a number, or none, gives the widest cap."""
+    assert asked_tokens(plan(max_tokens=4)) == 4
+    assert asked_tokens(plan(max_tokens=4, extra_body={"max_tokens": 900})) == 900
+    assert asked_tokens(plan(max_tokens=4, extra_body={"max_completion_tokens": 50})) == 50
+    assert asked_tokens(plan(max_tokens=4, extra_body={"max_tokens": None})) is None
+    assert asked_tokens(plan(max_tokens=None)) is None
+    assert ContentCap.of(None) == ContentCap(1 << 20, 64 << 20)
+    wide = [plan(max_tokens=4, extra_body={"max_tokens": 500})]
+    rec = one(Behaviour(tokens=500, honour_max_tokens=False), plans=wide)
+    assert rec.ok and rec.content_chunks == 500

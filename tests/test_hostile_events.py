@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from inferaudit.measure.load.client import Target, _record
 from inferaudit.measure.load.deadline import Timeouts, Watch
-from inferaudit.measure.load.stream import Malformed, Stream, read_stream
+from inferaudit.measure.load.stream import ContentCap, Malformed, Stream, read_stream
 from inferaudit.measure.records import Record
 from inferaudit.measure.workload import RequestPlan
 
@@ -90,7 +90,8 @@ async def record_of(reads: list[bytes], chat: bool) -> Record:
     st_ = Stream(status=200)
     watch = Watch(Timeouts(), 0, 0)
     try:
-        await read_stream(Body(reads), chat, st_, watch, 0, None)  # type: ignore[arg-type]
+        body = Body(reads)
+        await read_stream(body, chat, st_, watch, 0, None, ContentCap.of(PLAN.max_tokens))  # type: ignore[arg-type]
     except Malformed as exc:  # what execute does with it
         st_.fail("sse_malformed", f"bad event: {exc}")
     finally:

@@ -248,8 +248,13 @@ def test_ten_1mb_answers_make_a_small_records_file(tmp_path: Path) -> None:
     big = Behaviour(big_chunks=1000, chunk_bytes=1000)  # 1,000,000 characters per answer
     full = hashlib.sha256(b"x" * 1_000_000).hexdigest()
     path = tmp_path / "records.jsonl"
+    # an answer this long is within the content cap of 4,000 tokens, not of spec()'s 8
+    long = Workload(input_tokens=Length(lo=16, hi=16), output_tokens=Length(lo=4000, hi=4000))
     with FakeServer(big) as srv:
-        run_load(spec(srv.base_url, Load(concurrency=2, requests=10)), path)
+        s = spec(srv.base_url, Load(concurrency=2, requests=10)).model_copy(
+            update={"workload": long}
+        )
+        run_load(s, path)
     records = read_records(path)
     assert len(records) == 10 and all(r.ok for r in records)
     limit = Workload().max_text_bytes
@@ -260,7 +265,7 @@ def test_ten_1mb_answers_make_a_small_records_file(tmp_path: Path) -> None:
     assert path.stat().st_size < 10 * 1_000_000 / 8  # ~0.8 MB (text, and 1,000 chunk times each)
     # --keep-full-text (max_text_bytes None) keeps all of it
     keep = spec("http://x/v1", Load(concurrency=2, requests=2))
-    wl = keep.workload.model_copy(update={"max_text_bytes": None})
+    wl = long.model_copy(update={"max_text_bytes": None})
     keep = keep.model_copy(update={"workload": wl})
     with FakeServer(big) as srv:
         keep = keep.model_copy(update={"endpoint": Endpoint(base_url=srv.base_url, model=MODEL)})

@@ -122,9 +122,7 @@ def parse_sweep(text: str) -> list[LoadPoint]:
 
 def _points(inputs: SpecInputs) -> list[LoadPoint]:
     if inputs.rate is not None and not inputs.rate > 0:
-        raise ConfigError(
-            f"--rate {inputs.rate:g}: the arrival rate must be positive (requests/s)"
-        )
+        raise ConfigError(f"--rate {inputs.rate:g}: the arrival rate must be positive (requests/s)")
     if inputs.concurrency is not None and inputs.concurrency <= 0:
         raise ConfigError(f"--concurrency {inputs.concurrency}: must be at least 1")
     if inputs.sweep:

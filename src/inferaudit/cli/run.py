@@ -236,8 +236,9 @@ def run(
     concurrency: Annotated[int | None, typer.Option(help="Closed loop: requests in flight")] = None,
     rate: Annotated[
         float | None,
-        typer.Option("--rate", "--request-rate", help="Open loop: arrivals per second (inf: all "
-                     "at once)"),
+        typer.Option(
+            "--rate", "--request-rate", help="Open loop: arrivals per second (inf: all at once)"
+        ),
     ] = None,
     arrivals: Annotated[
         Arrivals, typer.Option(help="Open-loop arrival process (trace: set by --trace)")
@@ -247,8 +248,10 @@ def run(
     ] = 1.0,
     max_concurrency: Annotated[
         int | None,
-        typer.Option(help="With --rate: at most N in flight (arrivals wait for a slot); alone: "
-                     "the same as --concurrency N"),
+        typer.Option(
+            help="With --rate: at most N in flight (arrivals wait for a slot); alone: "
+            "the same as --concurrency N"
+        ),
     ] = None,
     ramp_up: Annotated[
         float | None, typer.Option(help="Open loop: seconds of linear ramp-up to --rate")
@@ -267,18 +270,24 @@ def run(
     warmup: Annotated[int, typer.Option(help="Requests before measuring (flagged, excluded)")] = 0,
     input_tokens: Annotated[
         str,
-        typer.Option("--input-tokens", "--random-input-len",
-                     help="Prompt tokens: N, LO-HI, LO-HI:normal (exact with --tokenizer)"),
+        typer.Option(
+            "--input-tokens",
+            "--random-input-len",
+            help="Prompt tokens: N, LO-HI, LO-HI:normal (exact with --tokenizer)",
+        ),
     ] = "256",
     output_tokens: Annotated[
         str,
-        typer.Option("--output-tokens", "--random-output-len",
-                     help="Output tokens: N, LO-HI, LO-HI:normal"),
+        typer.Option(
+            "--output-tokens", "--random-output-len", help="Output tokens: N, LO-HI, LO-HI:normal"
+        ),
     ] = "128",
     dataset: Annotated[
         Path | None,
-        typer.Option(help="Prompts or conversations: JSONL, ShareGPT JSON, OpenAI chat JSONL, "
-                     "a Hugging Face dataset directory"),
+        typer.Option(
+            help="Prompts or conversations: JSONL, ShareGPT JSON, OpenAI chat JSONL, "
+            "a Hugging Face dataset directory"
+        ),
     ] = None,
     dataset_format: Annotated[
         str | None, typer.Option(help="prompts, sharegpt, openai-chat or hf (default: detected)")
@@ -303,9 +312,7 @@ def run(
     trace_format: Annotated[
         str | None, typer.Option(help="mooncake or burstgpt (default: detected)")
     ] = None,
-    trace_speedup: Annotated[
-        float, typer.Option(help="Replay the trace X times faster")
-    ] = 1.0,
+    trace_speedup: Annotated[float, typer.Option(help="Replay the trace X times faster")] = 1.0,
     enforce_length: Annotated[
         bool, typer.Option(help="Send ignore_eos/min_tokens so outputs reach the asked length")
     ] = True,
@@ -317,8 +324,10 @@ def run(
     ] = None,
     goodput: Annotated[
         str | None,
-        typer.Option(help="vLLM's goodput bounds, e.g. 'ttft:500 tpot:50 e2el:2000' (ms; the "
-                     "same as --slo ttft_p99=500ms,...)"),
+        typer.Option(
+            help="vLLM's goodput bounds, e.g. 'ttft:500 tpot:50 e2el:2000' (ms; the "
+            "same as --slo ttft_p99=500ms,...)"
+        ),
     ] = None,
     save_result: Annotated[
         bool, typer.Option(help="Also write a vLLM-style result JSON beside summary.json")
@@ -371,8 +380,10 @@ def run(
     ] = 30.0,
     grace: Annotated[
         float,
-        typer.Option(help="After a --duration window: seconds before in-flight requests are "
-                     "cancelled (recorded as cancelled)"),
+        typer.Option(
+            help="After a --duration window: seconds before in-flight requests are "
+            "cancelled (recorded as cancelled)"
+        ),
     ] = 30.0,
     checks: Annotated[
         str | None, typer.Option(help="Integrity checks: a,b,c or none (default: all that fit)")
@@ -402,8 +413,10 @@ def run(
     ] = True,
     server_metrics: Annotated[
         str,
-        typer.Option(help="The server's Prometheus /metrics to scrape around the load: URL, "
-                     "auto (the endpoint's own when it answers) or off; reported, compared"),
+        typer.Option(
+            help="The server's Prometheus /metrics to scrape around the load: URL, "
+            "auto (the endpoint's own when it answers) or off; reported, compared"
+        ),
     ] = "auto",
     telemetry: Annotated[
         str | None,
@@ -411,9 +424,11 @@ def run(
     ] = None,
     publish: Annotated[
         str | None,
-        typer.Option(help="Seal into this log service (`inferaudit serve`) instead of the local "
-                     "ledger, then upload the run directory; token: $INFERAUDIT_TOKEN or "
-                     "--token-file"),
+        typer.Option(
+            help="Seal into this log service (`inferaudit serve`) instead of the local "
+            "ledger, then upload the run directory; token: $INFERAUDIT_TOKEN or "
+            "--token-file"
+        ),
     ] = None,
     token_file: Annotated[
         Path | None, typer.Option(help="--publish: file holding the bearer token (chmod 600)")

@@ -459,8 +459,7 @@ def check_prefix_cache(
             seen,
             None
             if line is None
-            else f"{line}"
-            + ("" if allowed or expected else ": the server caches prompt prefixes"),
+            else f"{line}" + ("" if allowed or expected else ": the server caches prompt prefixes"),
             clean,
         )
 

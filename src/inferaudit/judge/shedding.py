@@ -19,7 +19,12 @@ from inferaudit.measure.stats import round_sig
 
 NAME = "errors"
 SHEDDING = (
-    "http_429", "http_503", "timeout", "first_byte_timeout", "stall_timeout", "stream_truncated"
+    "http_429",
+    "http_503",
+    "timeout",
+    "first_byte_timeout",
+    "stall_timeout",
+    "stream_truncated",
 )
 
 

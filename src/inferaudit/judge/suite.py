@@ -203,8 +203,11 @@ def recheck(
                 traffic_v1.check_caching_v1(records)
                 if v1
                 else caching.check_caching(
-                    records, allowed=spec.allow_prompt_cache, expected=reuse_expected(spec),
-                    health=noise, lag_problem=lag,
+                    records,
+                    allowed=spec.allow_prompt_cache,
+                    expected=reuse_expected(spec),
+                    health=noise,
+                    lag_problem=lag,
                 )
             )
         elif name == "prefix-cache":
@@ -212,8 +215,11 @@ def recheck(
                 traffic_v1.check_prefix_cache_v1(records)
                 if v1
                 else caching.check_prefix_cache(
-                    records, allowed=spec.allow_prompt_cache, expected=reuse_expected(spec),
-                    health=noise, lag_problem=lag,
+                    records,
+                    allowed=spec.allow_prompt_cache,
+                    expected=reuse_expected(spec),
+                    health=noise,
+                    lag_problem=lag,
                 )
             )
         elif name == "errors":
@@ -232,8 +238,7 @@ def reuse_expected(spec: RunSpec) -> str | None:
     wl = spec.workload
     if wl.prefix is not None:
         return (
-            f"the workload shares {wl.prefix.groups} system prompt(s) of {wl.prefix.tokens} "
-            "tokens"
+            f"the workload shares {wl.prefix.groups} system prompt(s) of {wl.prefix.tokens} tokens"
         )
     if wl.sessions is not None:
         return "multi-turn sessions resend each conversation's history"

@@ -198,7 +198,6 @@ class Workload(_Frozen):
         return self
 
 
-
 class Load(_Frozen):
     """The load pattern of one measurement point."""
 
@@ -244,8 +243,10 @@ class Load(_Frozen):
             self.arrivals == Arrivals.trace or (self.rate is not None and math.isinf(self.rate))
         ):
             raise ValueError("a ramp-up needs a finite rate drawn by the schedule (not a trace)")
-        if self.ramp_up_s is not None and self.rate is not None and (
-            self.ramp_start_rate >= self.rate
+        if (
+            self.ramp_up_s is not None
+            and self.rate is not None
+            and (self.ramp_start_rate >= self.rate)
         ):
             raise ValueError("ramp_start_rate must be below the rate it ramps up to")
         return self

@@ -40,9 +40,7 @@ CACHE_RECORDS = 4096
 NONE = -(1 << 63)  # an int column's None (a record whose field is this is kept whole)
 INT64_MAX = (1 << 63) - 1
 INT_FIELDS = tuple(
-    name
-    for name, f in Record.model_fields.items()
-    if f.annotation in (int, int | None)
+    name for name, f in Record.model_fields.items() if f.annotation in (int, int | None)
 )
 STR_FIELDS = ("phase", "tag", "error_class", "finish_reason", "model", "retried")
 

@@ -106,8 +106,10 @@ class Cheats:
         ):
             out.behaviours.append("model-swap")
             return self.model_name + SWAP_SUFFIX
-        if p is not None and body is not None and not self.detect.looks_audit(
-            out, in_flight, p, body
+        if (
+            p is not None
+            and body is not None
+            and not self.detect.looks_audit(out, in_flight, p, body)
         ):
             out.behaviours.append("replay-detect")
             return self.model_name + SWAP_SUFFIX

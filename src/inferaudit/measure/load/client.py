@@ -18,6 +18,8 @@ its character count. A request never raises for anything the endpoint does: the 
   stream_truncated    the connection closed mid-stream, or ended without ``[DONE]`` or a
                       ``finish_reason``
   empty_output        the stream finished normally but carried no content
+  overlong            the stream carried far more content than ``max_tokens`` allows
+                      (:class:`~inferaudit.measure.load.stream.ContentCap`): cut off there
 
 and one that is not the endpoint's: ``cancelled`` (the runner cut the request off: the end rule
 of a duration-bounded run, a stop, a signal), with every time stamp it had. The timeouts and the
@@ -69,7 +71,7 @@ from inferaudit.measure.load.preflight import (
     fetch_models,
     model_ids,
 )
-from inferaudit.measure.load.stream import Malformed, ReadMeter, Stream, read_stream
+from inferaudit.measure.load.stream import ContentCap, Malformed, ReadMeter, Stream, read_stream
 from inferaudit.measure.protocol import Api, Endpoint, Load, Workload
 from inferaudit.measure.records import WRITTEN_WHOLE, Record
 from inferaudit.measure.workload import RequestPlan
@@ -161,6 +163,17 @@ def build_body(plan: RequestPlan, target: Target) -> bytes:
     return orjson.dumps(body)
 
 
+def asked_tokens(plan: RequestPlan) -> int | None:
+    """The most tokens the body of ``plan`` asks for: ``max_tokens``, or a larger
+    ``max_tokens``/``max_completion_tokens`` its ``extra_body`` sets (merged last); None when
+    no limit is asked, or one of them is not a number (the content cap is then the widest)."""
+    asked: list[object] = [plan.max_tokens]
+    extra = plan.extra_body or {}
+    asked += [extra[key] for key in ("max_tokens", "max_completion_tokens") if key in extra]
+    counts = [n for n in asked if isinstance(n, int) and not isinstance(n, bool)]
+    return max(counts) if len(counts) == len(asked) else None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:ERROR_MESSAGE_CHARS]
@@ -196,11 +209,12 @@ async def execute(
     sent = perf_counter_ns()
     st = Stream()
     watch = Watch(target.timeouts, scheduled_abs_ns, sent, inflight)
+    cap = ContentCap.of(asked_tokens(plan))
     retried: str | None = None
     try:
         first = Attempt(Body(body, content_type="application/json"))
         try:
-            await _attempt(session, target, first, st, watch, epoch_ns, meter)
+            await _attempt(session, target, first, st, watch, epoch_ns, meter, cap)
         except aiohttp.ClientConnectionError as exc:
             if never_read(exc, st, first):
                 retried = _one_line(exc)
@@ -210,7 +224,7 @@ async def execute(
                 raise
             again = Attempt(Body(body, content_type="application/json"))
             async with fresh_session() as fresh:
-                await _attempt(fresh, target, again, st, watch, epoch_ns, meter)
+                await _attempt(fresh, target, again, st, watch, epoch_ns, meter, cap)
     except asyncio.CancelledError:
         if not watch.absorb():
             raise
@@ -241,6 +255,7 @@ async def _attempt(
     watch: Watch,
     epoch_ns: int,
     meter: ReadMeter | None,
+    cap: ContentCap,
 ) -> None:
     """One send of a request and the read of its answer into ``st`` (raises as aiohttp does)."""
     token = ATTEMPT.set(attempt)
@@ -252,7 +267,7 @@ async def _attempt(
                 watch.last = st.done = perf_counter_ns()
                 st.fail(f"http_{resp.status}", error_message(raw))
             else:
-                await read_stream(resp.content, target.chat, st, watch, epoch_ns, meter)
+                await read_stream(resp.content, target.chat, st, watch, epoch_ns, meter, cap)
     finally:
         ATTEMPT.reset(token)
 

@@ -199,7 +199,11 @@ class Parent:
             epoch = perf_counter_ns() + EPOCH_LEAD_NS
             epoch_wall = time.time_ns() + (epoch - perf_counter_ns())
             recorder = HealthRecorder(
-                self.health_path, self.spec, epoch, range(len(procs)), self.health_ns,
+                self.health_path,
+                self.spec,
+                epoch,
+                range(len(procs)),
+                self.health_ns,
                 self.health_phase,
             )
             with RecordWriter(self.records_path) as writer:

@@ -7,6 +7,7 @@ not a completion chunk.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
@@ -18,9 +19,32 @@ from inferaudit.measure.load.deadline import Watch
 from inferaudit.measure.load.preflight import ERROR_MESSAGE_CHARS, error_message
 from inferaudit.measure.load.sse import EventTooLarge, SSEParser
 
-__all__ = ["Malformed", "ReadMeter", "Stream", "read_stream"]
+__all__ = ["ContentCap", "Malformed", "ReadMeter", "Stream", "read_stream"]
 
 _DONE = b"[DONE]"
+# Longer than any token of the common vocabularies (their longest are runs of spaces or
+# punctuation of about 128 to 256 bytes): more characters than max_tokens of these is more
+# than max_tokens tokens, whatever the tokenizer.
+MAX_TOKEN_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ContentCap:
+    """The most content a request may carry before it is cut off as ``overlong``: a server
+    that streams without end would otherwise fill the client's memory (and a client that runs
+    out of memory makes the run invalid, not the endpoint's fault). Generous: twice
+    ``max_tokens`` events plus 64 (servers send at most one event a token, and may send
+    several tokens in one), and ``max_tokens`` x :data:`MAX_TOKEN_CHARS` characters plus
+    64 Ki; with no ``max_tokens``, 2^20 events and 64 Mi characters."""
+
+    events: int
+    chars: int
+
+    @classmethod
+    def of(cls, max_tokens: int | None) -> ContentCap:
+        if max_tokens is None:
+            return cls(1 << 20, 64 << 20)
+        return cls(2 * max_tokens + 64, max_tokens * MAX_TOKEN_CHARS + (64 << 10))
 
 
 class Malformed(Exception):
@@ -113,8 +137,10 @@ async def read_stream(
     watch: Watch,
     epoch_ns: int,
     meter: ReadMeter | None,
+    cap: ContentCap,
 ) -> None:
-    """Read an SSE body to its end into ``st`` (the hot loop: one pass per socket read).
+    """Read an SSE body to its end into ``st`` (the hot loop: one pass per socket read), or
+    until its content passes ``cap`` (then it fails as ``overlong``).
 
     The loop keeps its state in locals (they are fast) and stores them into ``st`` when it
     ends, however it ends (a cut-off or a timeout included), so partial timings are kept. The
@@ -124,7 +150,7 @@ async def read_stream(
     parts, chunk_ns, top = st.parts, st.chunk_ns, st.top
     first_chunk = first_content = done = None
     finish_reason = model = usage_prompt = usage_completion = None
-    empty_before = pairs = coalesced = 0
+    empty_before = pairs = coalesced = chars = 0
     got_done = False
     obj: Any = None
     try:
@@ -195,6 +221,17 @@ async def read_stream(
                     chunk_ns.extend([now - epoch_ns] * added)
             if st.error_class is not None:
                 return
+            if added:
+                # content that is not text raises here: the record fails it; its events count
+                with suppress(TypeError):
+                    chars += sum(map(len, parts[before:]))
+                if len(parts) > cap.events or chars > cap.chars:
+                    st.fail(
+                        "overlong",
+                        f"more than {cap.events:,} content events or {cap.chars:,} characters "
+                        f"({len(parts):,} events, {chars:,} characters so far)",
+                    )
+                    return
         if not got_done and finish_reason is None:
             st.fail("stream_truncated", "stream ended without [DONE] or a finish_reason")
     finally:

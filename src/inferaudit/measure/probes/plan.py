@@ -376,9 +376,7 @@ def _shared_prefix(own: RequestPlan, prime: RequestPlan, planner: Planner) -> Re
 
 def _probes(spec: RunSpec, planner: Planner) -> tuple[RequestPlan, ...]:
     plans = [
-        dataclasses.replace(
-            planner.generated(PROBE_ID_BASE + k, phase=PROBE), tag=LENGTH_TAG
-        )
+        dataclasses.replace(planner.generated(PROBE_ID_BASE + k, phase=PROBE), tag=LENGTH_TAG)
         for k in range(LENGTH_PROBES)
     ]
     s = spec.sampling

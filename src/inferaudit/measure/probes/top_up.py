@@ -88,7 +88,6 @@ class TopUp:
         return "; ".join(parts)
 
 
-
 def top_up(
     spec: RunSpec,
     traffic: AuditTraffic,
