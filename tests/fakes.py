@@ -42,6 +42,7 @@ class Behaviour:
     first_delay_s: float = 0.0  # before the first byte of the body
     crlf: bool = False
     comments: bool = False  # ": keep-alive" comment frames between events
+    keepalives: int = 0  # this many ": keep-alive" lines (one write) before the first event
     split: int = 0  # write the body in pieces of this many bytes (0: one write per event)
     models: tuple[str, ...] = ("fake-model",)
     finish_reason: Any = "length"  # the last choice's finish_reason (any JSON value)
@@ -242,6 +243,8 @@ class FakeServer:
         if b.stream_error:
             out.append(ev({"error": {"message": "engine overloaded", "code": 503}}))
             return out
+        if b.keepalives:
+            out.append(f": keep-alive{nl}".encode() * b.keepalives)
         if chat and b.role_first:
             role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
             out.append(ev({**base, "object": kind, "choices": [role]}))

@@ -363,8 +363,9 @@ def test_an_event_past_the_size_limit_is_malformed() -> None:
 
 def test_a_stream_far_longer_than_max_tokens_is_cut_off_as_overlong() -> None:
     """A server that ignores max_tokens and streams on would fill the client's memory: past
-    ContentCap (2 x max_tokens + 64 events, or max_tokens x 256 + 64 Ki characters) the
-    request is cut off as the endpoint's failure, with what it had sent."""
+    ContentCap (2 x max_tokens + 64 events, or max_tokens x 256 + 64 Ki characters, or a body
+    of 4 bytes a character and 8 KiB an event: a keep-alive flood) the request is cut off as
+    the endpoint's failure, with what it had sent."""
     cap = ContentCap.of(4)
     assert (cap.events, cap.chars) == (72, 4 * 256 + 65536)
     rec = one(Behaviour(tokens=500, honour_max_tokens=False))
@@ -377,6 +378,12 @@ def test_a_stream_far_longer_than_max_tokens_is_cut_off_as_overlong() -> None:
     chars = one(Behaviour(big_chunks=3, chunk_bytes=600_000))
     assert chars.error_class == "overlong" and chars.output_chars >= 600_000
     assert chars.content_chunks < 3
+    assert cap.body_bytes == 4 * 66_560 + 8192 * 72
+    flood = one(Behaviour(keepalives=cap.body_bytes // 13 + 1))  # ": keep-alive\n" is 13 bytes
+    assert flood.error_class == "overlong" and flood.content_chunks == 0
+    assert flood.error_message == f"more than {cap.body_bytes:,} bytes of body"
+    fine = one(Behaviour(keepalives=cap.body_bytes // 26))
+    assert fine.ok and fine.content_chunks == 4
     honest = one(Behaviour(tokens=500, honour_max_tokens=False), plans=[plan(max_tokens=500)])
     assert honest.ok and honest.content_chunks == 500
 

@@ -35,10 +35,16 @@ class ContentCap:
     out of memory makes the run invalid, not the endpoint's fault). Generous: twice
     ``max_tokens`` events plus 64 (servers send at most one event a token, and may send
     several tokens in one), and ``max_tokens`` x :data:`MAX_TOKEN_CHARS` characters plus
-    64 Ki; with no ``max_tokens``, 2^20 events and 64 Mi characters."""
+    64 Ki; with no ``max_tokens``, 2^20 events and 64 Mi characters. And the body's bytes,
+    whatever they carry (comments, empty events): 4 a character plus 8 KiB an event (an event
+    with 20 top logprobs a token is a few KB), so a flood of keep-alives is cut off too."""
 
     events: int
     chars: int
+
+    @property
+    def body_bytes(self) -> int:
+        return 4 * self.chars + (8 << 10) * self.events
 
     @classmethod
     def of(cls, max_tokens: int | None) -> ContentCap:
@@ -150,7 +156,8 @@ async def read_stream(
     parts, chunk_ns, top = st.parts, st.chunk_ns, st.top
     first_chunk = first_content = done = None
     finish_reason = model = usage_prompt = usage_completion = None
-    empty_before = pairs = coalesced = chars = 0
+    empty_before = pairs = coalesced = chars = received = 0
+    most = cap.body_bytes
     got_done = False
     obj: Any = None
     try:
@@ -159,6 +166,10 @@ async def read_stream(
             if not data:
                 break
             watch.last = done = now = perf_counter_ns()
+            received += len(data)
+            if received > most:
+                st.fail("overlong", f"more than {most:,} bytes of body")
+                return
             try:
                 events = parser.feed(data)
             except EventTooLarge as exc:
