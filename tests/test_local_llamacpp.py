@@ -321,7 +321,7 @@ KV_TYPE = "q4_0"
 BITS_PROMPTS = 8
 BITS_INPUT = 24
 BITS_OUTPUT = 16
-SUBSET_SIZES = (1, 2, 4, 8)
+SUBSET_SIZES = (1, 2, 4, 6, 8)  # 6: as many as a run replays
 
 
 def requantize(src: Path, dst: Path, ftype: str) -> Path:
@@ -451,7 +451,13 @@ def test_identity_against_fewer_bits(
             assert run["verdict"] == "pass", run
             assert all(r == 0.0 for by_k in rates.values() for r in by_k.values()), rates
         else:
-            assert run["verdict"] == "fail", run
+            # never passed. Failed when the run's 6 replays are enough to tell, else inconclusive
+            # ("replay more prompts", by design). Which way a run goes is not fixed: it depends
+            # on which 6 its seed drew, and llama.cpp's prompt cache reuses the KV of the request
+            # before, which moves near-tie logits of the requantized model, so a run's replays
+            # need not equal replay_all's (a suite run saw inconclusive where replay_all's
+            # 6-subsets all failed). The power is asserted on the 8 replays below.
+            assert run["verdict"] in ("fail", "inconclusive"), run
             assert rates["judge"][8] == 1.0  # all eight replays together always catch it
             # and so does the likelihood rule alone (measured: deficit 2.5-4.4x the allowance)
             assert rates["likelihood"][8] == 1.0

@@ -145,7 +145,13 @@ def test_cache_under_load_fails_caching(tmp_path: Path, behave: tuple[str, ...])
     if not behave:
         assert v.verdict is Outcome.passed, format_verdict(v)
         return
-    assert v.verdict is Outcome.failed, format_verdict(v)
+    if v.verdict is Outcome.inconclusive and v.numbers.get("excused_by_stalls"):
+        # a busy machine: the client's own stalls could have made the signal, so it is not
+        # charged (never a false FAIL), and says so; the cache's advantage was still measured
+        assert "the client was busy" in v.summary, format_verdict(v)
+        assert _number(v.numbers["throughput_improvement"]) > 2, format_verdict(v)
+    else:
+        assert v.verdict is Outcome.failed, format_verdict(v)
     hits = [r for r in repeats if "cache-under-load" in ran.truth.get(r.output_sha256, [])]
     assert len(hits) >= len(repeats) // 2
 
@@ -343,3 +349,8 @@ def test_conformance_says_what_the_server_did(tmp_path: Path) -> None:
     assert "--interrupt_requests False" in v.summary
     fine = check_conformance(probes, spec("http://127.0.0.1:1/v1", 2, 2))
     assert fine.numbers["items"]["concurrent_requests"] == "honoured"
+
+
+def _number(value: object) -> float:
+    assert isinstance(value, int | float), value
+    return float(value)
