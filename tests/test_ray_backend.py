@@ -9,6 +9,7 @@ node has one CPU, so the placement group's two one-CPU bundles land one per node
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,10 +116,22 @@ def test_two_nodes_share_the_schedule_and_measure_the_twin(cluster: Any, tmp_pat
         assert clock["uncertainty_ns"] == max(clock["rtt_before_ns"], clock["rtt_after_ns"]) // 2
         assert clock["drift_ns"] == clock["offset_after_ns"] - clock["offset_before_ns"]
     assert info["clock_uncertainty_ns"] == max(c["uncertainty_ns"] for c in clocks)
-    assert meta["load_problems"] == []
-    # neither a loss nor the clocks void it (the client's lag on this busy box may: its own rule)
-    assert outcome.load_problems == ()
-    assert not [p for p in problems(outcome) if "clock" in p or "lost" in p]
+    # no loss voids it; the clocks void it only when their measured uncertainty exceeds the
+    # budget, and then the run says so with both numbers (a host with two busy tenants on its
+    # 2 cores gave a best ping round trip of 12 ms: 6.2 ms uncertainty against 1.03 allowed)
+    worst_ms = info["clock_uncertainty_ns"] / 1e6
+    clock = [p for p in meta["load_problems"] if "clock" in p]
+    assert meta["load_problems"] == clock and list(outcome.load_problems) == clock
+    assert not [p for p in problems(outcome) if "lost" in p]
+    if clock:
+        [line] = clock
+        allowed = re.fullmatch(
+            rf"clock offset uncertainty {worst_ms:.3f} ms between the Ray workers and the "
+            r"driver exceeds the error budget's ([0-9.]+) ms",
+            line,
+        )
+        assert allowed is not None and worst_ms > float(allowed[1]), line
+        assert f"invalid: {line}" in problems(outcome)  # the run is invalid for it
 
     measured = [r for r in records if r.phase == "measure"]
     assert {r.usage_completion_tokens for r in measured} == {OUTPUT}

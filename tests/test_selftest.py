@@ -94,6 +94,23 @@ def test_closed_loop_chat() -> None:
     judged_by_its_bound(result, 100.0)
 
 
+def test_a_server_that_cannot_start_is_the_client_overloaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A machine too busy to start the self-test's own server in time: the client's fault, in
+    one line (ClientOverloadError), never a crash. 0.1 ms is less than any spawn takes."""
+    import inferaudit.measure.selftest as selftest
+
+    monkeypatch.setattr(selftest, "SERVER_START_TIMEOUT_S", 1e-4)
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    with pytest.raises(ClientOverloadError) as caught:
+        run_self_test(spec(url, Load(rate=5.0, requests=3), 100.0), duration_s=1.0)
+    assert str(caught.value) == (
+        "client self-test: its local server did not start within 0.0001 s "
+        "(this machine is too busy to test itself)"
+    )
+
+
 def test_execute_refuses_when_the_client_cannot_keep_up(tmp_path: Path) -> None:
     with FakeServer() as srv:
         impossible = spec(srv.base_url, Load(rate=5.0, requests=3), 1e-6, model="fake-model")

@@ -35,6 +35,7 @@ import multiprocessing as mp
 import resource
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -43,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from inferaudit.errors import ConfigError
+from inferaudit.errors import ClientOverloadError, ConfigError, InferauditError
 from inferaudit.measure.budget import lag_bound, lag_problem, min_figure_ms
 from inferaudit.measure.load.runner import run_load
 from inferaudit.measure.metrics import summarize
@@ -63,7 +64,10 @@ __all__ = [
 LOAD_FACTOR = 2  # DESIGN §6.2: the self-test runs at twice the planned load
 DEFAULT_DURATION_S = 2.0
 SELF_TEST_TPOT_MS = 2.0  # the fast server's time between events
-SERVER_START_TIMEOUT_S = 30.0
+# A spawned Python process importing the client: ~1 s on a quiet machine; 30 s was not enough
+# on a 2-core node with a Ray cluster and two busy tenants. Waiting longer costs nothing when
+# it starts at once; past it, the machine is too busy to test itself (ClientOverloadError).
+SERVER_START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 30.0
 
 
@@ -292,7 +296,8 @@ def run_self_test(
     tpot_ms: float = SELF_TEST_TPOT_MS,
     should_stop: Callable[[], bool] | None = None,
 ) -> SelfTestResult:
-    """Measure whether the client keeps up with ``LOAD_FACTOR`` x ``spec``'s load (no raise);
+    """Measure whether the client keeps up with ``LOAD_FACTOR`` x ``spec``'s load (raises only
+    :class:`~inferaudit.errors.ClientOverloadError` when its own server cannot start);
     ``figure_ms``: the endpoint's TTFT p50 known before the run (see the module docstring)."""
     tokens = spec.workload.output_tokens.hi
     ctx = mp.get_context("spawn")
@@ -308,7 +313,10 @@ def run_self_test(
     server_cpu = 0.0
     try:
         if not conn.poll(SERVER_START_TIMEOUT_S):
-            raise RuntimeError("self-test server did not start")
+            raise ClientOverloadError(
+                f"client self-test: its local server did not start within "
+                f"{SERVER_START_TIMEOUT_S:g} s (this machine is too busy to test itself)"
+            )
         kind, port = conn.recv()
         assert kind == "ready", f"unexpected self-test server message {kind!r}"
         test, mode, planned = _test_spec(spec, f"http://127.0.0.1:{port}/v1", duration_s)
@@ -418,7 +426,15 @@ def run_node_self_tests(
             ).remote(share, figure_ms, duration_s)
             for i in range(workers)
         ]
-        results: list[tuple[str, SelfTestResult]] = ray.get(refs, timeout=180 + 4 * duration_s)
+        deadline = time.monotonic() + 180 + 4 * duration_s
+        results: list[tuple[str, SelfTestResult]] = []
+        for i, ref in enumerate(refs):
+            try:
+                results.append(ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0)))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, InferauditError):  # one line, not Ray's traceback
+                    raise type(exc.cause)(f"Ray worker {i}'s node: {exc.cause}") from None
+                raise
     finally:
         remove_placement_group(pg)
     return tuple(results)
