@@ -25,7 +25,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from inferaudit.audit.run import RunOptions, problems, run_verification  # noqa: E402
-from inferaudit.errors import ConfigError  # noqa: E402
+from inferaudit.errors import ClientOverloadError, ConfigError  # noqa: E402
 from inferaudit.measure.load.ray_backend import (  # noqa: E402
     ClockReading,
     RayBackend,
@@ -204,6 +204,25 @@ def test_each_node_self_tests_its_share_before_the_run(cluster: Any) -> None:
     for _, r in results:
         assert r.mode == "open" and r.planned == 10.0 and r.tested == 20.0 and r.workers == 1
         assert r.failed == 0 and r.requests > 0 and r.passed
+
+
+def test_a_node_too_busy_to_self_test_is_the_client_overloaded(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver waits for the nodes' self-tests as long as they may take; past that, one
+    line naming the node (ClientOverloadError), not Ray's GetTimeoutError. Here the wait is
+    cut to 1 s: less than the 1 s self-test itself, after its server starts."""
+    import inferaudit.measure.selftest as selftest
+
+    c, _ = cluster
+    monkeypatch.setattr(selftest, "NODE_TASK_START_S", -selftest.SERVER_START_TIMEOUT_S - 4.0)
+    spec = twin_spec("http://127.0.0.1:9/v1", requests=40, rate=20.0)
+    with pytest.raises(ClientOverloadError) as caught:
+        run_node_self_tests(spec, 2, c.address, duration_s=1.0)
+    assert str(caught.value) == (
+        "Ray worker 0's node: its client self-test did not finish within 0 s "
+        "(the node is too busy to test itself)"
+    )
 
 
 def test_a_lost_node_keeps_its_records_and_marks_the_run(cluster: Any, tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ SELF_TEST_TPOT_MS = 2.0  # the fast server's time between events
 # it starts at once; past it, the machine is too busy to test itself (ClientOverloadError).
 SERVER_START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 30.0
+NODE_TASK_START_S = 180.0  # --backend ray: a node's Ray worker process starts the self-test
 
 
 @dataclass(frozen=True)
@@ -426,7 +427,9 @@ def run_node_self_tests(
             ).remote(share, figure_ms, duration_s)
             for i in range(workers)
         ]
-        deadline = time.monotonic() + 180 + 4 * duration_s
+        # a Ray worker process to start, the local server to start, the test, its summary
+        wait_s = NODE_TASK_START_S + SERVER_START_TIMEOUT_S + 4 * duration_s
+        deadline = time.monotonic() + wait_s
         results: list[tuple[str, SelfTestResult]] = []
         for i, ref in enumerate(refs):
             try:
@@ -435,6 +438,11 @@ def run_node_self_tests(
                 if isinstance(exc.cause, InferauditError):  # one line, not Ray's traceback
                     raise type(exc.cause)(f"Ray worker {i}'s node: {exc.cause}") from None
                 raise
+            except ray.exceptions.GetTimeoutError:
+                raise ClientOverloadError(
+                    f"Ray worker {i}'s node: its client self-test did not finish within "
+                    f"{wait_s:g} s (the node is too busy to test itself)"
+                ) from None
     finally:
         remove_placement_group(pg)
     return tuple(results)
