@@ -18,6 +18,7 @@ import orjson
 from inferaudit.measure.load.deadline import Watch
 from inferaudit.measure.load.preflight import ERROR_MESSAGE_CHARS, error_message
 from inferaudit.measure.load.sse import EventTooLarge, SSEParser
+from inferaudit.measure.load.template import MAX_LEARNT, Template, texts
 
 __all__ = ["ContentCap", "Malformed", "ReadMeter", "Stream", "read_stream"]
 
@@ -111,6 +112,15 @@ def _load_events(events: list[bytes]) -> tuple[list[Any], bytes | None]:
     return out, None
 
 
+def _learn(events: list[bytes], objs: list[Any], chat: bool) -> Template | None:
+    """The template of the last content chunk of a read (its events, their parses)."""
+    for k in range(len(objs) - 1, -1, -1):
+        template = Template.learn(events[k], objs[k], chat)
+        if template is not None:
+            return template
+    return None
+
+
 def _top_logprobs(lp: Any, chat: bool) -> list[dict[str, float]]:
     """Per token, the alternatives the server scored, chosen token included: ``{text: logprob}``.
 
@@ -144,6 +154,8 @@ async def read_stream(
     epoch_ns: int,
     meter: ReadMeter | None,
     cap: ContentCap,
+    *,
+    templates: bool = True,
 ) -> None:
     """Read an SSE body to its end into ``st`` (the hot loop: one pass per socket read), or
     until its content passes ``cap`` (then it fails as ``overlong``).
@@ -151,6 +163,10 @@ async def read_stream(
     The loop keeps its state in locals (they are fast) and stores them into ``st`` when it
     ends, however it ends (a cut-off or a timeout included), so partial timings are kept. The
     one store per read is ``watch.last``, which the request's timer reads.
+
+    Content chunks that repeat a parsed chunk's bytes but for their content are read through
+    its :class:`~inferaudit.measure.load.template.Template` (exact; ``templates=False`` parses
+    every chunk, as the test of that exactness does).
     """
     parser = SSEParser()
     parts, chunk_ns, top = st.parts, st.chunk_ns, st.top
@@ -160,6 +176,8 @@ async def read_stream(
     most = cap.body_bytes
     got_done = False
     obj: Any = None
+    template: Template | None = None
+    learnt = 0
     try:
         while True:
             data = await content.readany()
@@ -184,40 +202,63 @@ async def read_stream(
             if first_chunk is None:
                 first_chunk = now
             before = len(parts)
-            objs, bad = _load_events(events)
             try:
-                for obj in objs:
-                    choices = obj.get("choices")
-                    if choices:
-                        choice = choices[0]
-                        if chat:
-                            text = (choice.get("delta") or {}).get("content")
-                        else:
-                            text = choice.get("text")
-                        fr = choice.get("finish_reason")
-                        if fr is not None:
-                            finish_reason = fr
-                        lp = choice.get("logprobs")
-                        if lp:
-                            top.extend(_top_logprobs(lp, chat))
+                at, n = 0, len(events)
+                while at < n:  # runs of chunks that fit the template, and runs that do not
+                    if template is not None and (middles := template.middles(events, at)):
+                        contents = texts(middles)
+                        if contents is not None:
+                            parts.extend(contents)
+                            at += len(middles)
+                            continue
+                        end = n  # a middle the JSON parser reads otherwise: it decides
+                    elif template is None:  # parse one chunk at a time until one is learnt
+                        end = at + 1 if learnt < MAX_LEARNT and templates else n
                     else:
-                        text = None
-                        err = obj.get("error")
-                        if err:
-                            st.fail("stream_error", error_message(orjson.dumps({"error": err})))
-                            break
-                    usage = obj.get("usage")
-                    if usage:
-                        usage_prompt = usage.get("prompt_tokens")
-                        usage_completion = usage.get("completion_tokens")
-                    if model is None:
-                        model = obj.get("model")
-                    if text:
-                        parts.append(text)  # type checked once, at the end
-                    elif not parts:
-                        empty_before += 1
-                if bad is not None and st.error_class is None:
-                    raise Malformed(bad[:80].decode("utf-8", "replace"))
+                        end = template.next_fit(events, at + 1)
+                    part = events if at == 0 and end == n else events[at:end]
+                    at, slow = end, len(parts)
+                    objs, bad = _load_events(part)
+                    for obj in objs:
+                        choices = obj.get("choices")
+                        if choices:
+                            choice = choices[0]
+                            if chat:
+                                text = (choice.get("delta") or {}).get("content")
+                            else:
+                                text = choice.get("text")
+                            fr = choice.get("finish_reason")
+                            if fr is not None:
+                                finish_reason = fr
+                            lp = choice.get("logprobs")
+                            if lp:
+                                top.extend(_top_logprobs(lp, chat))
+                        else:
+                            text = None
+                            err = obj.get("error")
+                            if err:
+                                msg = error_message(orjson.dumps({"error": err}))
+                                st.fail("stream_error", msg)
+                                break
+                        usage = obj.get("usage")
+                        if usage:
+                            usage_prompt = usage.get("prompt_tokens")
+                            usage_completion = usage.get("completion_tokens")
+                        if model is None:
+                            model = obj.get("model")
+                        if text:
+                            parts.append(text)  # type checked once, at the end
+                        elif not parts:
+                            empty_before += 1
+                    if st.error_class is not None:
+                        break
+                    if bad is not None:
+                        raise Malformed(bad[:80].decode("utf-8", "replace"))
+                    if len(parts) > slow and templates:  # content the template did not fit
+                        template = None
+                        if learnt < MAX_LEARNT:
+                            learnt += 1
+                            template = _learn(part, objs, chat)
             except (AttributeError, TypeError, KeyError):
                 raise Malformed(f"not a completion chunk: {obj!r}"[:120]) from None
             finally:  # content before a bad event in this read keeps its time
