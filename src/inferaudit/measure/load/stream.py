@@ -194,11 +194,14 @@ async def read_stream(
                 raise Malformed(str(exc)) from None
             if not events:
                 continue
+            if events[-1] == _DONE:  # where it stands, then taken off without a copy
+                got_done = True
+                events.pop()
             if _DONE in events:
                 got_done = True
                 events = [e for e in events if e != _DONE]
-                if not events:
-                    continue
+            if not events:
+                continue
             if first_chunk is None:
                 first_chunk = now
             before = len(parts)
