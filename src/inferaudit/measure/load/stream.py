@@ -7,7 +7,6 @@ not a completion chunk.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
@@ -273,13 +272,20 @@ async def read_stream(
                     else:
                         pairs += added
                     coalesced += added - 1
-                    chunk_ns.extend([now - epoch_ns] * added)
+                    if added == 1:
+                        chunk_ns.append(now - epoch_ns)
+                    else:
+                        chunk_ns.extend([now - epoch_ns] * added)
             if st.error_class is not None:
                 return
             if added:
-                # content that is not text raises here: the record fails it; its events count
-                with suppress(TypeError):
-                    chars += sum(map(len, parts[before:]))
+                # content that is not text raises here: the record fails it; its events count.
+                # try/except, not contextlib.suppress: entering a context manager costs 0.6 us,
+                # a fifth of a read's cost when a server sends a chunk a read
+                try:  # noqa: SIM105
+                    chars += len(parts[-1]) if added == 1 else sum(map(len, parts[before:]))
+                except TypeError:
+                    pass
                 if len(parts) > cap.events or chars > cap.chars:
                     st.fail(
                         "overlong",
