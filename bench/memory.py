@@ -228,14 +228,16 @@ def _recompute_child(run_dir: Path) -> None:
 
 
 def _judge_child(run_dir: Path) -> None:
-    """The verdicts as ``inferaudit run`` judges them (``open_records``: a store when large)."""
+    """The verdicts as ``inferaudit run`` judges them (``open_records``: a store when large;
+    told the reasons of the summary ``_summary`` wrote)."""
     from inferaudit.judge.suite import recheck
     from inferaudit.measure.record_store import RecordStore, open_records
 
     spec = RunSpec.model_validate_json((run_dir / "spec.json").read_bytes())
+    reasons = orjson.loads((run_dir / "summary.json").read_bytes())["invalid_reasons"]
     t0 = time.monotonic()
     records = open_records(run_dir / "records.jsonl")
-    verdicts = recheck(records, spec, names=spec.checks, health=[])
+    verdicts = recheck(records, spec, names=spec.checks, health=[], summary_reasons=reasons)
     (run_dir / "verdicts.json").write_bytes(orjson.dumps([v.to_json() for v in verdicts]))
     out = {
         "s": time.monotonic() - t0,
@@ -247,12 +249,14 @@ def _judge_child(run_dir: Path) -> None:
 
 
 def _recheck_child(run_dir: Path) -> None:
-    """``verify``'s step 11 over the verdicts ``_judge`` wrote."""
+    """``verify``'s recheck of the verdicts ``_judge`` wrote, told the reasons of the summary
+    ``_recompute`` found equal, as ``verify`` does."""
     from inferaudit.seal.recompute import recheck_verdicts
 
     signed = orjson.loads((run_dir / "verdicts.json").read_bytes())
+    reasons = orjson.loads((run_dir / "summary.json").read_bytes())["invalid_reasons"]
     t0 = time.monotonic()
-    ok, detail = recheck_verdicts(run_dir, signed, None, None, v2=True)
+    ok, detail = recheck_verdicts(run_dir, signed, None, None, v2=True, summary_reasons=reasons)
     out = {"s": time.monotonic() - t0, "hwm_mb": _self_hwm_mb(), "ok": ok, "detail": detail}
     print(json.dumps(out), flush=True)
 

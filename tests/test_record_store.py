@@ -130,3 +130,34 @@ def test_a_cheat_judged_through_the_store_is_judged_as_from_whole_records(
     assert {v.check for v in whole} == set(signed) == set(checks)
     for v in whole:
         assert orjson.loads(orjson.dumps(v.to_json())) == signed[v.check], v.check
+
+
+def test_the_summarys_lag_reason_is_what_the_timing_checks_are_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``inferaudit run`` and ``verify`` hand ``recheck`` the reasons of the summary they have
+    just computed: the verdicts are those of the lag rule found from the records again, and
+    the records are not summarized a second time."""
+    from inferaudit.judge import suite
+    from inferaudit.judge.noise import LAG_REASON_PREFIX
+    from inferaudit.measure.metrics import summarize
+
+    run = DATA / "evidence-v2"
+    spec = RunSpec.model_validate_json((run / "spec.json").read_bytes())
+    records = open_records(run / "records.jsonl", in_memory_bytes=0)
+    health = read_health(run / "health.jsonl")
+    names = ("first-token", "fluidity")
+    found = recheck(records, spec, names=names, health=health)
+    reasons = summarize(records, spec).invalid_reasons
+
+    def summarized(*_: object) -> str | None:
+        raise AssertionError("the records were summarized again")
+
+    monkeypatch.setattr(suite, "run_lag_problem", summarized)
+    told = recheck(records, spec, names=names, health=health, summary_reasons=reasons)
+    assert [v.to_json() for v in told] == [v.to_json() for v in found]
+    lagged = f"{LAG_REASON_PREFIX}: lag p99 9 ms moves TTFT p50 by more than the budget"
+    told = recheck(records, spec, names=names, health=health, summary_reasons=["x", lagged])
+    for verdict, before in zip(told, found, strict=True):  # named, and no FAIL can come of it
+        assert lagged in orjson.dumps(verdict.to_json()).decode(), verdict
+        assert lagged not in orjson.dumps(before.to_json()).decode()

@@ -328,6 +328,11 @@ def run_verification(
                    concurrency=traffic.concurrency, records_path=records_path,
                    on_record=obs.record, health_path=run_dir / HEALTH_FILE)  # fmt: skip
     write_seed(run_dir, secret)  # after the last request (contract C5)
+    # (6): the summary is a pure function of records and protocol (plus what the operator's
+    # telemetry reported, kept apart in its ``reported`` block); then the verdicts beside it.
+    telemetry_path = run_dir / TELEMETRY_FILE
+    telemetry = read_telemetry(telemetry_path) if telemetry_path.exists() else None
+    summary = summarize(records_path, spec, telemetry)
     if not result.interrupted:
         verdicts = suite.judge(
             open_records(records_path),  # memory bounded, however long the run (record_store)
@@ -339,13 +344,8 @@ def run_verification(
             server=read_samples(run_dir / SERVER_METRICS_FILE)
             if (run_dir / SERVER_METRICS_FILE).exists()
             else None,
+            summary_reasons=summary.invalid_reasons,  # its lag rule, not summarized again
         )
-
-    # (6): the summary is a pure function of records and protocol (plus what the operator's
-    # telemetry reported, kept apart in its ``reported`` block); the verdicts beside it.
-    telemetry_path = run_dir / TELEMETRY_FILE
-    telemetry = read_telemetry(telemetry_path) if telemetry_path.exists() else None
-    summary = summarize(records_path, spec, telemetry)
     load_problems: tuple[str, ...] = ()
     if result.ray is not None:  # a Ray run: its losses and clocks can void it (meta.json says)
         figure = summary.ttft_from_sent_ms.p50 if summary.ttft_from_sent_ms else None

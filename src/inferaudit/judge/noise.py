@@ -288,9 +288,13 @@ def busy_verdict(
     )
 
 
+def lag_reason(invalid_reasons: Sequence[str]) -> str | None:
+    """The client-lag reason among a summary's ``invalid_reasons``, None when it kept up."""
+    return next((r for r in invalid_reasons if r.startswith(LAG_REASON_PREFIX)), None)
+
+
 def run_lag_problem(records: Sequence[Record], spec: RunSpec) -> str | None:
     """The run's invalidity for client lag (the metrics' own rule), None when it kept up."""
     from inferaudit.measure.metrics import summarize
 
-    reasons = summarize(records, spec).invalid_reasons
-    return next((r for r in reasons if r.startswith(LAG_REASON_PREFIX)), None)
+    return lag_reason(summarize(records, spec).invalid_reasons)

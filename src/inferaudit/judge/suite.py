@@ -41,7 +41,7 @@ from inferaudit.judge import caching, conformance, identity, traffic_v1
 from inferaudit.judge.first_token import check_first_token
 from inferaudit.judge.fluidity import check_fluidity
 from inferaudit.judge.legacy import check_first_token_v1, check_fluidity_v1
-from inferaudit.judge.noise import ClientWindow, of_load, run_lag_problem
+from inferaudit.judge.noise import ClientWindow, lag_reason, of_load, run_lag_problem
 from inferaudit.judge.output_length import check_output_length
 from inferaudit.judge.server_counters import check_server_counters
 from inferaudit.judge.shedding import check_errors
@@ -118,6 +118,7 @@ class CheckSuite:
         model_listed: str = "not re-checked (needs the endpoint)",
         health: Sequence[ClientWindow] | None = None,
         server: Sequence[ServerSample] | None = None,
+        summary_reasons: Sequence[str] | None = None,
     ) -> list[Verdict]:
         """Every verdict of this suite from the run's records (exactly ``recheck``)."""
         return recheck(
@@ -129,6 +130,7 @@ class CheckSuite:
             model_listed=model_listed,
             health=health,
             server=server,
+            summary_reasons=summary_reasons,
         )
 
 
@@ -142,6 +144,7 @@ def recheck(
     model_listed: str = "not re-checked (needs the endpoint)",
     health: Sequence[ClientWindow] | None = None,
     server: Sequence[ServerSample] | None = None,
+    summary_reasons: Sequence[str] | None = None,
 ) -> list[Verdict]:
     """The verdicts of ``names`` from the records alone (all phases), in the canonical order.
 
@@ -156,6 +159,12 @@ def recheck(
 
     ``server``: the run's server samples (``server-metrics.jsonl``); ``None`` when the run
     scraped none: ``server-counters`` then gives no verdict (nothing to judge it by).
+
+    ``summary_reasons``: the ``invalid_reasons`` of the run's summary of these same records,
+    when the caller has it (``inferaudit run`` has just computed it; ``verify`` has just
+    recomputed it and found it equal to the signed one). The timing checks are told the
+    client-lag reason among them, which is otherwise found by summarizing the records again
+    (a fifth of the verdicts' time over a large run's record store).
     """
     legacy = health is None
     # first-token and fluidity judge measured requests: the measured load's own windows
@@ -164,7 +173,12 @@ def recheck(
     # load), judged by the frozen v1 rules (``judge.traffic_v1``).
     v1 = spec.seed_commitment is None
     timing = {"first-token", "fluidity"} | (set() if v1 else {"caching", "prefix-cache"})
-    lag = None if legacy or not timing & set(names) else run_lag_problem(records, spec)
+    if legacy or not timing & set(names):
+        lag = None
+    elif summary_reasons is not None:
+        lag = lag_reason(summary_reasons)
+    else:
+        lag = run_lag_problem(records, spec)
     # caching's timing comparison follows the client-noise rules where the run has health data
     noise = None if legacy else health
     out: list[Verdict] = []

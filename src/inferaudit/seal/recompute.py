@@ -104,14 +104,21 @@ def recompute_summary(
 
 
 def recheck_verdicts(
-    run_dir: Path, signed: Any, tokenizer: Path | None, fingerprint: Path | None, *, v2: bool
+    run_dir: Path,
+    signed: Any,
+    tokenizer: Path | None,
+    fingerprint: Path | None,
+    *,
+    v2: bool,
+    summary_reasons: Sequence[str] | None = None,
 ) -> tuple[bool, str]:
     """Step 11: every verdict recomputed from the records equals the run's verdict.
 
     A v2 run is rechecked with its client health windows (``health.jsonl``; none when absent),
     a v1 run by the frozen v1 rules (``health=None``); ``server-counters`` with the run's
     server samples (``server-metrics.jsonl``; the check gives no verdict when the run has none,
-    and a signed verdict that is not recomputed is a difference)."""
+    and a signed verdict that is not recomputed is a difference). ``summary_reasons``: the
+    ``invalid_reasons`` of a summary recomputed from these records (``judge.suite.recheck``)."""
     from inferaudit.judge.suite import USES_TOKENIZER, recheck
     from inferaudit.measure.fingerprint import load_fingerprint
     from inferaudit.measure.health import read_health
@@ -155,6 +162,7 @@ def recheck_verdicts(
             model_listed=listed,
             health=health,
             server=server,
+            summary_reasons=summary_reasons,
         )
     except ValidationError as exc:
         return False, f"spec.json is not a valid RunSpec: {exc.errors()[0]['msg']}"

@@ -298,10 +298,15 @@ def verify_run(
 
     # (12): recompute the summary from the records and compare with the signed one.
     signed = predicate.get("summary")
+    reasons: list[str] | None = None  # the recomputed summary's, when it equals the signed one
     if not isinstance(signed, dict):
         add("summary", False, "statement has no summary")
     else:
-        add("summary", *recompute_summary(run_dir, signed, summarize))
+        same, detail = recompute_summary(run_dir, signed, summarize)
+        add("summary", same, detail)
+        signed_reasons = signed.get("invalid_reasons")
+        if same and isinstance(signed_reasons, list):
+            reasons = [str(r) for r in signed_reasons]
 
     # (13): summary.json (and verdicts.json) agree with what was signed.
     signed_verdicts = predicate.get("verdicts")
@@ -309,7 +314,9 @@ def verify_run(
 
     # (14): the verdicts follow from the records too.
     verdicts = _json(_read(run_dir / VERDICTS_FILE)) if v2 else signed_verdicts
-    rechecked = recheck_verdicts(run_dir, verdicts, tokenizer, fingerprint, v2=v2)
+    rechecked = recheck_verdicts(
+        run_dir, verdicts, tokenizer, fingerprint, v2=v2, summary_reasons=reasons
+    )
     steps.append(Step("verdicts", *rechecked))
 
     report = Report(run_dir=run_dir, steps=tuple(steps), fork=fork)
