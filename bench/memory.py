@@ -227,6 +227,13 @@ def _recompute_child(run_dir: Path) -> None:
     print(json.dumps(out), flush=True)
 
 
+def _summary_reasons(run_dir: Path) -> list[str]:
+    """The invalid reasons of the summary ``_summary`` wrote (what ``run`` and ``verify`` pass
+    the verdicts)."""
+    reasons: list[str] = orjson.loads((run_dir / "summary.json").read_bytes())["invalid_reasons"]
+    return reasons
+
+
 def _judge_child(run_dir: Path) -> None:
     """The verdicts as ``inferaudit run`` judges them (``open_records``: a store when large;
     told the reasons of the summary ``_summary`` wrote)."""
@@ -234,7 +241,7 @@ def _judge_child(run_dir: Path) -> None:
     from inferaudit.measure.record_store import RecordStore, open_records
 
     spec = RunSpec.model_validate_json((run_dir / "spec.json").read_bytes())
-    reasons = orjson.loads((run_dir / "summary.json").read_bytes())["invalid_reasons"]
+    reasons = _summary_reasons(run_dir)
     t0 = time.monotonic()
     records = open_records(run_dir / "records.jsonl")
     verdicts = recheck(records, spec, names=spec.checks, health=[], summary_reasons=reasons)
@@ -254,7 +261,7 @@ def _recheck_child(run_dir: Path) -> None:
     from inferaudit.seal.recompute import recheck_verdicts
 
     signed = orjson.loads((run_dir / "verdicts.json").read_bytes())
-    reasons = orjson.loads((run_dir / "summary.json").read_bytes())["invalid_reasons"]
+    reasons = _summary_reasons(run_dir)
     t0 = time.monotonic()
     ok, detail = recheck_verdicts(run_dir, signed, None, None, v2=True, summary_reasons=reasons)
     out = {"s": time.monotonic() - t0, "hwm_mb": _self_hwm_mb(), "ok": ok, "detail": detail}

@@ -22,6 +22,7 @@ from inferaudit.measure.load import template as template_module
 from inferaudit.measure.load.deadline import Timeouts, Watch
 from inferaudit.measure.load.stream import ContentCap, Malformed, Stream, read_stream
 from inferaudit.measure.load.template import Template, texts
+from test_hostile_events import Body
 
 OPENAI = (
     b'{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1700000000,'
@@ -90,14 +91,6 @@ def test_a_middle_the_json_parser_would_read_otherwise_goes_back_to_it(middle: b
     assert template.middles([event], 0) == [middle]
     assert texts([middle]) is None
     assert texts([b"ok", middle]) is None
-
-
-class Body:
-    def __init__(self, reads: list[bytes]) -> None:
-        self.reads = list(reads)
-
-    async def readany(self) -> bytes:
-        return self.reads.pop(0) if self.reads else b""
 
 
 def read(reads: list[bytes], chat: bool, templates: bool) -> tuple[object, ...]:

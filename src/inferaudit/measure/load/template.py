@@ -84,12 +84,13 @@ class Template:
         if _NOT_PLAIN.search(raw):
             return None
         quoted = b'"' + raw + b'"'
+        last = event.rfind(quoted)
+        if last < 0:
+            return None  # written with escapes
         expected = _with_content(orjson.loads(event), chat, _PROBE)
         # the content is usually the chunk's last string; then its first (another field may
-        # hold the same text): neither found, or neither proven, and there is no template
-        for at in dict.fromkeys((event.rfind(quoted), event.find(quoted))):
-            if at < 0:
-                return None  # written with escapes
+        # hold the same text): neither proven, and there is no template
+        for at in dict.fromkeys((last, event.find(quoted))):
             template = cls(event[: at + 1], event[at + 1 + len(raw) :])
             try:
                 probed = orjson.loads(template.prefix + _PROBE.encode() + template.suffix)
