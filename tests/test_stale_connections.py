@@ -17,17 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter_ns
 
-import aiohttp
 import pytest
 import uvloop
 
-from inferaudit.measure.load.client import (
-    Target,
-    execute,
-    make_session,
-    open_connections,
-    retire_connections,
-)
+from inferaudit.measure.load import pool as pool_module
+from inferaudit.measure.load.client import Pool, Target, execute, open_connections
 from inferaudit.measure.protocol import Endpoint
 from inferaudit.measure.records import WRITTEN_WHOLE, Record
 from inferaudit.measure.workload import RequestPlan
@@ -42,6 +36,7 @@ _EVENTS = (
     b"data: [DONE]\n\n"
 )
 _MODELS = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
+_CLOSED = "Disconnected: the server closed the connection"
 
 
 @dataclass
@@ -146,7 +141,7 @@ def _plan(i: int) -> RequestPlan:
     return RequestPlan(i, "measure", "hi", 2, 1)
 
 
-async def _send(session: aiohttp.ClientSession, target: Target, i: int) -> Record:
+async def _send(session: Pool, target: Target, i: int) -> Record:
     epoch = perf_counter_ns()
     return await execute(session, target, _plan(i), _BODY, perf_counter_ns(), epoch)
 
@@ -163,7 +158,7 @@ def _warm_then_block(srv: StaleServer, loop_factory: LoopFactory) -> list[Record
     waiting for Go), then send 4 requests at once."""
 
     async def go() -> list[Record]:
-        async with make_session() as session:
+        async with Pool() as session:
             assert await open_connections(session, srv.target, 4) == 4
             time.sleep(srv.idle_s * 3)  # the loop is blocked: the FINs wait unseen
             return list(await asyncio.gather(*(_send(session, srv.target, i) for i in range(4))))
@@ -181,25 +176,18 @@ def test_idle_closed_connections_are_not_reused(loop_factory: LoopFactory) -> No
     assert srv.seen == Seen(connections=8, requests_read=4)  # 4 warm-up, 4 new; each read once
 
 
-def test_the_same_against_a_plain_aiohttp_session_fails() -> None:
-    """Control: the server and sequence above do reproduce issue 13 without the fix."""
-
-    async def plain() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
+def test_without_the_reuse_check_the_dead_connections_are_met(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Control: the server and sequence above do reproduce issue 13 without the poll: each
+    request is written into a connection the server had closed and meets its FIN (defence 3
+    then sends it again, marked)."""
+    monkeypatch.setattr(pool_module, "_peer_closed", lambda conn: False)
     with StaleServer("idle", idle_s=0.2) as srv:
-
-        async def go() -> list[Record]:
-            async with await plain() as session:
-                assert await open_connections(session, srv.target, 4) == 4
-                time.sleep(0.6)
-                return list(
-                    await asyncio.gather(*(_send(session, srv.target, i) for i in range(4)))
-                )
-
-        records = asyncio.run(go())
-    failed = [r for r in records if r.error_class == "connect"]
-    assert failed and all(r.retried is None for r in records)
+        records = _warm_then_block(srv, None)
+    assert [r.retried for r in records] == [WRITTEN_WHOLE + _CLOSED] * 4
+    assert all(r.ok for r in records)
+    assert srv.seen == Seen(connections=8, requests_read=4)  # the retries read, once each
 
 
 def test_dead_before_the_body_is_retried_once_on_a_new_connection() -> None:
@@ -207,13 +195,13 @@ def test_dead_before_the_body_is_retried_once_on_a_new_connection() -> None:
         target = _expect_100(srv.target)
 
         async def go() -> list[Record]:
-            async with make_session() as session:
+            async with Pool() as session:
                 return [await _send(session, target, 0), await _send(session, target, 1)]
 
         first, second = asyncio.run(go())
     assert (first.error_class, first.retried) == (None, None)
     assert second.error_class is None and second.output_text == " a b"
-    assert second.retried == "ServerDisconnectedError: Server disconnected"
+    assert second.retried == _CLOSED
     assert second.scheduled_ns <= second.sent_ns < second.done_ns  # times of the request whole
     assert srv.seen == Seen(connections=2, requests_read=2)  # never read twice
 
@@ -223,13 +211,13 @@ def test_a_second_failure_is_the_endpoints() -> None:
         target = _expect_100(srv.target)
 
         async def go() -> list[Record]:
-            async with make_session() as session:
+            async with Pool() as session:
                 return [await _send(session, target, 0), await _send(session, target, 1)]
 
         first, second = asyncio.run(go())
     assert first.ok and first.retried is None
     assert (second.error_class, second.status) == ("connect", None)
-    assert second.retried == "ServerDisconnectedError: Server disconnected"
+    assert second.retried == _CLOSED
     assert srv.seen == Seen(connections=2, requests_read=1)
 
 
@@ -238,9 +226,9 @@ def test_a_new_connection_that_dies_is_not_retried() -> None:
         target = _expect_100(srv.target)
 
         async def go() -> list[Record]:
-            async with make_session() as warm:
+            async with Pool() as warm:
                 ok = await _send(warm, target, 0)
-            async with make_session() as session:  # a new connection: not a stale one
+            async with Pool() as session:  # a new connection: not a stale one
                 return [ok, await _send(session, target, 1)]
 
         _, rec = asyncio.run(go())
@@ -252,7 +240,7 @@ def test_a_request_the_server_reset_after_reading_is_not_retried() -> None:
     with StaleServer("read_reset") as srv:
 
         async def go() -> list[Record]:
-            async with make_session() as session:
+            async with Pool() as session:
                 return [await _send(session, srv.target, 0), await _send(session, srv.target, 1)]
 
         first, second = asyncio.run(go())
@@ -269,12 +257,12 @@ def test_a_close_without_answer_after_the_whole_request_is_resent_and_marked() -
     with StaleServer("read_close") as srv:
 
         async def go() -> list[Record]:
-            async with make_session() as session:
+            async with Pool() as session:
                 return [await _send(session, srv.target, 0), await _send(session, srv.target, 1)]
 
         first, second = asyncio.run(go())
     assert first.ok and second.ok and second.status == 200
-    assert second.retried == WRITTEN_WHOLE + "ServerDisconnectedError: Server disconnected"
+    assert second.retried == WRITTEN_WHOLE + _CLOSED
     assert srv.seen == Seen(connections=2, requests_read=3)  # the second request read twice
 
 
@@ -282,9 +270,9 @@ def test_retired_connections_are_replaced() -> None:
     with StaleServer("idle") as srv:
 
         async def go() -> list[Record]:
-            async with make_session() as session:
+            async with Pool() as session:
                 assert await open_connections(session, srv.target, 2) == 2
-                retire_connections(session, perf_counter_ns())
+                session.retire(perf_counter_ns())
                 return list(
                     await asyncio.gather(*(_send(session, srv.target, i) for i in range(2)))
                 )
@@ -295,6 +283,6 @@ def test_retired_connections_are_replaced() -> None:
 
 
 def test_retried_round_trips_through_a_line() -> None:
-    rec = Record(id=3, scheduled_ns=0, retried="ServerDisconnectedError: Server disconnected")
+    rec = Record(id=3, scheduled_ns=0, retried=_CLOSED)
     assert Record.model_validate_json(rec.to_line()) == rec
     assert Record(id=3, scheduled_ns=0).retried is None

@@ -46,21 +46,25 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
 
-import aiohttp
 import orjson
 from pydantic import ValidationError
 
+from inferaudit.errors import ConfigError
 from inferaudit.measure.load.deadline import Timeouts, Watch
+from inferaudit.measure.load.h1 import (
+    BadResponse,
+    ConnectFailed,
+    Disconnected,
+    HTTPFailure,
+    Route,
+    Truncated,
+)
 from inferaudit.measure.load.pool import (
-    ATTEMPT,
     Attempt,
-    Body,
+    Pool,
     closed_unanswered,
-    fresh_session,
-    make_session,
     never_read,
     open_connections,
-    retire_connections,
 )
 from inferaudit.measure.load.preflight import (
     ERROR_MESSAGE_CHARS,
@@ -77,6 +81,7 @@ from inferaudit.measure.records import WRITTEN_WHOLE, Record
 from inferaudit.measure.workload import RequestPlan
 
 __all__ = [
+    "Pool",
     "ReadMeter",
     "Target",
     "Timeouts",
@@ -87,10 +92,8 @@ __all__ = [
     "check_endpoint",
     "execute",
     "fetch_models",
-    "make_session",
     "model_ids",
     "open_connections",
-    "retire_connections",
     "send_plans",
 ]
 
@@ -110,6 +113,18 @@ class Target:
     keep_output_text: bool = True
     max_text_bytes: int | None = 65_536
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # the heads of the completion requests and of the warm-up GET (computed from the above)
+    route: Route = field(init=False, repr=False, compare=False)
+    models_route: Route = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        auth = {k: v for k, v in self.headers.items() if k == "Authorization"}
+        try:
+            object.__setattr__(self, "route", Route.of("POST", self.url, self.headers))
+            models = Route.of("GET", self.models_url, {"Accept": "*/*", **auth})
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (the API key?)") from None
+        object.__setattr__(self, "models_route", models)
 
     @classmethod
     def of(
@@ -180,7 +195,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 async def execute(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     target: Target,
     plan: RequestPlan,
     body: bytes,
@@ -202,9 +217,9 @@ async def execute(
     cancellation (``CancelledError``) propagates.
 
     A request whose pooled connection turns out dead before the server had it whole is sent
-    once more at once on a new connection (module docstring, defence 2); ``Record.retried``
-    then holds the first attempt's error. ``sent_ns`` stays the first attempt's send, and the
-    timeouts keep running from the first attempt.
+    once more at once on a new connection (:mod:`~.pool`, defences 2 and 3);
+    ``Record.retried`` then holds the first attempt's error. ``sent_ns`` stays the first
+    attempt's send, and the timeouts keep running from the first attempt.
     """
     sent = perf_counter_ns()
     st = Stream()
@@ -212,19 +227,18 @@ async def execute(
     cap = ContentCap.of(asked_tokens(plan))
     retried: str | None = None
     try:
-        first = Attempt(Body(body, content_type="application/json"))
+        first = Attempt()
         try:
-            await _attempt(session, target, first, st, watch, epoch_ns, meter, cap)
-        except aiohttp.ClientConnectionError as exc:
+            await _attempt(pool, target, first, body, st, watch, epoch_ns, meter, cap)
+        except HTTPFailure as exc:
             if never_read(exc, st, first):
                 retried = _one_line(exc)
             elif closed_unanswered(exc, st, first):
                 retried = WRITTEN_WHOLE + _one_line(exc)
             else:
                 raise
-            again = Attempt(Body(body, content_type="application/json"))
-            async with fresh_session() as fresh:
-                await _attempt(fresh, target, again, st, watch, epoch_ns, meter, cap)
+            again = Attempt()
+            await _attempt(pool, target, again, body, st, watch, epoch_ns, meter, cap, fresh=True)
     except asyncio.CancelledError:
         if not watch.absorb():
             raise
@@ -232,12 +246,12 @@ async def execute(
         st.fail(watch.expired, watch.message)
     except Malformed as exc:
         st.fail("sse_malformed", f"bad event: {exc}")
-    except aiohttp.ClientConnectorError as exc:
+    except ConnectFailed as exc:
         st.fail("connect", str(exc))
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+    except (Disconnected, Truncated) as exc:
         kind = "connect" if st.status is None else "stream_truncated"
         st.fail(kind, str(exc) or type(exc).__name__)
-    except aiohttp.ClientResponseError as exc:  # unparseable HTTP
+    except BadResponse as exc:  # unparseable HTTP
         st.fail("http_invalid", str(exc))
     finally:
         watch.close()
@@ -248,28 +262,36 @@ async def execute(
 
 
 async def _attempt(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     target: Target,
     attempt: Attempt,
+    body: bytes,
     st: Stream,
     watch: Watch,
     epoch_ns: int,
     meter: ReadMeter | None,
     cap: ContentCap,
+    *,
+    fresh: bool = False,
 ) -> None:
-    """One send of a request and the read of its answer into ``st`` (raises as aiohttp does)."""
-    token = ATTEMPT.set(attempt)
+    """One send of a request and the read of its answer into ``st`` (raises
+    :class:`~.h1.HTTPFailure`); ``fresh``: on a new connection, not a pooled one."""
+    route = target.route
+    if fresh:
+        conn = await pool.fresh(route)
+    else:
+        conn, attempt.reused = await pool.take(route)
     try:
-        async with session.post(target.url, data=attempt.body, headers=target.headers) as resp:
-            st.status = resp.status
-            if resp.status != 200:
-                raw = await resp.content.read(_ERROR_BODY_BYTES)
-                watch.last = st.done = perf_counter_ns()
-                st.fail(f"http_{resp.status}", error_message(raw))
-            else:
-                await read_stream(resp.content, target.chat, st, watch, epoch_ns, meter, cap)
+        st.status = status = await conn.send(route, body)
+        if status != 200:
+            raw = await conn.read_some(_ERROR_BODY_BYTES)
+            watch.last = st.done = perf_counter_ns()
+            st.fail(f"http_{status}", error_message(raw))
+        else:
+            await read_stream(conn, target.chat, st, watch, epoch_ns, meter, cap)
     finally:
-        ATTEMPT.reset(token)
+        attempt.written = conn.written
+        pool.give_back(route, conn)
 
 
 def _record(
@@ -393,11 +415,11 @@ async def send_plans(
     target = Target.of(endpoint, api_key, workload, timeouts or Timeouts(total_s=timeout_s))
     epoch = perf_counter_ns()
     gate = asyncio.Semaphore(concurrency)
-    async with make_session() as session:
+    async with Pool() as pool:
 
         async def one(plan: RequestPlan) -> Record:
             body = build_body(plan, target)
             async with gate:
-                return await execute(session, target, plan, body, perf_counter_ns(), epoch)
+                return await execute(pool, target, plan, body, perf_counter_ns(), epoch)
 
         return list(await asyncio.gather(*(one(p) for p in plans)))

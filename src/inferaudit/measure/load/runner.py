@@ -4,12 +4,12 @@
        the target and, for open loop, the full arrival schedule
        (``schedule.arrival_offsets_ns``, drawn from the run's secret seed where it has one).
     2. It spawns ``spec.workers`` processes (:mod:`~.worker`; fewer when there is less work
-       than workers). Each runs its own event loop (uvloop where installed) and one aiohttp
-       session, opens its keep-alive connections (closed loop: one per slot; open loop: up to
-       ``OPEN_LOOP_CONNECTIONS``) with ``GET /models``, and reports ready; the parent measures
-       each worker's clock offset (ping/pong on ``perf_counter_ns``; on one host
-       CLOCK_MONOTONIC is shared, so the offset is recorded, never applied). The messages are
-       typed (:mod:`~.messages`).
+       than workers). Each runs its own event loop (uvloop where installed) and one
+       connection pool (:mod:`~.pool`), opens its keep-alive connections (closed loop: one
+       per slot; open loop: up to ``OPEN_LOOP_CONNECTIONS``) with ``GET /models``, and reports
+       ready; the parent measures each worker's clock offset (ping/pong on
+       ``perf_counter_ns``; on one host CLOCK_MONOTONIC is shared, so the offset is recorded,
+       never applied). The messages are typed (:mod:`~.messages`).
     3. The parent fixes the epoch (a ``perf_counter_ns`` value shortly ahead) and sends it.
        Open loop: worker ``w`` sends schedule positions ``w, w + W, ...`` at their absolute
        times. Closed loop: each worker runs its share of the slots; a slot takes the next

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
 from inferaudit.measure.load.deadline import Watch
@@ -19,7 +18,7 @@ from inferaudit.measure.load.preflight import ERROR_MESSAGE_CHARS, error_message
 from inferaudit.measure.load.sse import EventTooLarge, SSEParser
 from inferaudit.measure.load.template import MAX_LEARNT, Template, texts
 
-__all__ = ["ContentCap", "Malformed", "ReadMeter", "Stream", "read_stream"]
+__all__ = ["BodyReader", "ContentCap", "Malformed", "ReadMeter", "Stream", "read_stream"]
 
 _DONE = b"[DONE]"
 # Longer than any token of the common vocabularies (their longest are runs of spaces or
@@ -51,6 +50,14 @@ class ContentCap:
         if max_tokens is None:
             return cls(1 << 20, 64 << 20)
         return cls(2 * max_tokens + 64, max_tokens * MAX_TOKEN_CHARS + (64 << 10))
+
+
+class BodyReader(Protocol):
+    """A response body as it arrives (:class:`~inferaudit.measure.load.h1.Connection`)."""
+
+    async def readany(self) -> bytes:
+        """The bytes that have arrived, waiting for some; ``b""`` at the body's end."""
+        ...
 
 
 class Malformed(Exception):
@@ -146,7 +153,7 @@ def _top_logprobs(lp: Any, chat: bool) -> list[dict[str, float]]:
 
 
 async def read_stream(
-    content: aiohttp.StreamReader,
+    content: BodyReader,
     chat: bool,
     st: Stream,
     watch: Watch,

@@ -1,4 +1,4 @@
-"""A load worker process: one event loop, one HTTP session, its share of the schedule.
+"""A load worker process: one event loop, one connection pool, its share of the schedule.
 
 Started by :mod:`inferaudit.measure.load.runner` (multiprocessing "spawn"). It receives its
 :class:`~.messages.WorkerArgs`, opens its keep-alive connections, reports :class:`~.messages.Ready`,
@@ -54,13 +54,12 @@ from typing import Any
 
 from inferaudit.measure.health import HealthSampler
 from inferaudit.measure.load.client import (
+    Pool,
     ReadMeter,
     Watch,
     build_body,
     execute,
-    make_session,
     open_connections,
-    retire_connections,
 )
 from inferaudit.measure.load.gate import SlotGate
 from inferaudit.measure.load.messages import (
@@ -187,15 +186,15 @@ class _Worker:
         self.transport = transport
         cpu0: float | None = None
         if self.a.offsets is not None:
-            limit, connections = 0, min(len(self.a.offsets), OPEN_LOOP_CONNECTIONS)
+            connections = min(len(self.a.offsets), OPEN_LOOP_CONNECTIONS)
             if self.a.cap is not None:
                 connections = min(connections, self.a.cap)
-        else:
-            limit = connections = self.a.slots
-        async with make_session(limit) as self.session:
+        else:  # (a slot has one request in flight: never more connections than slots)
+            connections = self.a.slots
+        async with Pool() as self.pool:
             if self.a.plans is None or self.a.plans:  # warm the code paths before the clock
                 build_body(self._plan(0), self.a.target)
-            opened = await open_connections(self.session, self.a.target, connections)
+            opened = await open_connections(self.pool, self.a.target, connections)
             warmed = perf_counter_ns()
             self._send(Ready(os.getpid()))
             if self._await_go():
@@ -203,7 +202,7 @@ class _Worker:
                 # epoch are closed when first taken (the request opens a new one), rather than
                 # re-opened now, which would spend the epoch's lead or delay the first sends
                 if self.epoch - warmed > WARM_IDLE_NS:
-                    retire_connections(self.session, warmed)
+                    self.pool.retire(warmed)
                 cpu0 = _cpu_s()
                 await self._run(loop)
         await self._drain(transport)
@@ -358,7 +357,7 @@ class _Worker:
             self.health.lag(perf_counter_ns() - (scheduled if slot is None else slot))
             try:
                 rec = await execute(
-                    self.session,
+                    self.pool,
                     self.a.target,
                     plan,
                     body,
