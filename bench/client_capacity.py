@@ -237,7 +237,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--rates", default="250,500,750,1000,1250,1500,1750,2000,2500,3000")
+    ap.add_argument("--rates", default="1000,2000,3000,4000,5000,6000,6500,7000,7500,8000")
     ap.add_argument("--api", choices=("completions", "chat"), default="completions")
     ap.add_argument("--wrk-connections", default="16,64,256")
     ap.add_argument("--wrk-threads", type=int, default=os.cpu_count() or 1)

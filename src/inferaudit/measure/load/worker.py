@@ -53,6 +53,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from inferaudit.measure.health import HealthSampler
+from inferaudit.measure.load.alarm import Alarm
 from inferaudit.measure.load.client import (
     Pool,
     ReadMeter,
@@ -433,17 +434,19 @@ class _Worker:
         assert self.a.offsets is not None
         target, epoch, tasks = self.a.target, self.epoch, self.tasks
         position = self.a.index
-        for offset in _each(self.a.offsets):
-            plan = self._plan(position)
-            body = build_body(plan, target)
-            scheduled = epoch + offset
-            # loop: uvloop's millisecond timers may wake a little early; never send early
-            while (delay := scheduled - perf_counter_ns()) > 0:
-                await asyncio.sleep(delay / _NS)
-            if self.stopping:
-                break
-            self._spawn(self._request(position, plan, body, scheduled))
-            position += self.a.stride
+        alarm = Alarm(asyncio.get_running_loop())
+        try:
+            for offset in _each(self.a.offsets):
+                plan = self._plan(position)
+                body = build_body(plan, target)
+                scheduled = epoch + offset
+                await alarm.until(scheduled)  # never early, and without a busy wait
+                if self.stopping:
+                    break
+                self._spawn(self._request(position, plan, body, scheduled))
+                position += self.a.stride
+        finally:
+            alarm.close()
         while tasks:
             await asyncio.wait(tuple(tasks))
 
