@@ -324,12 +324,23 @@ RAW = zlib.compressobj(wbits=-15)
         _chunked(EVENTS),
         _chunked(EVENTS, size=1),
         OK + b"Connection: close\r\n\r\n" + EVENTS,  # to the close
+        OK + b"Transfer-Encoding: identity\r\n\r\n" + EVENTS,  # not chunked: to the close
         b"HTTP/1.1 100 Continue\r\n\r\n" + _sized(EVENTS),
         _sized(gzip.compress(EVENTS), b"Content-Encoding: gzip"),
         _sized(zlib.compress(EVENTS), b"Content-Encoding: deflate"),
         _sized(RAW.compress(EVENTS) + RAW.flush(), b"Content-Encoding: deflate"),
     ],
-    ids=["sized", "chunked", "chunk-a-byte", "to-close", "interim", "gzip", "zlib", "raw"],
+    ids=[
+        "sized",
+        "chunked",
+        "chunk-a-byte",
+        "to-close",
+        "te-identity",
+        "interim",
+        "gzip",
+        "zlib",
+        "raw",
+    ],
 )
 def test_every_framing_and_coding_reads_the_same_record(wire: Wire, answer: bytes) -> None:
     records = _run(Canned([answer]), wire)

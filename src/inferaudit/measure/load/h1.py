@@ -239,8 +239,10 @@ class Connection(asyncio.Protocol):
         key = name.lower()
         if key == b"content-encoding":
             self._encoding = value.strip(b" \t").lower()
-        elif key in (b"content-length", b"transfer-encoding"):
+        elif key == b"content-length":
             self._framed = True
+        elif key == b"transfer-encoding":  # framed when chunked is the last coding (RFC 9112)
+            self._framed = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
         code = self.parser.get_status_code()
