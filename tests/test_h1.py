@@ -451,8 +451,9 @@ def test_an_api_key_with_a_line_break_is_refused() -> None:
         Target.of(endpoint, "key\r\nX-Injected: 1")
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (its own issuer) and its key, as PEM files."""
+def _tls_server(tmp: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a certificate for 127.0.0.1 (its own issuer), and that
+    certificate's PEM file."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
@@ -480,15 +481,15 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
             serialization.NoEncryption(),
         )
     )
-    return cert_path, key_path
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_path, key_path)
+    return server, cert_path
 
 
 def test_https_is_verified_and_kept_alive(
     wire: Wire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = _self_signed(tmp_path)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
+    server, cert = _tls_server(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts this one certificate
     srv = Canned([_chunked(EVENTS)] * 2, tls=server)
     records = _run(srv, wire, 2)
@@ -499,9 +500,7 @@ def test_https_is_verified_and_kept_alive(
 def test_https_with_an_untrusted_certificate_cannot_connect(
     wire: Wire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = _self_signed(tmp_path)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
+    server, _ = _tls_server(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
     (rec,) = _run(Canned([_chunked(EVENTS)], tls=server), wire)
     assert rec.error_class == "connect"

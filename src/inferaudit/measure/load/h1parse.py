@@ -74,23 +74,19 @@ class PyResponseParser:
         at, n = 0, len(data)
         while at < n:
             state = self._state
-            if state == _LENGTH:
+            if state in (_LENGTH, _CHUNK_DATA):
                 take = min(self._left, n - at)
-                self._p.on_body(data[at : at + take] if take < n or at else data)
+                self._p.on_body(data if take == n else data[at : at + take])
                 at += take
                 self._left -= take
                 if not self._left:
-                    self._complete()
+                    if state == _LENGTH:
+                        self._complete()
+                    else:
+                        self._state = _CHUNK_END
             elif state == _UNTIL_CLOSE:
                 self._p.on_body(data[at:] if at else data)
                 return
-            elif state == _CHUNK_DATA:
-                take = min(self._left, n - at)
-                self._p.on_body(data[at : at + take])
-                at += take
-                self._left -= take
-                if not self._left:
-                    self._state = _CHUNK_END
             elif state == _DONE:
                 if self._closed:
                     raise ParseError("data after a response that closes its connection")
